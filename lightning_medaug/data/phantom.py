@@ -1,0 +1,152 @@
+"""Procedural 2D/3D phantoms with class labels and segmentation masks.
+
+Each sample is an "organ" (an ellipse in 2D, an ellipsoid in 3D) with smooth texture on a dark
+background. The class label ``c`` is the number of bright lesions placed inside the organ, so the
+label is visible in the image. The mask is the organ. Two contrasts, ``"mr"`` and ``"ct"``, render
+the same anatomy differently, for unpaired translation between domains.
+
+Everything is seeded: the same arguments give the same tensors on every machine.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY, MASK_KEY
+
+__all__ = ["PhantomDataset", "PhantomDataModule", "make_phantoms"]
+
+_STYLES = ("mr", "ct")
+
+
+def _grid(spatial_dims: int, size: int) -> Tensor:
+    """Coordinates in [-1, 1], shape (spatial_dims, *[size] * spatial_dims)."""
+    axis = torch.linspace(-1.0, 1.0, size)
+    return torch.stack(torch.meshgrid(*([axis] * spatial_dims), indexing="ij"))
+
+
+def _smooth_noise(n: int, spatial_dims: int, size: int, gen: torch.Generator) -> Tensor:
+    """Low-frequency texture in [-1, 1]: coarse noise upsampled to ``size``."""
+    coarse = torch.rand((n, 1) + (max(2, size // 8),) * spatial_dims, generator=gen) * 2 - 1
+    mode = "bilinear" if spatial_dims == 2 else "trilinear"
+    return F.interpolate(coarse, size=(size,) * spatial_dims, mode=mode, align_corners=True)
+
+
+def make_phantoms(
+    num_samples: int,
+    spatial_dims: int = 2,
+    image_size: int = 32,
+    num_classes: int = 2,
+    seed: int = 0,
+    style: str = "mr",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Return ``(images, labels, masks)``: float32 (N,1,*S) in [-1,1], int64 (N,), float32 (N,1,*S)."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8, got {image_size}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if style not in _STYLES:
+        raise ValueError(f"style must be one of {_STYLES}, got {style!r}")
+    gen = torch.Generator().manual_seed(seed)
+    shape_b = (num_samples, spatial_dims) + (1,) * spatial_dims
+    grid = _grid(spatial_dims, image_size).unsqueeze(0)  # (1, d, *S)
+    center = (torch.rand(shape_b, generator=gen) - 0.5) * 0.3
+    radii = 0.45 + torch.rand(shape_b, generator=gen) * 0.3
+    organ = (((grid - center) / radii) ** 2).sum(1, keepdim=True) <= 1.0  # (N,1,*S)
+
+    labels = torch.randint(0, num_classes, (num_samples,), generator=gen)
+    lesions = torch.zeros_like(organ, dtype=torch.float32)
+    for k in range(max(0, num_classes - 1)):
+        # Lesion k exists where label > k; placed inside the organ at half its radius.
+        offset = (torch.rand(shape_b, generator=gen) * 2 - 1) * radii * 0.5
+        size = 0.08 + torch.rand((num_samples,) + (1,) * (spatial_dims + 1), generator=gen) * 0.06
+        blob = torch.exp(-(((grid - center - offset) ** 2).sum(1, keepdim=True)) / (2 * size**2))
+        present = (labels > k).float().reshape((-1,) + (1,) * (spatial_dims + 1))
+        lesions = torch.maximum(lesions, blob * present)
+
+    texture = _smooth_noise(num_samples, spatial_dims, image_size, gen)
+    noise = torch.randn(organ.shape, generator=gen) * 0.03
+    tissue = organ.float() * (0.55 + 0.15 * texture)
+    if style == "mr":
+        intensity = tissue + 0.4 * lesions * organ
+    else:  # "ct": brighter background ring, darker organ, lesions hypo-dense
+        intensity = 0.25 + 0.5 * organ.float() * (0.3 + 0.1 * texture) - 0.25 * lesions * organ
+    images = (intensity + noise).clamp(0.0, 1.0) * 2.0 - 1.0
+    return images.float(), labels.long(), organ.float()
+
+
+class PhantomDataset(Dataset):
+    """A fixed set of phantoms as a map-style dataset of ``{"image", "label", "mask"}`` dicts."""
+
+    def __init__(self, num_samples: int, spatial_dims: int = 2, image_size: int = 32, num_classes: int = 2,
+                 seed: int = 0, style: str = "mr"):
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        self.images, self.labels, self.masks = make_phantoms(
+            num_samples, spatial_dims, image_size, num_classes, seed, style
+        )
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {IMAGE_KEY: self.images[index], LABEL_KEY: self.labels[index], MASK_KEY: self.masks[index]}
+
+
+class PhantomDataModule(L.LightningDataModule):
+    """Seeded procedural phantoms, 2D or 3D, with labels and masks; needs no files.
+
+    Train, val and test use disjoint seeds, so no sample is shared between splits.
+
+    Args:
+        spatial_dims: 2 for images (1, H, W), 3 for volumes (1, D, H, W).
+        image_size: side length of every spatial axis.
+        num_classes: label ``c`` means ``c`` lesions in the organ.
+        num_train, num_val, num_test: split sizes.
+        batch_size, num_workers: loader settings.
+        seed: base seed; splits use ``seed``, ``seed + 1``, ``seed + 2``.
+        style: ``"mr"`` or ``"ct"`` contrast.
+    """
+
+    def __init__(self, spatial_dims: int = 2, image_size: int = 32, num_classes: int = 2, num_train: int = 256,
+                 num_val: int = 64, num_test: int = 64, batch_size: int = 32, num_workers: int = 0, seed: int = 0,
+                 style: str = "mr"):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        make_phantoms(1, spatial_dims, image_size, num_classes, seed, style)  # validates the arguments
+        self.save_hyperparameters()
+        self.spatial_dims, self.image_size, self.num_classes = spatial_dims, image_size, num_classes
+        self.in_channels = 1
+        self.datasets: dict[str, PhantomDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        for offset, split in enumerate(("train", "val", "test")):
+            if split not in self.datasets:
+                self.datasets[split] = PhantomDataset(
+                    hp[f"num_{split}"], hp.spatial_dims, hp.image_size, hp.num_classes, hp.seed * 1000 + offset, hp.style
+                )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

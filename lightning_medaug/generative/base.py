@@ -1,0 +1,171 @@
+"""The one base every generative family builds on.
+
+Contract (see the project's style guide): a generator is a LightningModule that
+
+* records ``spatial_dims``, ``in_channels``, ``image_size`` and ``num_classes`` in its
+  hyperparameters, so the bank and the mixer never ask which family they hold;
+* answers :meth:`GenerativeModule.sample` with images in the training data's layout
+  ((N, C, H, W) or (N, C, D, H, W)) and value range ([-1, 1]);
+* saves and loads as a folder with ``config.json`` + ``model.safetensors``
+  (:meth:`save_pretrained` / :func:`load_generator`), like diffusers' ``save_pretrained``;
+  loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from lightning_medaug.registry import GENERATORS
+
+__all__ = ["GenerativeModule", "load_generator", "CONFIG_NAME", "WEIGHTS_NAME"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class GenerativeModule(L.LightningModule):
+    """Base class of all generators.
+
+    Subclasses call ``super().__init__(spatial_dims, in_channels, image_size, num_classes)`` and
+    then ``self.save_hyperparameters()``; their ``__init__`` arguments must be JSON-serialisable
+    so that :meth:`save_pretrained` can write them to ``config.json``.
+
+    Args:
+        spatial_dims: 2 (images) or 3 (volumes).
+        in_channels: image channels.
+        image_size: side length of every spatial axis.
+        num_classes: number of classes for class conditioning; 0 for an unconditional model.
+    """
+
+    #: whether ``sample`` needs ``masks`` (mask -> image models set this to True).
+    requires_masks: bool = False
+
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: int = 32, num_classes: int = 0):
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+        if image_size < 4:
+            raise ValueError(f"image_size must be at least 4, got {image_size}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be 0 (unconditional) or more, got {num_classes}")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.num_classes = num_classes
+
+    # -- the contract -------------------------------------------------------------------------
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: (C, H, W) or (C, D, H, W)."""
+        return (self.in_channels,) + (self.image_size,) * self.spatial_dims
+
+    @property
+    def mask_shape(self) -> tuple[int, ...]:
+        """Shape of one conditioning mask: (1, H, W) or (1, D, H, W)."""
+        return (1,) + (self.image_size,) * self.spatial_dims
+
+    def sample(self, n: int, labels: Tensor | None = None, masks: Tensor | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``n`` images in [-1, 1] with shape ``(n, *image_shape)``.
+
+        Args:
+            n: number of samples.
+            labels: int64 (n,) class indices, for class-conditional models; drawn uniformly when
+                ``None``.
+            masks: float (n, 1, *spatial) in {0, 1}, for mask-conditional models.
+            generator: a ``torch.Generator`` on any device; the same seed gives the same images.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement sample()")
+
+    def check_sample_args(self, n: int, labels: Tensor | None, masks: Tensor | None,
+                          generator: torch.Generator | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """Validate ``sample`` arguments; returns labels and masks on this module's device.
+
+        Families call this first in ``sample``, so errors read the same across the library.
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if labels is not None:
+            if self.num_classes == 0:
+                raise ValueError(f"{type(self).__name__} is unconditional (num_classes=0): it cannot sample given labels")
+            labels = torch.as_tensor(labels, device=self.device).long().reshape(-1)
+            if labels.numel() != n:
+                raise ValueError(f"got {labels.numel()} labels for n={n} samples")
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise ValueError(f"labels must lie in [0, {self.num_classes - 1}], got {labels.unique().tolist()}")
+        elif self.num_classes > 0:
+            gen_device = generator.device if generator is not None else self.device
+            labels = torch.randint(0, self.num_classes, (n,), generator=generator, device=gen_device).to(self.device)
+        if masks is not None:
+            if not self.requires_masks:
+                raise ValueError(f"{type(self).__name__} is not mask-conditional: it cannot sample given masks")
+            masks = torch.as_tensor(masks, device=self.device).float()
+            if tuple(masks.shape) != (n,) + self.mask_shape:
+                raise ValueError(f"masks must have shape {(n,) + self.mask_shape}, got {tuple(masks.shape)}")
+        elif self.requires_masks:
+            raise ValueError(f"{type(self).__name__} is mask-conditional: pass masks of shape {(n,) + self.mask_shape}")
+        return labels, masks
+
+    # -- saving and loading --------------------------------------------------------------------
+    def generator_config(self) -> dict[str, Any]:
+        """What ``config.json`` holds: the registered name and the init arguments."""
+        name = GENERATORS.name_of(self)
+        if name is None:
+            raise ValueError(f"{type(self).__name__} is not registered; decorate it with @register_generator(name)")
+        from lightning_medaug import __version__
+
+        return {"generator": name, "init_args": dict(self.hparams), "library_version": __version__}
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into the folder ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = self.generator_config()
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp_weights = path / (WEIGHTS_NAME + ".tmp")
+        save_file(state, str(tmp_weights), metadata={"generator": config["generator"]})
+        tmp_weights.replace(path / WEIGHTS_NAME)
+        tmp_config = path / (CONFIG_NAME + ".tmp")
+        tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True))
+        tmp_config.replace(path / CONFIG_NAME)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "GenerativeModule":
+        """Load a folder written by :meth:`save_pretrained` (see :func:`load_generator`)."""
+        model = load_generator(path, map_location=map_location)
+        if not isinstance(model, cls):
+            raise ValueError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+
+def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:
+    """Rebuild a generator from a ``save_pretrained`` folder; only registered classes are built."""
+    path = Path(path)
+    config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+    for f in (config_file, weights_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} not found: pass a folder written by save_pretrained()")
+    try:
+        config = json.loads(config_file.read_text())
+        name, init_args = config["generator"], config["init_args"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{config_file} is not a generator config ({err})") from err
+    model = GENERATORS.get(name)(**init_args)
+    state = load_file(str(weights_file), device=str(map_location))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights_file} does not match a {name} built from {config_file}: "
+            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+    return model.eval()

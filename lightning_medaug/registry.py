@@ -1,0 +1,129 @@
+"""Name -> class registries for generators, downstream tasks and feature extractors.
+
+Modelled on timm's ``_registry.py``: a family registers itself with one decorator and is then
+reachable by name from Python, recipes and the CLI. Third-party generators plug in through the
+``lightning_medaug.generators`` entry-point group without any edit to this package::
+
+    # in the plug-in's pyproject.toml
+    [project.entry-points."lightning_medaug.generators"]
+    my_gan = "my_package.my_gan:MyGAN"
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+from importlib.metadata import entry_points
+from typing import Any, Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+__all__ = [
+    "Registry",
+    "GENERATORS",
+    "TASKS",
+    "FEATURE_EXTRACTORS",
+    "register_generator",
+    "create_generator",
+    "get_generator_class",
+    "list_generators",
+    "register_task",
+    "register_feature_extractor",
+]
+
+
+class Registry(Generic[T]):
+    """A named collection of classes (or factories) of one kind.
+
+    Args:
+        kind: what the registry holds, used in error messages ("generator").
+        builtin_module: module imported on first lookup so that built-in entries register
+            themselves; lazy so that importing the registry stays cheap and cycle-free.
+        entry_point_group: optional entry-point group scanned for third-party entries.
+    """
+
+    def __init__(self, kind: str, builtin_module: str | None = None, entry_point_group: str | None = None):
+        self.kind = kind
+        self._builtin_module = builtin_module
+        self._entry_point_group = entry_point_group
+        self._entries: dict[str, T] = {}
+        self._loaded = False
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator registering ``obj`` under ``name``; the name is stored on it as ``registry_name``."""
+        if not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"invalid {self.kind} name {name!r}: use letters, digits, '-' and '_'")
+
+        def decorator(obj: T) -> T:
+            existing = self._entries.get(name)
+            if existing is not None and existing is not obj and _qualname(existing) != _qualname(obj):
+                raise ValueError(f"{self.kind} {name!r} is already registered by {_qualname(existing)}")
+            self._entries[name] = obj
+            try:
+                obj.registry_name = name  # type: ignore[attr-defined]
+            except (AttributeError, TypeError):
+                pass
+            return obj
+
+        return decorator
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        if self._builtin_module:
+            importlib.import_module(self._builtin_module)
+        if self._entry_point_group:
+            for ep in entry_points(group=self._entry_point_group):
+                if ep.name not in self._entries:
+                    self.register(ep.name)(ep.load())
+
+    def get(self, name: str) -> T:
+        """Return the entry registered as ``name``; raises ``ValueError`` naming close matches."""
+        self._load()
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, self._entries, n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(
+                f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(sorted(self._entries)) or 'none'}"
+            )
+        return self._entries[name]
+
+    def create(self, name: str, **kwargs: Any) -> Any:
+        """Instantiate the entry registered as ``name`` with ``kwargs``."""
+        return self.get(name)(**kwargs)  # type: ignore[operator]
+
+    def list(self, pattern: str = "*") -> list[str]:
+        """Sorted names matching a shell-style ``pattern``."""
+        self._load()
+        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+
+    def __contains__(self, name: str) -> bool:
+        self._load()
+        return name in self._entries
+
+    def name_of(self, obj: Any) -> str | None:
+        """The name under which ``obj`` (a class or an instance of one) is registered, if any."""
+        self._load()
+        cls = obj if isinstance(obj, type) else type(obj)
+        for name, entry in self._entries.items():
+            if entry is cls:
+                return name
+        return None
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+GENERATORS: Registry = Registry("generator", "lightning_medaug.generative", "lightning_medaug.generators")
+TASKS: Registry = Registry("task", "lightning_medaug.tasks")
+FEATURE_EXTRACTORS: Registry = Registry("feature extractor", "lightning_medaug.metrics")
+
+register_generator = GENERATORS.register
+get_generator_class = GENERATORS.get
+create_generator = GENERATORS.create
+list_generators = GENERATORS.list
+register_task = TASKS.register
+register_feature_extractor = FEATURE_EXTRACTORS.register
