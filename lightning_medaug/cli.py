@@ -1,0 +1,150 @@
+"""The ``medaug`` command line.
+
+``medaug fit|validate|test|predict --config recipes/<recipe>.yaml`` are LightningCLI subcommands
+(recipes use ``class_path`` / ``init_args``); the resolved config, ``metrics.json`` and
+``curves.png`` land in every run folder. ``medaug demo`` runs the README's main job and
+``medaug list`` shows what the registries hold. Errors in what the user passed (a missing file, a
+bad value) print one line and exit with code 2; set ``MEDAUG_DEBUG=1`` for the full traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Sequence
+
+import lightning as L
+from argparse import ArgumentError
+
+from jsonargparse import lazy_instance
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_medaug.report.run_summary import RunSummary
+
+__all__ = ["MedaugCLI", "main", "check_data_model_compatible", "one_line"]
+
+TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError, TypeError)
+
+#: attributes a data module and a model must agree on when both define them.
+_SHARED_ATTRIBUTES = ("spatial_dims", "in_channels", "image_size")
+
+
+def check_data_model_compatible(model: L.LightningModule, datamodule: L.LightningDataModule | None) -> None:
+    """Raise ``ValueError`` when a recipe pairs a model with data of another shape or class count."""
+    if datamodule is None:
+        return
+    hparams = getattr(model, "hparams", {})
+    for name in _SHARED_ATTRIBUTES:
+        data_value, model_value = getattr(datamodule, name, None), hparams.get(name)
+        if name == "image_size" and not hasattr(model, "sample"):
+            continue  # classifiers and segmenters accept any input size
+        if data_value is not None and model_value is not None and data_value != model_value:
+            raise ValueError(
+                f"model.{name}={model_value} but the data has {name}={data_value}: "
+                f"set model.init_args.{name}: {data_value} in the recipe"
+            )
+    data_classes, model_classes = getattr(datamodule, "num_classes", None), hparams.get("num_classes")
+    uses_labels = getattr(model, "uses_class_labels", hasattr(model, "sample"))
+    if uses_labels and data_classes and model_classes and model_classes != data_classes:
+        raise ValueError(
+            f"model.num_classes={model_classes} but the data has {data_classes} classes: "
+            f"set model.init_args.num_classes: {data_classes} in the recipe"
+        )
+
+
+class MedaugCLI(LightningCLI):
+    """LightningCLI with the library's defaults: CSV logs under ``runs/``, rich progress bars,
+    a :class:`RunSummary` in every run, and a data/model compatibility check before running."""
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any):
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": False})
+        kwargs.setdefault("trainer_defaults", {
+            "logger": lazy_instance(CSVLogger, save_dir="runs", name="medaug"),
+            "callbacks": [lazy_instance(RichProgressBar)],
+        })
+        super().__init__(L.LightningModule, L.LightningDataModule, args=args, run=run, **kwargs)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # Raise instead of printing the whole usage: ``main`` turns the error into one line.
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(RunSummary, "summary")
+
+    def _check(self) -> None:
+        check_data_model_compatible(self.model, self.datamodule)
+
+    before_fit = before_validate = before_test = before_predict = _check
+
+
+def _usage() -> str:
+    return (
+        "usage: medaug {fit,validate,test,predict,demo,list} ...\n\n"
+        "  fit|validate|test|predict --config RECIPE.yaml   train or evaluate (LightningCLI; --help for options)\n"
+        "  demo [--out DIR]                                 the README's main job on the shipped PneumoniaMNIST\n"
+        "  list                                             registered generators, tasks and feature extractors\n"
+    )
+
+
+def _list() -> int:
+    from lightning_medaug.registry import FEATURE_EXTRACTORS, GENERATORS, TASKS
+
+    for registry in (GENERATORS, TASKS, FEATURE_EXTRACTORS):
+        try:
+            names = registry.list()
+        except ImportError:
+            names = []
+        print(f"{registry.kind}s: {', '.join(names) or '-'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medaug`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else None
+    try:
+        if command in TRAINER_SUBCOMMANDS:
+            # args=None lets LightningCLI read sys.argv itself (the DDP launcher re-runs it).
+            MedaugCLI(args=None if argv == sys.argv[1:] else argv)
+            return 0
+        if command == "demo":
+            from lightning_medaug.demo import main as demo_main
+
+            return demo_main(argv[1:])
+        if command == "list":
+            return _list()
+        if command in (None, "-h", "--help", "help"):
+            print(_usage())
+            return 0 if command else 2
+        print(f"medaug: error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    except (ArgumentError, *USER_ERRORS) as err:
+        if os.environ.get("MEDAUG_DEBUG"):
+            raise
+        print(f"medaug: error: {one_line(err)}", file=sys.stderr)
+        return 2
+
+
+# Lines of jsonargparse's union-type explanations that say nothing about the actual mistake.
+_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "- Expected a <class 'NoneType'>",
+          "Given value type:", "Given value:", "tip: For details")
+
+
+def one_line(err: BaseException) -> str:
+    """Condense an exception message into the one line the CLI prints."""
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, KeyError) and err.args:
+        text = str(err.args[0])
+    lines = [line.strip().lstrip("- ").strip() for line in text.splitlines()]
+    kept = [line for line in lines if line and not any(line.lstrip("- ").startswith(n.lstrip("- ")) for n in _NOISE)]
+    return " ".join(kept) if kept else lines[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
