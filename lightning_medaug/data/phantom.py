@@ -120,6 +120,11 @@ class PhantomDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        for split, count in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
+            if count < 1:  # checked here, not first at setup(), so a bad recipe fails when it is built
+                raise ValueError(f"{split} must be at least 1, got {count}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         make_phantoms(1, spatial_dims, image_size, num_classes, seed, style)  # validates the arguments
         self.save_hyperparameters()
         self.spatial_dims, self.image_size, self.num_classes = spatial_dims, image_size, num_classes
