@@ -19,7 +19,6 @@ import csv
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -31,123 +30,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY, MASK_KEY
+from lightning_medaug.data.imageio import (
+    IMAGE_SUFFIXES, Geometry, image_to_array, read_image, rescale_intensity, resize, scan_folder,
+)
 from lightning_medaug.data.medmnist import DATA_ENV_VAR, shipped_datasets_dir
 from lightning_medaug.data.splits import holdout_split
 
 __all__ = ["Geometry", "FolderDataset", "FolderDataModule", "read_image"]
-
-#: File suffixes read as one image each; sub-folders are read as DICOM series.
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
-                  ".bmp", ".dcm")
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Physical placement of an image in SimpleITK (x, y[, z]) order; ``shape`` is numpy (z, y, x) order."""
-
-    shape: tuple[int, ...]
-    spacing: tuple[float, ...]
-    origin: tuple[float, ...]
-    direction: tuple[float, ...]
-
-    @classmethod
-    def of(cls, image: sitk.Image) -> Geometry:
-        return cls(tuple(reversed(image.GetSize())), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-
-    def apply(self, image: sitk.Image) -> sitk.Image:
-        image.SetSpacing(self.spacing)
-        image.SetOrigin(self.origin)
-        image.SetDirection(self.direction)
-        return image
-
-    def matches(self, other: Geometry, atol: float = 1e-3) -> bool:
-        """Same grid up to ``atol`` (in the image's units, usually mm) for spacing and origin."""
-        return (self.shape == other.shape and np.allclose(self.spacing, other.spacing, atol=atol)
-                and np.allclose(self.origin, other.origin, atol=atol)
-                and np.allclose(self.direction, other.direction, atol=1e-4))
-
-
-def read_image(path: str | Path) -> sitk.Image:
-    """Read one image file, or a folder holding exactly one DICOM series, with SimpleITK."""
-    path = Path(path)
-    try:
-        if not path.is_dir():
-            return sitk.ReadImage(str(path))
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-        if len(series) != 1:
-            raise ValueError(f"folder {path} must hold exactly one DICOM series, found {len(series)}")
-        reader = sitk.ImageSeriesReader()  # metadata dictionaries stay off: no tags are read
-        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
-        return reader.Execute()
-    except RuntimeError as err:  # SimpleITK reports unreadable files as RuntimeError
-        raise ValueError(f"cannot read {path}: {str(err).strip().splitlines()[-1]}") from None
-
-
-def _stem(path: Path) -> str | None:
-    """Pairing key of a directory entry, ``None`` for entries that are not images."""
-    if path.name.startswith("."):
-        return None
-    if path.is_dir():
-        return path.name
-    lower = path.name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return None
-
-
-def _natural_key(text: str) -> list:
-    # "2" before "10", so hold-out indices follow the numbering people see.
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def _scan(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"folder not found: {folder}")
-    found: dict[str, Path] = {}
-    for entry in folder.iterdir():
-        stem = _stem(entry)
-        if stem is None:
-            continue
-        if stem in found:
-            raise ValueError(f"two files share the stem {stem!r}: {found[stem]} and {entry}; keep one")
-        found[stem] = entry
-    return dict(sorted(found.items(), key=lambda kv: _natural_key(kv[0])))
-
-
-def _to_array(image: sitk.Image, path: Path, spatial_dims: int | None) -> np.ndarray:
-    """(C, *S) float32 array; a one-slice volume counts as 2D unless ``spatial_dims == 3``."""
-    arr = sitk.GetArrayFromImage(image).astype(np.float32)
-    channels = image.GetNumberOfComponentsPerPixel()
-    arr = arr[..., None] if channels == 1 else arr
-    arr = np.moveaxis(arr, -1, 0)
-    if arr.ndim == 4 and arr.shape[1] == 1 and spatial_dims != 3:
-        arr = arr[:, 0]
-    if spatial_dims is not None and arr.ndim - 1 != spatial_dims:
-        raise ValueError(f"{path} has spatial shape {arr.shape[1:]}, expected {spatial_dims}D "
-                         "(set by spatial_dims or by the first image)")
-    return arr
-
-
-def _rescale(arr: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    """Clip to the given intensity percentiles and map to [-1, 1]; a constant image becomes -1."""
-    lo, hi = np.percentile(arr, percentiles)
-    if hi <= lo:
-        return np.full_like(arr, -1.0)
-    return ((np.clip(arr, lo, hi) - lo) / (hi - lo) * 2.0 - 1.0).astype(np.float32)
-
-
-def _resize(x: Tensor, size: int | None, is_mask: bool) -> Tensor:
-    if size is None:
-        return x
-    sd = x.ndim - 1
-    if is_mask:
-        return F.interpolate(x[None], size=(size,) * sd, mode="nearest-exact")[0]
-    mode = "bilinear" if sd == 2 else "trilinear"
-    # Anti-aliasing matters when shrinking 512x512 EM to 128; torch offers it for 2D only.
-    out = F.interpolate(x[None], size=(size,) * sd, mode=mode, align_corners=False, antialias=sd == 2)
-    return out[0].clamp(-1.0, 1.0)
-
 
 class FolderDataset(Dataset):
     """Samples ``indices`` of stacked tensors, as ``{"image", "mask"?, "label"?}`` dicts."""
@@ -245,11 +134,11 @@ class FolderDataModule(L.LightningDataModule):
         self.spatial_dims, self.geometry = hp.spatial_dims, []
         if not self.root.is_dir():
             raise FileNotFoundError(f"data folder not found: {self.root} (pass root= or set ${DATA_ENV_VAR})")
-        images = _scan(self.root / hp.image_dir)
+        images = scan_folder(self.root / hp.image_dir)
         if not images:
             raise FileNotFoundError(f"no images in {self.root / hp.image_dir}: expected files ending in "
                                     f"{', '.join(IMAGE_SUFFIXES)} or DICOM series folders")
-        masks = _scan(self.root / hp.mask_dir) if hp.mask_dir else {}
+        masks = scan_folder(self.root / hp.mask_dir) if hp.mask_dir else {}
         if hp.mask_dir:
             _check_partners(images, masks, "image", "mask")
             _check_partners(masks, images, "mask", "image")
@@ -280,18 +169,18 @@ class FolderDataModule(L.LightningDataModule):
     def _read_pair(self, image_path: Path, mask_path: Path | None) -> tuple[Tensor, Tensor | None]:
         hp = self.hparams
         image = read_image(image_path)
-        arr = _to_array(image, image_path, self.spatial_dims)
+        arr = image_to_array(image, image_path, self.spatial_dims)
         if self.spatial_dims is None:
             self.spatial_dims = arr.ndim - 1
         geometry = Geometry.of(image)
         self.geometry.append(geometry)
-        x = _resize(torch.from_numpy(_rescale(arr, tuple(hp.intensity_percentiles))), hp.image_size, False)
+        x = resize(torch.from_numpy(rescale_intensity(arr, tuple(hp.intensity_percentiles))), hp.image_size, False)
         if mask_path is None:
             return x, None
         mask_image = read_image(mask_path)
         if mask_image.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError(f"mask {mask_path} has {mask_image.GetNumberOfComponentsPerPixel()} channels, expected 1")
-        m = _to_array(mask_image, mask_path, self.spatial_dims)
+        m = image_to_array(mask_image, mask_path, self.spatial_dims)
         if m.shape[1:] != arr.shape[1:]:
             raise ValueError(f"image {image_path} has spatial shape {arr.shape[1:]} but mask {mask_path} "
                              f"has {m.shape[1:]}")
@@ -301,7 +190,7 @@ class FolderDataModule(L.LightningDataModule):
                              f"vs {other.spacing}, origin {geometry.origin} vs {other.origin}; resample the mask")
         top = m.max()
         binary = (m > hp.mask_threshold * top) if top > 0 else np.zeros_like(m, dtype=bool)
-        return x, _resize(torch.from_numpy(binary.astype(np.float32)), hp.image_size, True)
+        return x, resize(torch.from_numpy(binary.astype(np.float32)), hp.image_size, True)
 
     def _stack(self, tensors: list[Tensor], what: str) -> Tensor:
         shapes = {tuple(t.shape) for t in tensors}

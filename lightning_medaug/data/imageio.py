@@ -1,0 +1,130 @@
+"""Reading medical images with SimpleITK: files and DICOM series to arrays, with their geometry.
+
+Only geometry (spacing, origin, direction) is kept: DICOM tags such as patient name or UIDs are
+never read into anything this module returns.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["IMAGE_SUFFIXES", "Geometry", "read_image", "scan_folder", "image_to_array", "rescale_intensity", "resize"]
+
+#: File suffixes read as one image each; sub-folders are read as DICOM series.
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
+                  ".bmp", ".dcm")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Physical placement of an image in SimpleITK (x, y[, z]) order; ``shape`` is numpy (z, y, x) order."""
+
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Geometry:
+        return cls(tuple(reversed(image.GetSize())), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+    def apply(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def matches(self, other: Geometry, atol: float = 1e-3) -> bool:
+        """Same grid up to ``atol`` (in the image's units, usually mm) for spacing and origin."""
+        return (self.shape == other.shape and np.allclose(self.spacing, other.spacing, atol=atol)
+                and np.allclose(self.origin, other.origin, atol=atol)
+                and np.allclose(self.direction, other.direction, atol=1e-4))
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read one image file, or a folder holding exactly one DICOM series, with SimpleITK."""
+    path = Path(path)
+    try:
+        if not path.is_dir():
+            return sitk.ReadImage(str(path))
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+        if len(series) != 1:
+            raise ValueError(f"folder {path} must hold exactly one DICOM series, found {len(series)}")
+        reader = sitk.ImageSeriesReader()  # metadata dictionaries stay off: no tags are read
+        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+        return reader.Execute()
+    except RuntimeError as err:  # SimpleITK reports unreadable files as RuntimeError
+        raise ValueError(f"cannot read {path}: {str(err).strip().splitlines()[-1]}") from None
+
+
+def _stem(path: Path) -> str | None:
+    """Pairing key of a directory entry, ``None`` for entries that are not images."""
+    if path.name.startswith("."):
+        return None
+    if path.is_dir():
+        return path.name
+    lower = path.name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if lower.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return None
+
+
+def _natural_key(text: str) -> list:
+    # "2" before "10", so hold-out indices follow the numbering people see.
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def scan_folder(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    found: dict[str, Path] = {}
+    for entry in folder.iterdir():
+        stem = _stem(entry)
+        if stem is None:
+            continue
+        if stem in found:
+            raise ValueError(f"two files share the stem {stem!r}: {found[stem]} and {entry}; keep one")
+        found[stem] = entry
+    return dict(sorted(found.items(), key=lambda kv: _natural_key(kv[0])))
+
+
+def image_to_array(image: sitk.Image, path: Path, spatial_dims: int | None) -> np.ndarray:
+    """(C, *S) float32 array; a one-slice volume counts as 2D unless ``spatial_dims == 3``."""
+    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    channels = image.GetNumberOfComponentsPerPixel()
+    arr = arr[..., None] if channels == 1 else arr
+    arr = np.moveaxis(arr, -1, 0)
+    if arr.ndim == 4 and arr.shape[1] == 1 and spatial_dims != 3:
+        arr = arr[:, 0]
+    if spatial_dims is not None and arr.ndim - 1 != spatial_dims:
+        raise ValueError(f"{path} has spatial shape {arr.shape[1:]}, expected {spatial_dims}D "
+                         "(set by spatial_dims or by the first image)")
+    return arr
+
+
+def rescale_intensity(arr: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """Clip to the given intensity percentiles and map to [-1, 1]; a constant image becomes -1."""
+    lo, hi = np.percentile(arr, percentiles)
+    if hi <= lo:
+        return np.full_like(arr, -1.0)
+    return ((np.clip(arr, lo, hi) - lo) / (hi - lo) * 2.0 - 1.0).astype(np.float32)
+
+
+def resize(x: Tensor, size: int | None, is_mask: bool) -> Tensor:
+    if size is None:
+        return x
+    sd = x.ndim - 1
+    if is_mask:
+        return F.interpolate(x[None], size=(size,) * sd, mode="nearest-exact")[0]
+    mode = "bilinear" if sd == 2 else "trilinear"
+    # Anti-aliasing matters when shrinking 512x512 EM to 128; torch offers it for 2D only.
+    out = F.interpolate(x[None], size=(size,) * sd, mode=mode, align_corners=False, antialias=sd == 2)
+    return out[0].clamp(-1.0, 1.0)
