@@ -162,7 +162,10 @@ def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -
         raise ValueError(f"{config_file} is not a generator config ({err})") from err
     model = GENERATORS.get(name)(**init_args)
     state = load_file(str(weights_file), device=str(map_location))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"{weights_file} does not match a {name} built from {config_file}: {err}") from err
     if missing or unexpected:
         raise ValueError(
             f"{weights_file} does not match a {name} built from {config_file}: "

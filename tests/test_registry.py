@@ -1,0 +1,66 @@
+"""The registries: decorators, lookups with helpful errors, and third-party entry points."""
+
+import sys
+import textwrap
+
+import pytest
+
+from lightning_medaug.registry import GENERATORS, Registry
+
+
+def test_register_create_list():
+    reg = Registry("widget")
+
+    @reg.register("small_widget")
+    class SmallWidget:
+        def __init__(self, size: int = 1):
+            self.size = size
+
+    assert reg.list() == ["small_widget"]
+    assert reg.list("small*") == ["small_widget"] and reg.list("big*") == []
+    assert reg.create("small_widget", size=3).size == 3
+    assert SmallWidget.registry_name == "small_widget"
+    assert reg.name_of(SmallWidget(2)) == "small_widget"
+    assert "small_widget" in reg
+
+
+def test_unknown_name_suggests_close_matches():
+    reg = Registry("widget")
+    reg.register("conditional_gan")(type("A", (), {}))
+    with pytest.raises(ValueError, match=r"unknown widget 'conditional_gam'.*Did you mean 'conditional_gan'"):
+        reg.get("conditional_gam")
+
+
+def test_conflicting_registration_and_bad_names_are_refused():
+    reg = Registry("widget")
+    reg.register("w")(type("A", (), {}))
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("w")(type("B", (), {}))
+    with pytest.raises(ValueError, match="invalid widget name"):
+        reg.register("has space")
+
+
+def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
+    # A third-party package, installed the way pip would: a module plus a dist-info entry point.
+    (tmp_path / "medaug_plugin_demo.py").write_text(textwrap.dedent("""
+        class ThirdPartyGenerator:
+            def __init__(self, spatial_dims=2):
+                self.spatial_dims = spatial_dims
+    """))
+    dist = tmp_path / "medaug_plugin_demo-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: medaug-plugin-demo\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[lightning_medaug.generators]\nthird_party = medaug_plugin_demo:ThirdPartyGenerator\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry("generator", entry_point_group="lightning_medaug.generators")
+    assert "third_party" in reg.list()
+    assert reg.create("third_party", spatial_dims=3).spatial_dims == 3
+    sys.modules.pop("medaug_plugin_demo", None)
+
+
+def test_builtin_generators_are_registered():
+    names = GENERATORS.list()
+    for expected in ("vae", "cvae", "beta_vae", "vqvae", "dcgan", "cgan", "wgan_gp", "pix2pix", "cyclegan", "ddpm", "ldm"):
+        assert expected in names, f"{expected} missing from {names}"
