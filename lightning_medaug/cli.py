@@ -21,12 +21,16 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+from lightning_medaug.registry import TASKS
 from lightning_medaug.report.run_summary import RunSummary
 
 __all__ = ["MedaugCLI", "main", "check_data_model_compatible", "one_line"]
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError, TypeError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError, TypeError,
+               MisconfigurationException)
 
 #: attributes a data module and a model must agree on when both define them.
 _SHARED_ATTRIBUTES = ("spatial_dims", "in_channels", "image_size")
@@ -47,7 +51,7 @@ def check_data_model_compatible(model: L.LightningModule, datamodule: L.Lightnin
                 f"set model.init_args.{name}: {data_value} in the recipe"
             )
     data_classes, model_classes = getattr(datamodule, "num_classes", None), hparams.get("num_classes")
-    uses_labels = getattr(model, "uses_class_labels", hasattr(model, "sample"))
+    uses_labels = hasattr(model, "sample") or TASKS.name_of(model) == "classification"
     if uses_labels and data_classes and model_classes and model_classes != data_classes:
         raise ValueError(
             f"model.num_classes={model_classes} but the data has {data_classes} classes: "
@@ -76,6 +80,13 @@ class MedaugCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RunSummary, "summary")
+
+    def before_instantiate_classes(self) -> None:
+        # The default rich progress bar must yield to an explicit enable_progress_bar=false.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.get("trainer")
+        if trainer is not None and trainer.get("enable_progress_bar") is False:
+            self.trainer_defaults = {k: v for k, v in self.trainer_defaults.items() if k != "callbacks"}
 
     def _check(self) -> None:
         check_data_model_compatible(self.model, self.datamodule)

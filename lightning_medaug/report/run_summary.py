@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_only
 
 __all__ = ["RunSummary"]
 
@@ -75,9 +74,10 @@ class RunSummary(L.Callback):
         pick = max if self.mode == "max" else min
         return pick(rows, key=lambda r: r[self.monitor])
 
-    @rank_zero_only
     def _write(self, trainer: L.Trainer, **extra: Any) -> None:
-        folder = self.folder(trainer)
+        folder = self.folder(trainer)  # collective under DDP (log_dir broadcasts): every rank calls it
+        if not trainer.is_global_zero:
+            return
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "metrics.json"
         previous = json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,163 @@
+"""The `medaug` command: real runs write a complete run folder; bad input gives one line and exit 2."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from lightning_medaug.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_recipe(tmp_path: Path, **data_overrides) -> Path:
+    """A classification recipe on 16x16 phantoms, small enough for a test."""
+    data = {"class_path": "lightning_medaug.data.PhantomDataModule",
+            "init_args": {"image_size": 16, "num_train": 32, "num_val": 16, "num_test": 16, "batch_size": 16}}
+    if "class_path" in data_overrides:  # another data module: its own arguments only
+        data = {"class_path": data_overrides["class_path"], "init_args": {}}
+    data["init_args"].update(data_overrides.get("init_args", {}))
+    recipe = {
+        "seed_everything": 0,
+        "model": {"class_path": "lightning_medaug.tasks.ClassificationTask",
+                  "init_args": {"backbone": "resnet18", "in_channels": 1, "num_classes": 2}},
+        "data": data,
+        "trainer": {"max_epochs": 2, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 1,
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tiny"}},
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"monitor": "val/auc", "mode": "max"}}]},
+        "summary": {"monitor": "val/auc", "mode": "max"},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_folder(tmp_path: Path) -> Path:
+    return tmp_path / "runs" / "tiny" / "version_0"
+
+
+def test_fit_then_test_writes_a_complete_run_folder(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    assert main(["fit", "--config", str(recipe)]) == 0
+    folder = run_folder(tmp_path)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["model"]["init_args"]["backbone"] == "resnet18"  # the resolved config
+    assert config["trainer"]["max_epochs"] == 2
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2
+    assert 0.0 <= metrics["monitor"]["best"]["val/auc"] <= 1.0
+    assert (folder / "curves.png").stat().st_size > 1000
+    ckpt = next((folder / "checkpoints").glob("*.ckpt"))
+    # Testing the checkpoint adds the test figures to a new run folder's metrics.json.
+    assert main(["test", "--config", str(recipe), "--ckpt_path", str(ckpt)]) == 0
+    test_metrics = json.loads((tmp_path / "runs" / "tiny" / "version_1" / "metrics.json").read_text())
+    assert set(test_metrics["test"]) >= {"test/auc", "test/acc", "test/loss"}
+
+
+def _fails_cleanly(capsys, argv, match: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err, "expected an error line on stderr"
+    last = err[-1]
+    assert last.startswith("medaug: error: "), last
+    assert match in last, last
+    assert not any("Traceback" in line for line in err)
+    return last
+
+
+def _npz(path: Path, **arrays) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+def _pneumonia_arrays(**overrides):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 8), ("val", 4), ("test", 4)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 1), dtype=np.uint8)
+    arrays.update(overrides)
+    return {k: v for k, v in arrays.items() if v is not None}
+
+
+def _medmnist_recipe(tmp_path: Path, root: Path) -> Path:
+    return tiny_recipe(tmp_path, class_path="lightning_medaug.data.MedMNISTDataModule",
+                       init_args={"name": "pneumoniamnist", "root": str(root), "batch_size": 4})
+
+
+BAD_DATA = {
+    "missing file": (None, "pneumoniamnist.npz"),
+    "corrupt npz": (b"this is not an npz archive", "pneumoniamnist.npz"),
+    "missing keys": (dict(test_images=None), "test_images"),
+    "wrong shape": (dict(train_images=np.zeros((8, 28), dtype=np.uint8)), "train_images"),
+    "NaN images": (dict(train_images=np.full((8, 28, 28), np.nan, dtype=np.float32)), "NaN"),
+    "labels out of range": (dict(train_labels=np.full((8, 1), 7, dtype=np.uint8)), "label"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_bad_data_gives_one_line_and_exit_2(tmp_path, capsys, case):
+    content, match = BAD_DATA[case]
+    root = tmp_path / "data"
+    root.mkdir()
+    target = root / "pneumoniamnist.npz"
+    if isinstance(content, bytes):
+        target.write_bytes(content)
+    elif isinstance(content, dict):
+        _npz(target, **_pneumonia_arrays(**content))
+    before = sorted(p.name for p in root.iterdir())
+    recipe = _medmnist_recipe(tmp_path, root)
+    _fails_cleanly(capsys, ["fit", "--config", str(recipe)], match)
+    assert sorted(p.name for p in root.iterdir()) == before  # nothing written next to the data
+    assert not (tmp_path / "runs" / "tiny" / "version_0" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("argv_tail, match", [
+    (["--model.init_args.backbone", "resnet18x"], "resnet18x"),
+    (["--trainer.max_epochz", "1"], "max_epochz"),
+    (["--model.init_args.in_channels", "3"], "in_channels"),
+    (["--model.init_args.num_classes", "5"], "num_classes"),
+    (["--data.init_args.image_size", "3"], "image_size"),
+])
+def test_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys, argv_tail, match):
+    recipe = tiny_recipe(tmp_path)
+    _fails_cleanly(capsys, ["fit", "--config", str(recipe), *argv_tail], match)
+
+
+def test_missing_recipe_and_typo_in_recipe(tmp_path, capsys):
+    _fails_cleanly(capsys, ["fit", "--config", str(tmp_path / "nope.yaml")], "nope.yaml")
+    recipe = tiny_recipe(tmp_path)
+    recipe.write_text(recipe.read_text().replace("num_train", "num_trian"))
+    _fails_cleanly(capsys, ["fit", "--config", str(recipe)], "num_trian")
+
+
+def test_unknown_command_and_list(capsys):
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "generators:" in out and "ddpm" in out and "classification" in out
+
+
+def test_ddp_and_bf16_from_the_command_line(tmp_path):
+    """Two CPU processes over gloo with bf16-mixed, launched the way users launch it."""
+    recipe = tiny_recipe(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "lightning_medaug.cli", "fit", "--config", str(recipe),
+           "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.precision", "bf16-mixed",
+           "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world_size: 2" in proc.stderr or "MEMBER: 2/2" in proc.stderr or "distributed_backend=gloo" in proc.stderr
+    metrics = json.loads((run_folder(tmp_path) / "metrics.json").read_text())
+    assert metrics["fit"]["global_step"] == 1.0  # 32 samples / (2 ranks x batch 16) = 1 step per epoch
+    assert np.isfinite(metrics["fit"]["train/loss_epoch"])
