@@ -1,0 +1,177 @@
+"""Which samples a training epoch visits: every real one (or a share of them) plus synthetic ones.
+
+:class:`MixSampler` indexes a ``ConcatDataset([real, synthetic])``: indices below ``num_real``
+are real, the rest synthetic. The plan of an epoch depends only on ``(seed, epoch)``, so a resumed
+run replays the same epochs, and each DDP rank takes a disjoint, equal share of it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+from torch.utils.data import DistributedSampler
+
+__all__ = ["MixSampler", "synthetic_count", "balance_allocation", "ratio_at"]
+
+MODES = ("add", "replace")
+
+
+def ratio_at(ratio: float, schedule: Mapping[int, float] | None, epoch: int) -> float:
+    """The synthetic fraction in force at ``epoch``: the schedule's last entry at or before it."""
+    if not schedule:
+        return ratio
+    starts = sorted(int(k) for k in schedule)
+    current = ratio if epoch < starts[0] else schedule[max(s for s in starts if s <= epoch)]
+    return float(current)
+
+
+def synthetic_count(num_real: int, ratio: float, mode: str) -> tuple[int, int]:
+    """``(real, synthetic)`` sample counts of an epoch with synthetic fraction ``ratio``.
+
+    ``add`` keeps every real sample and adds ``ratio / (1 - ratio)`` times as many synthetic ones;
+    ``replace`` keeps the epoch length and swaps a ``ratio`` share of real samples for synthetic.
+    """
+    if mode == "add":
+        if ratio >= 1.0:
+            raise ValueError("ratio=1 in 'add' mode would need infinitely many synthetic samples; "
+                             "use mode='replace' for synthetic-only training")
+        return num_real, int(round(num_real * ratio / (1.0 - ratio)))
+    synthetic = int(round(num_real * ratio))
+    return num_real - synthetic, synthetic
+
+
+def balance_allocation(real_counts: Sequence[int], budget: int, available: Sequence[int]) -> np.ndarray:
+    """Split ``budget`` synthetic samples over classes so real + synthetic counts end up as even as
+    possible (water-filling). A class gets at most its ``available`` samples unless all pools
+    together are too small, in which case the caps are lifted (samples then repeat)."""
+    real = np.asarray(real_counts, dtype=np.int64)
+    caps = np.asarray(available, dtype=np.int64)
+    if budget <= 0:
+        return np.zeros_like(real)
+    if caps.sum() < budget:
+        caps = np.where(caps > 0, budget, 0)
+    if caps.sum() == 0:
+        raise ValueError("no synthetic sample of any class is available")
+
+    def filled(level: int) -> np.ndarray:
+        return np.clip(level - real, 0, caps)
+
+    lo, hi = 0, int(real.max()) + budget + 1  # smallest level whose fill reaches the budget
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if filled(mid).sum() < budget else (lo, mid)
+    alloc = filled(lo - 1)
+    short = budget - int(alloc.sum())
+    # The last unit level is shared: classes at that level with room left get one more each.
+    candidates = np.flatnonzero((real + alloc == lo - 1) & (alloc < caps))[:short]
+    alloc[candidates] += 1
+    return alloc
+
+
+class MixSampler(DistributedSampler):
+    """Epoch plans over ``ConcatDataset([real, synthetic])``, sharded across DDP ranks.
+
+    A ``DistributedSampler`` subclass so that Lightning keeps it as is under DDP instead of wrapping
+    it; it needs no process group: ``num_replicas`` and ``rank`` are given.
+
+    Args:
+        num_real: size of the real training set.
+        synthetic_labels: label of each synthetic sample (its length is the synthetic pool size).
+        ratio: synthetic fraction of every epoch, in [0, 1].
+        mode: ``"add"`` or ``"replace"`` (see :func:`synthetic_count`).
+        seed: seeds every epoch's plan together with the epoch number.
+        real_labels: labels of the real samples, needed for ``class_balance``.
+        class_balance: spend the synthetic budget on the classes that have fewest samples.
+        ratio_schedule: ``{epoch: ratio}`` changes of the ratio from that epoch on (warm-up etc.).
+        num_replicas, rank: the DDP world size and this process's rank.
+        shuffle: shuffle the epoch (real and synthetic interleaved); off keeps real first.
+    """
+
+    def __init__(self, num_real: int, synthetic_labels: Sequence[int] | np.ndarray, ratio: float = 0.5,
+                 mode: str = "add", seed: int = 0, real_labels: Sequence[int] | np.ndarray | None = None,
+                 class_balance: bool = False, ratio_schedule: Mapping[int, float] | None = None,
+                 num_replicas: int = 1, rank: int = 0, shuffle: bool = True):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        for r in [ratio, *(ratio_schedule or {}).values()]:
+            if not 0.0 <= float(r) <= 1.0:
+                raise ValueError(f"ratio must lie in [0, 1], got {r}")
+        if num_real < 1 and mode == "add":
+            raise ValueError("the real training set is empty")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside world size {num_replicas}")
+        self.synthetic_labels = np.asarray(synthetic_labels, dtype=np.int64).reshape(-1)
+        if class_balance:
+            if real_labels is None:
+                raise ValueError("class_balance needs the real samples' labels")
+            self.real_labels = np.asarray(real_labels, dtype=np.int64).reshape(-1)
+        else:
+            self.real_labels = None
+        self.num_real, self.ratio, self.mode, self.seed = num_real, float(ratio), mode, seed
+        self.class_balance, self.ratio_schedule = class_balance, dict(ratio_schedule or {})
+        self.num_replicas, self.rank, self.shuffle, self.epoch = num_replicas, rank, shuffle, 0
+        self.drop_last = True  # shares are truncated, never padded: no sample twice in an epoch
+        self._warned = False
+
+    def counts(self, epoch: int | None = None) -> tuple[int, int]:
+        """``(real, synthetic)`` counts of the whole epoch (all ranks together)."""
+        epoch = self.epoch if epoch is None else epoch
+        n_real, n_syn = synthetic_count(self.num_real, ratio_at(self.ratio, self.ratio_schedule, epoch), self.mode)
+        if n_syn and self.synthetic_labels.size == 0:
+            raise ValueError("the synthetic pool is empty but the ratio asks for synthetic samples")
+        return n_real, n_syn
+
+    def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
+        """Every index the epoch visits, across all ranks, in order."""
+        epoch = self.epoch if epoch is None else epoch
+        n_real, n_syn = self.counts(epoch)
+        rng = np.random.default_rng([self.seed, epoch])
+        real = rng.permutation(self.num_real)[:n_real] if self.shuffle else np.arange(n_real)
+        synthetic = self._synthetic(epoch, n_syn, real) + self.num_real
+        order = np.concatenate([real, synthetic])
+        return rng.permutation(order) if self.shuffle else order
+
+    def _synthetic(self, epoch: int, n_syn: int, real: np.ndarray) -> np.ndarray:
+        if n_syn == 0:
+            return np.zeros(0, dtype=np.int64)
+        pool = self.synthetic_labels.size
+        if n_syn > pool and not self._warned:
+            warnings.warn(f"an epoch asks for {n_syn} synthetic samples but the bank holds {pool}: "
+                          "some are repeated within the epoch; write a larger bank", stacklevel=2)
+            self._warned = True
+        if not self.class_balance:
+            return _cycle(np.random.default_rng([self.seed, 0, 1]).permutation(pool), epoch * n_syn, n_syn)
+        classes = int(max(self.synthetic_labels.max(initial=0), self.real_labels.max(initial=0))) + 1
+        real_counts = np.bincount(self.real_labels[real], minlength=classes)
+        pools = [np.flatnonzero(self.synthetic_labels == c) for c in range(classes)]
+        alloc = balance_allocation(real_counts, n_syn, [len(p) for p in pools])
+        picks = []
+        for c, (members, k) in enumerate(zip(pools, alloc)):
+            if k:
+                perm = members[np.random.default_rng([self.seed, c, 2]).permutation(len(members))]
+                picks.append(_cycle(perm, epoch * int(k), int(k)))
+        return np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self.epoch_indices()
+        per_rank = len(indices) // self.num_replicas
+        return iter(indices[self.rank: per_rank * self.num_replicas: self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return sum(self.counts()) // self.num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def synthetic_fraction(self, epoch: int | None = None) -> float:
+        """Share of synthetic samples in the epoch (all ranks)."""
+        n_real, n_syn = self.counts(epoch)
+        return n_syn / max(1, n_real + n_syn)
+
+
+def _cycle(perm: np.ndarray, start: int, count: int) -> np.ndarray:
+    """``count`` items of ``perm`` from ``start``, wrapping around: successive epochs walk the pool."""
+    return perm[(start + np.arange(count)) % len(perm)]
+
