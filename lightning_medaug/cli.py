@@ -18,7 +18,7 @@ from argparse import ArgumentError
 
 from jsonargparse import lazy_instance
 from lightning.pytorch.callbacks import RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -59,6 +59,22 @@ def check_data_model_compatible(model: L.LightningModule, datamodule: L.Lightnin
         )
 
 
+class SaveAndLogConfig(SaveConfigCallback):
+    """Save the resolved config next to the run and hand it to every logger (wandb shows it).
+
+    Lightning's own hyperparameter logging merges model and data hparams and fails when both name
+    a value differently (``num_classes`` of a segmenter vs. its data), so the CLI turns that off and
+    logs the one complete, resolved config instead.
+    """
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        config = self.parser.dump(self.config, skip_none=False, format="yaml")
+        import yaml
+
+        for logger in trainer.loggers:
+            logger.log_hyperparams(yaml.safe_load(config))
+
+
 class MedaugCLI(LightningCLI):
     """LightningCLI with the library's defaults: CSV logs under ``runs/``, rich progress bars,
     a :class:`RunSummary` in every run, and a data/model compatibility check before running."""
@@ -67,7 +83,9 @@ class MedaugCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
+        kwargs.setdefault("save_config_callback", SaveAndLogConfig)
         kwargs.setdefault("trainer_defaults", {
+            "enable_autolog_hparams": False,
             "logger": lazy_instance(CSVLogger, save_dir="runs", name="medaug"),
             "callbacks": [lazy_instance(RichProgressBar)],
         })
@@ -96,9 +114,10 @@ class MedaugCLI(LightningCLI):
 
 def _usage() -> str:
     return (
-        "usage: medaug {fit,validate,test,predict,demo,list} ...\n\n"
+        "usage: medaug {fit,validate,test,predict,demo,generate,list} ...\n\n"
         "  fit|validate|test|predict --config RECIPE.yaml   train or evaluate (LightningCLI; --help for options)\n"
         "  demo [--out DIR]                                 the README's main job on the shipped PneumoniaMNIST\n"
+        "  generate --model DIR --num-samples N --out BANK  draw a synthetic bank (--help for options)\n"
         "  list                                             registered generators, tasks and feature extractors\n"
     )
 
@@ -128,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lightning_medaug.demo import main as demo_main
 
             return demo_main(argv[1:])
+        if command == "generate":
+            from lightning_medaug.bank.generate import main as generate_main
+
+            return generate_main(argv[1:])
         if command == "list":
             return _list()
         if command in (None, "-h", "--help", "help"):
