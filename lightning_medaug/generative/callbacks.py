@@ -1,0 +1,156 @@
+"""Callbacks for training generators: stop cleanly on a non-finite loss, draw sample grids.
+
+Images are logged from callbacks, not from the modules (Lightning's ``examples/pytorch``), so
+every family gets the same pictures without a line of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from torch import Tensor
+
+from lightning_medaug.data.batch import unpack_batch
+from lightning_medaug.report.grid import make_grid_array, save_image_grid
+
+__all__ = ["FiniteLossGuard", "NonFiniteLossError", "SampleGridCallback"]
+
+
+class NonFiniteLossError(ValueError, FloatingPointError):
+    """The training loss became NaN or infinite (a ``ValueError``, so the CLI prints one line)."""
+
+
+class FiniteLossGuard(L.Callback):
+    """Stop training with :class:`NonFiniteLossError` as soon as a training loss is NaN or Inf.
+
+    The loss is checked in ``on_before_backward``, i.e. before the broken gradients reach the
+    weights, for automatic and manual optimization alike (``manual_backward`` calls the same
+    hook); logged ``train/loss*`` values are checked at the end of every batch too, which covers
+    GANs that log their losses. The error is raised before any checkpoint callback runs for that
+    step, so no checkpoint of the broken model is written. Under DDP the decision is shared by all
+    ranks, so they stop together instead of waiting for each other.
+
+    Args:
+        prefix: logged metrics whose name starts with this are checked at batch end.
+    """
+
+    def __init__(self, prefix: str = "train/loss"):
+        self.prefix = prefix
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
+        self._check(trainer, {"loss": loss})
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        values: dict[str, Any] = {}
+        if isinstance(outputs, Tensor):
+            values["loss"] = outputs
+        elif isinstance(outputs, Mapping) and "loss" in outputs:
+            values["loss"] = outputs["loss"]
+        values.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith(self.prefix)})
+        self._check(trainer, values)
+
+    def _check(self, trainer: L.Trainer, values: Mapping[str, Any]) -> None:
+        bad = [name for name, value in values.items() if not _is_finite(value)]
+        # One collective per check under DDP (a no-op on one device): any rank's NaN stops every rank.
+        if not trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            return
+        what = ", ".join(bad) if bad else "the loss on another process"
+        raise NonFiniteLossError(
+            f"loss became NaN or infinite ({what}) at step {trainer.global_step}; lower the learning rate or "
+            "enable gradient clipping (trainer.gradient_clip_val); no checkpoint was written for this step"
+        )
+
+
+def _is_finite(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return bool(torch.isfinite(value.detach()).all())
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True  # not a number: nothing to check
+
+
+class SampleGridCallback(L.Callback):
+    """Every ``every_n_epochs`` training epochs, draw a fixed-seed sample grid and save it as a PNG.
+
+    Calls ``pl_module.sample(num_samples, labels=..., masks=..., generator=...)`` in eval mode with
+    class-balanced labels (``0, 1, ..., num_classes - 1, 0, 1, ...``) for class-conditional
+    generators and the masks of the first validation batch (or training batch when there is no
+    validation) for mask-conditional ones. The same seed every epoch makes grids comparable over
+    training. Writes ``samples_epoch{E:03d}.png`` into ``dirpath`` (default:
+    ``<trainer.log_dir>/samples``) and logs the grid to every :class:`WandbLogger` as ``samples``.
+
+    Args:
+        every_n_epochs: draw after every N-th training epoch.
+        num_samples: images per grid.
+        seed: seed of the sampling ``torch.Generator``.
+        dirpath: folder for the PNGs.
+        scale: nearest-neighbour magnification of each tile in the PNG.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, num_samples: int = 16, seed: int = 0, dirpath: str | None = None,
+                 scale: int = 2):
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be at least 1, got {every_n_epochs}")
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        if scale < 1:
+            raise ValueError(f"scale must be at least 1, got {scale}")
+        self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
+        self.dirpath, self.scale = dirpath, scale
+        self._masks: Tensor | None = None
+        self.last_path: Path | None = None
+
+    def folder(self, trainer: L.Trainer) -> Path:
+        """Where the grids go."""
+        return Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs != 0 or trainer.sanity_checking:
+            return
+        folder = self.folder(trainer)  # on every rank: trainer.log_dir is a collective under DDP
+        if trainer.is_global_zero:
+            self.last_path = self._draw(trainer, pl_module, folder)
+
+    def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, folder: Path) -> Path:
+        num_classes = int(getattr(pl_module, "num_classes", 0))
+        labels = torch.arange(self.num_samples, device=pl_module.device) % num_classes if num_classes > 0 else None
+        masks = self._fixed_masks(trainer, pl_module) if getattr(pl_module, "requires_masks", False) else None
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        modes = {name: module.training for name, module in pl_module.named_modules()}
+        pl_module.eval()
+        try:
+            images = pl_module.sample(self.num_samples, labels=labels, masks=masks, generator=generator)
+        finally:
+            # restore per module: some families keep frozen parts (a first stage) in eval mode
+            for name, module in pl_module.named_modules():
+                module.training = modes.get(name, module.training)
+        epoch = trainer.current_epoch
+        captions = labels.tolist() if labels is not None else None
+        path = save_image_grid(images, folder / f"samples_epoch{epoch:03d}.png", labels=captions, scale=self.scale)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                array = make_grid_array(images, labels=captions, scale=self.scale)
+                logger.log_image(key="samples", images=[array], step=trainer.global_step, caption=[f"epoch {epoch}"])
+        return path
+
+    def _fixed_masks(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor:
+        """``num_samples`` masks from the first validation (else training) batch, cached and cycled."""
+        if self._masks is None:
+            loaders = trainer.val_dataloaders if trainer.val_dataloaders is not None else trainer.train_dataloader
+            loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+            if loader is None:
+                raise ValueError("SampleGridCallback needs a dataloader with masks for a mask-conditional generator")
+            mask = unpack_batch(next(iter(loader))).mask
+            if mask is None:
+                raise ValueError(f"{type(pl_module).__name__} needs masks but the batches have no 'mask' entry")
+            reps = math.ceil(self.num_samples / mask.shape[0])
+            self._masks = mask.repeat((reps,) + (1,) * (mask.ndim - 1))[: self.num_samples].float()
+        return self._masks.to(pl_module.device)
