@@ -1,0 +1,112 @@
+"""Cost of mixing: training-loader throughput mixed vs real-only, and memory with a huge bank.
+
+Prints one JSON line:
+- ``throughput_ratio``: samples/s of the SyntheticMixDataModule training loader (PneumoniaMNIST
+  train + a synthetic bank, ``add`` mode, ratio 0.5) over samples/s of the real-only loader,
+  measured alternately in the same process (target >= 0.98).
+- ``extra_rss_mb``: peak RSS of a process iterating the mixed loader with a bank of
+  ``--bank-size`` samples (default 1,000,000 at 28x28) minus that of a process iterating the
+  real-only loader (target < 500 MB).
+
+    python benchmarks/mix_overhead.py                       # writes the bank once under --bank-dir
+    python benchmarks/mix_overhead.py --bank-size 20000     # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import data_root, emit, versions
+
+
+def build_loaders(args: argparse.Namespace):
+    from lightning_medaug.data import MedMNISTDataModule
+    from lightning_medaug.mixing import SyntheticMixDataModule
+
+    real = MedMNISTDataModule(name="pneumoniamnist", root=data_root(args.data_root), batch_size=args.batch_size)
+    real.setup("fit")
+    mixed = SyntheticMixDataModule(real, bank=str(args.bank_dir), ratio=0.5, mode="add")
+    return real, mixed
+
+
+def ensure_bank(args: argparse.Namespace) -> None:
+    import torch
+
+    from lightning_medaug.bank import write_bank
+    from lightning_medaug.registry import create_generator
+
+    torch.manual_seed(0)
+    # Untrained weights are enough here: this benchmark measures reading, not image quality.
+    model = create_generator("cvae", image_size=28, num_classes=2, channels=[8, 16], norm_num_groups=4,
+                             latent_channels=2, cond_channels=2)
+    write_bank(model, args.bank_dir, num_samples=args.bank_size, labels="balanced", shard_size=65536,
+               batch_size=4096, seed=0, dtype=args.dtype, progress=args.progress)
+
+
+def epoch_rate(loader) -> float:
+    start, count = time.perf_counter(), 0
+    for batch in loader:
+        count += batch["image"].shape[0]
+    return count / (time.perf_counter() - start)
+
+
+def measure_rss(args: argparse.Namespace, which: str) -> None:
+    real, mixed = build_loaders(args)
+    loader = (real if which == "real" else mixed).train_dataloader()
+    for _ in loader:
+        pass
+    print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bank-size", type=int, default=1_000_000)
+    parser.add_argument("--bank-dir", type=Path, default=None, help="default: benchmarks/.cache/bank_<size>")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "float32", "uint8"])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--measure-rss", choices=["real", "mixed"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    args.bank_dir = args.bank_dir or Path(__file__).parent / ".cache" / f"bank_{args.bank_size}_{args.dtype}"
+    if args.measure_rss:
+        return measure_rss(args, args.measure_rss)
+
+    start = time.perf_counter()
+    ensure_bank(args)
+    bank_seconds = time.perf_counter() - start
+    real, mixed = build_loaders(args)
+    rates = {"real": [], "mixed": []}
+    for _ in range(args.repeats):  # alternate, so drifts in machine load hit both alike
+        rates["real"].append(epoch_rate(real.train_dataloader()))
+        rates["mixed"].append(epoch_rate(mixed.train_dataloader()))
+    real_rate, mixed_rate = statistics.median(rates["real"]), statistics.median(rates["mixed"])
+
+    base = [sys.executable, __file__, "--bank-size", str(args.bank_size), "--bank-dir", str(args.bank_dir),
+            "--dtype", args.dtype, "--batch-size", str(args.batch_size)]
+    if args.data_root:
+        base += ["--data-root", args.data_root]
+    rss = {which: json.loads(subprocess.run(base + ["--measure-rss", which], check=True, capture_output=True,
+                                            text=True).stdout.strip().splitlines()[-1])["maxrss_mb"]
+           for which in ("real", "mixed")}
+    emit({
+        "benchmark": "mix_overhead", "bank_size": args.bank_size, "dtype": args.dtype, "batch_size": args.batch_size,
+        "real_samples_per_s": real_rate, "mixed_samples_per_s": mixed_rate,
+        "throughput_ratio": mixed_rate / real_rate, "throughput_target": 0.98,
+        "real_maxrss_mb": rss["real"], "mixed_maxrss_mb": rss["mixed"],
+        "extra_rss_mb": rss["mixed"] - rss["real"], "extra_rss_target_mb": 500,
+        "bank_write_seconds": bank_seconds, "versions": versions(),
+    }, args.out)
+
+
+if __name__ == "__main__":
+    main()
