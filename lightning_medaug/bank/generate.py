@@ -1,0 +1,127 @@
+"""``medaug generate``: draw a synthetic bank from a saved generator.
+
+::
+
+    medaug generate --model runs/cvae/ --num-samples 10000 --labels balanced --out banks/cvae/
+    medaug generate --model runs/ddpm/ --num-samples 5000 --labels proportional \\
+        --proportions 0:0.26,1:0.74 --sampler ddim --steps 50 --guidance-scale 2 --out banks/ddpm/
+    medaug generate --model runs/pix2pix/ --num-samples 2000 --masks data/label/ --out banks/p2p/
+    torchrun --nproc_per_node 4 -m lightning_medaug.cli generate ...   # one shard stream per rank
+
+An interrupted run resumes when rerun with the same arguments; see :func:`write_bank`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+
+from lightning_medaug.bank.writer import DTYPES, write_bank
+
+__all__ = ["main", "build_parser", "read_mask_folder", "sampler_kwargs"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # The medaug CLI prints ValueErrors as one line with exit code 2.
+        raise ValueError(f"generate: {message} (see `medaug generate --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="medaug generate", description="Draw a sharded, resumable synthetic bank from a generator.")
+    p.add_argument("--model", required=True, help="folder written by save_pretrained (config.json + model.safetensors)")
+    p.add_argument("--out", required=True, help="bank folder (new, empty, or a bank to resume)")
+    p.add_argument("--num-samples", type=int, help="bank size (optional with explicit --labels counts)")
+    p.add_argument("--labels", help="balanced (default), proportional, or counts like 0:1000,1:500")
+    p.add_argument("--proportions", help="class shares for --labels proportional, like 0:0.26,1:0.74")
+    p.add_argument("--masks", help="folder of mask files (any SimpleITK format), cycled, for mask-conditional models")
+    p.add_argument("--sampler", help="sampler of diffusion models, e.g. ddim, dpmsolver++, ddpm")
+    p.add_argument("--steps", type=int, help="sampling steps of diffusion models")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--shard-size", type=int, default=1024, help="samples per shard file (default 1024)")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per sample() call (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; shard k uses SeedSequence([seed, k])")
+    p.add_argument("--device", default="auto", help="auto (this rank's GPU if any), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="float16", choices=DTYPES, help="storage dtype of the images (default float16)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def sampler_kwargs(model: Any, sampler: str | None, steps: int | None, guidance: float | None) -> dict[str, Any]:
+    """Map the sampler options the user set to the names ``model.sample`` takes.
+
+    Options left unset are not passed; a set option ``model.sample`` does not take raises.
+    """
+    params = inspect.signature(model.sample).parameters
+    wanted = {("sampler",): sampler, ("num_inference_steps", "steps"): steps,
+              ("guidance_scale", "guidance"): guidance}
+    kwargs: dict[str, Any] = {}
+    for names, value in wanted.items():
+        if value is None:
+            continue
+        name = next((n for n in names if n in params), None)
+        if name is None:
+            option = "--" + {"sampler": "sampler", "num_inference_steps": "steps"}.get(names[0], "guidance-scale")
+            raise ValueError(f"option {option} does not apply: {type(model).__name__}.sample() takes no "
+                             f"{names[0]} argument")
+        kwargs[name] = value
+    return kwargs
+
+
+def read_mask_folder(folder: str | Path, spatial_dims: int, image_size: int,
+                     threshold: float = 0.5) -> tuple[np.ndarray, list[str]]:
+    """Masks of a folder as a uint8 (M, 1, *S) {0, 1} array plus their file names.
+
+    Read like :class:`~lightning_medaug.data.FolderDataModule` reads masks: SimpleITK, one channel,
+    foreground where ``value > threshold * max``, resized (nearest) to ``image_size``.
+    """
+    from lightning_medaug.data.imageio import image_to_array, read_image, resize, scan_folder
+
+    files = scan_folder(Path(folder))
+    if not files:
+        raise ValueError(f"no mask files in {folder}: expected images such as .png or .nii.gz")
+    masks, names = [], []
+    for path in files.values():
+        image = read_image(path)
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise ValueError(f"mask {path} has {image.GetNumberOfComponentsPerPixel()} channels, expected 1")
+        array = image_to_array(image, path, spatial_dims)
+        top = array.max()
+        binary = (array > threshold * top) if top > 0 else np.zeros_like(array, dtype=bool)
+        masks.append(resize(torch.from_numpy(binary.astype(np.float32)), image_size, True).numpy().astype(np.uint8))
+        names.append(path.name)
+    return np.stack(masks), names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``medaug generate``; returns the exit code (errors raise ValueError / FileNotFoundError)."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    from lightning_medaug.generative.base import load_generator
+
+    model = load_generator(args.model)
+    hp = model.hparams
+    masks, names = (None, None)
+    if args.masks is not None:
+        masks, names = read_mask_folder(args.masks, int(hp["spatial_dims"]), int(hp["image_size"]))
+    summary = write_bank(
+        model, args.out, args.num_samples, labels=args.labels, proportions=args.proportions,
+        shard_size=args.shard_size, batch_size=args.batch_size, seed=args.seed,
+        sample_kwargs=sampler_kwargs(model, args.sampler, args.steps, args.guidance_scale), masks=masks,
+        mask_names=names, dtype=args.dtype, device=args.device, progress=not args.no_progress,
+        checkpoint_folder=args.model,
+    )
+    if summary.rank == 0:
+        if summary.was_complete:
+            print(f"bank {summary.path} is complete ({summary.num_samples} samples in {summary.num_shards} shards); "
+                  "nothing to do")
+        else:
+            print(f"wrote {summary.written} of {summary.num_shards} shards; bank {summary.path} is complete "
+                  f"({summary.num_samples} samples)")
+    return 0

@@ -1,0 +1,386 @@
+"""Writing a synthetic bank: sharded, atomic, resumable and split over DDP ranks.
+
+Every shard is a pure function of the bank's settings and its index: its labels come from the
+:class:`~lightning_medaug.bank.plan.LabelPlan`, its masks from cycling the given masks by global
+index, and its noise from a ``torch.Generator`` seeded with ``SeedSequence([seed, shard])``. So
+shards can be written in any order, by any rank, again after a crash, and the same settings give
+bit-identical shards on CPU at the same intra-op thread count (``torch.set_num_threads`` /
+``OMP_NUM_THREADS``, which torchrun sets to 1: convolutions round differently with more threads;
+GPU kernels may differ in the last bits too). ``batch_size`` is part of the settings, since
+splitting a shard into other batches draws its noise in another order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
+from safetensors.torch import save as safetensors_bytes
+from torch import Tensor
+
+from lightning_medaug.bank import manifest as mf
+from lightning_medaug.bank.distributed import RankContext, rank_context
+from lightning_medaug.bank.plan import LabelPlan, label_plan
+
+__all__ = ["write_bank", "WriteSummary", "shard_seed", "checkpoint_sha256", "DTYPES", "encode_images",
+           "resolve_device"]
+
+#: Storage dtypes of a bank's images; uint8 maps [-1, 1] linearly to 0..255.
+DTYPES = ("float16", "float32", "uint8")
+
+
+@dataclass(frozen=True)
+class WriteSummary:
+    """What a :func:`write_bank` call did, over all ranks: ``written`` shards were drawn now,
+    the other ``num_shards - written`` were complete already."""
+
+    path: Path
+    num_samples: int
+    num_shards: int
+    written: int
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def was_complete(self) -> bool:
+        return self.written == 0
+
+
+def shard_seed(seed: int, shard: int) -> int:
+    """The seed of shard ``shard``: 63 bits of ``numpy.random.SeedSequence([seed, shard])``."""
+    return int(np.random.SeedSequence([seed, shard]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def checkpoint_sha256(model: torch.nn.Module, registry_name: str) -> str:
+    """SHA-256 of the ``model.safetensors`` that ``save_pretrained`` writes for these weights."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return hashlib.sha256(safetensors_bytes(state, metadata={"generator": registry_name})).hexdigest()
+
+
+def resolve_device(device: str | torch.device | None, fallback: torch.device) -> torch.device:
+    """``"auto"``: this rank's GPU when there is one, else the CPU; ``None``: ``fallback``."""
+    if device is None:
+        return fallback
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+
+
+def encode_images(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Images in [-1, 1] to the bank's storage dtype."""
+    if dtype == "uint8":
+        return np.rint((x + 1.0) * 127.5).astype(np.uint8)
+    return x.astype(dtype)
+
+
+def _check_sample_kwargs(model: Any, sample_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    params = inspect.signature(model.sample).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    reserved = {"n", "labels", "masks", "generator"} & set(sample_kwargs)
+    if reserved:
+        raise ValueError(f"sample_kwargs must not set {sorted(reserved)}: the bank writer sets them")
+    unknown = [k for k in sample_kwargs if k not in params and not takes_any]
+    if unknown:
+        accepted = [k for k in params if k not in ("n", "labels", "masks", "generator")]
+        raise ValueError(f"{type(model).__name__}.sample() does not take {unknown}; "
+                         f"it takes {accepted or 'no options'}")
+    return dict(sample_kwargs)
+
+
+def _model_spec(model: Any) -> tuple[int, int, int, int]:
+    hp = getattr(model, "hparams", {})
+    values = []
+    for name in ("spatial_dims", "in_channels", "image_size", "num_classes"):
+        value = hp.get(name, getattr(model, name, None))
+        if value is None:
+            raise ValueError(f"{type(model).__name__} does not record {name}; generators must save it in hparams")
+        values.append(int(value))
+    return tuple(values)  # type: ignore[return-value]
+
+
+def _prepare_masks(masks: Tensor | np.ndarray | None, mask_names: Sequence[str] | None, requires: bool,
+                   mask_shape: tuple[int, ...], model_name: str) -> tuple[np.ndarray | None, list[str] | None]:
+    if masks is None:
+        if requires:
+            raise ValueError(f"{model_name} is mask-conditional: pass masks (a folder of masks on the command line)")
+        return None, None
+    if not requires:
+        raise ValueError(f"{model_name} is not mask-conditional: drop the masks")
+    array = masks.detach().cpu().numpy() if isinstance(masks, Tensor) else np.asarray(masks)
+    if array.ndim == len(mask_shape):  # (M, *S) without the channel axis
+        array = array[:, None]
+    if array.shape[1:] != mask_shape or len(array) == 0:
+        raise ValueError(f"masks must have shape (M, {', '.join(map(str, mask_shape))}) with M >= 1, got {array.shape}")
+    if not np.isin(array, (0, 1)).all():
+        raise ValueError("masks must hold only 0 and 1; threshold them first")
+    names = [str(i) for i in range(len(array))] if mask_names is None else [str(n) for n in mask_names]
+    if len(names) != len(array):
+        raise ValueError(f"got {len(names)} mask names for {len(array)} masks")
+    if any(os.path.isabs(n) or n.startswith("..") for n in names):
+        raise ValueError("mask names are stored in the manifest and must be relative (file names, not paths)")
+    return np.ascontiguousarray(array.astype(np.uint8)), names
+
+
+def write_bank(model: Any, out: str | Path, num_samples: int | None = None,
+               labels: str | Mapping[int, int] | LabelPlan | None = None,
+               proportions: str | Mapping[int, float] | None = None, shard_size: int = 1024, batch_size: int = 256,
+               seed: int = 0, sample_kwargs: Mapping[str, Any] | None = None,
+               masks: Tensor | np.ndarray | None = None, mask_names: Sequence[str] | None = None,
+               dtype: str = "float16", device: str | torch.device | None = None, progress: bool = True,
+               checkpoint_folder: str | Path | None = None) -> WriteSummary:
+    """Draw ``num_samples`` images from ``model`` into the bank folder ``out`` (or finish one).
+
+    Args:
+        model: a generator, or the folder ``save_pretrained`` wrote (its ``model.safetensors`` is
+            hashed into the manifest either way).
+        labels, proportions: the label plan, see :func:`~lightning_medaug.bank.plan.label_plan`.
+        shard_size: samples per shard file; batch_size: samples per ``sample`` call.
+        seed: base seed; shard ``k`` draws with :func:`shard_seed` ``(seed, k)``.
+        sample_kwargs: extra keyword arguments of ``model.sample`` (e.g. ``sampler``,
+            ``num_inference_steps``, ``guidance_scale``); each must be in its signature.
+        masks, mask_names: (M, 1, *S) {0, 1} masks for mask-conditional models, cycled by global
+            index, and their (relative) source names for the manifest.
+        dtype: storage dtype, one of :data:`DTYPES`.
+        device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or ``None`` (leave the model where it is).
+        checkpoint_folder: the ``save_pretrained`` folder an in-memory ``model`` was loaded from;
+            its ``model.safetensors`` is hashed. Without it, the weights are hashed as
+            ``save_pretrained`` would write them.
+
+    Under ``torch.distributed`` (or ``torchrun``, whose environment is read and a gloo group
+    started) rank ``r`` writes the shards ``k`` with ``k % world_size == r``; rank 0 writes
+    ``bank.json`` and ``manifest.csv``. A rerun with other settings into the same folder raises.
+    """
+    if not isinstance(shard_size, int) or shard_size < 1 or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"shard_size and batch_size must be positive integers, got {shard_size} and {batch_size}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if isinstance(model, (str, Path)):
+        from lightning_medaug.generative.base import load_generator
+
+        model, checkpoint_folder = load_generator(model), model
+    if not callable(getattr(model, "sample", None)):
+        raise ValueError(f"model must be a generator with a sample() method or a save_pretrained folder, "
+                         f"got {type(model).__name__}")
+    checkpoint = None if checkpoint_folder is None else _file_digest(checkpoint_folder)
+    model = model.to(resolve_device(device, model.device)).eval()
+    name, class_path = _names(model)
+    spatial_dims, in_channels, image_size, num_classes = _model_spec(model)
+    image_shape = (in_channels,) + (image_size,) * spatial_dims
+    mask_array, names = _prepare_masks(masks, mask_names, bool(getattr(model, "requires_masks", False)),
+                                       (1,) + (image_size,) * spatial_dims, type(model).__name__)
+    plan = label_plan(labels, num_samples, num_classes, proportions)
+    kwargs = _check_sample_kwargs(model, sample_kwargs or {})
+    settings = {
+        "generator": name, "generator_class": class_path,
+        "checkpoint_sha256": checkpoint or checkpoint_sha256(model, name),
+        "image_shape": list(image_shape), "num_classes": num_classes, "label_plan": plan.to_dict(),
+        "num_samples": plan.num_samples, "shard_size": shard_size, "batch_size": batch_size, "dtype": dtype,
+        "seed": seed, "sample_kwargs": kwargs,
+        "masks": None if mask_array is None else {"count": len(mask_array), "shape": list(mask_array.shape[1:]),
+                                                  "sha256": hashlib.sha256(mask_array.tobytes()).hexdigest()},
+    }
+    job = _ShardJob(model, Path(out), settings, plan.labels(), mask_array, names, kwargs,
+                    _sampler_record(model, kwargs))
+    with rank_context() as ctx:
+        return _run(job, ctx, progress)
+
+
+def _file_digest(folder: str | Path) -> str:
+    from lightning_medaug.generative.base import WEIGHTS_NAME
+
+    weights = Path(folder) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: pass a folder written by save_pretrained()")
+    return mf.sha256_files([weights])
+
+
+def _names(model: Any) -> tuple[str, str]:
+    from lightning_medaug.registry import GENERATORS
+
+    cls = type(model)
+    name = GENERATORS.name_of(model)
+    if name is None:
+        raise ValueError(f"{cls.__name__} is not a registered generator; decorate it with @register_generator(name)")
+    return name, f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _sampler_record(model: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampler, step count and guidance in force, for the manifest (``None`` when not applicable)."""
+    hp = getattr(model, "hparams", {})
+
+    def pick(*keys: str) -> Any:
+        for key in keys:
+            if key in kwargs:
+                return kwargs[key]
+        for key in keys:
+            if key in hp:
+                return hp[key]
+        return None
+
+    return {"sampler": pick("sampler"), "steps": pick("num_inference_steps", "steps"),
+            "guidance": pick("guidance_scale", "guidance")}
+
+
+@dataclass
+class _ShardJob:
+    model: Any
+    root: Path
+    settings: dict[str, Any]
+    labels: np.ndarray
+    masks: np.ndarray | None
+    mask_names: list[str] | None
+    sample_kwargs: dict[str, Any]
+    sampler: dict[str, Any]
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.settings["num_samples"])
+
+    @property
+    def shard_size(self) -> int:
+        return int(self.settings["shard_size"])
+
+
+def _run(job: _ShardJob, ctx: RankContext, progress: bool) -> WriteSummary:
+    root, total = job.root, mf.num_shards(job.num_samples, job.shard_size)
+    ctx.run_everywhere(lambda: _prepare_root(root, job.settings) if ctx.rank == 0 else None)
+    ctx.run_everywhere(lambda: _check_settings(root, job.settings) if ctx.rank != 0 else None)
+    mine = [k for k in range(total) if k % ctx.world_size == ctx.rank]
+    todo = [k for k in mine if not mf.shard_complete(root, k, len(mf.shard_range(k, job.num_samples, job.shard_size)),
+                                                      job.masks is not None)]
+
+    def work() -> None:
+        count = sum(len(mf.shard_range(k, job.num_samples, job.shard_size)) for k in todo)
+        with shard_progress(count, enabled=progress and ctx.rank == 0 and bool(todo)) as advance:
+            for shard in todo:
+                _write_shard(job, shard, advance)
+
+    ctx.run_everywhere(work)
+    written = sum(ctx.gather(len(todo)))
+
+    def consolidate() -> None:
+        if ctx.rank == 0 and (written or not (root / mf.MANIFEST_FILE).is_file()):
+            rows = mf.write_manifest_csv(root, total)
+            if rows != job.num_samples:
+                raise ValueError(f"{root} holds {rows} manifest rows but the bank has {job.num_samples} samples; "
+                                 "a shard manifest was edited: delete it and rerun to regenerate that shard")
+
+    ctx.run_everywhere(consolidate)
+    return WriteSummary(root, job.num_samples, total, written, ctx.rank, ctx.world_size)
+
+
+def _prepare_root(root: Path, settings: Mapping[str, Any]) -> None:
+    """Create the bank folder and ``bank.json``, or check that an existing bank has these settings."""
+    if (root / mf.BANK_FILE).is_file():
+        _check_settings(root, settings)
+    else:
+        if root.exists() and not root.is_dir():
+            raise ValueError(f"{root} is a file; pass a folder for the bank")
+        if root.is_dir() and any(p.name not in (mf.SHARD_DIR, mf.BANK_FILE + ".tmp") for p in root.iterdir()):
+            raise ValueError(f"{root} is not empty and holds no bank.json; write the bank into a new or empty folder")
+        (root / mf.SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        from lightning_medaug import __version__
+
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        mf.write_bank_info(root, settings, {"library_version": __version__, "created": created})
+    for stale in (root / (mf.BANK_FILE + ".tmp"), root / (mf.MANIFEST_FILE + ".tmp")):
+        stale.unlink(missing_ok=True)
+
+
+def _check_settings(root: Path, settings: Mapping[str, Any]) -> None:
+    diffs = mf.settings_mismatch(mf.read_bank_info(root)["settings"], settings)
+    if diffs:
+        raise ValueError(f"{root} already holds a bank written with other settings ({'; '.join(diffs)}); "
+                         "rerun with the same arguments to resume it, or choose a new --out folder")
+
+
+def _write_shard(job: _ShardJob, shard: int, advance: Callable[[int], None]) -> None:
+    """Draw, write and commit shard ``shard``; its manifest is written last (the completion marker)."""
+    files = mf.shard_files(job.root, shard)
+    for path in (*files, *(mf.temporary(p) for p in files)):  # leftovers of an interrupted run
+        path.unlink(missing_ok=True)
+    indices = mf.shard_range(shard, job.num_samples, job.shard_size)
+    seed = shard_seed(int(job.settings["seed"]), shard)
+    model, dtype, batch = job.model, job.settings["dtype"], int(job.settings["batch_size"])
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    image_shape = tuple(job.settings["image_shape"])
+    targets = [(files.images, (len(indices), *image_shape), dtype)]
+    if job.masks is not None:
+        targets.append((files.masks, (len(indices), *job.masks.shape[1:]), "uint8"))
+    arrays = [np.lib.format.open_memmap(mf.temporary(p), mode="w+", dtype=d, shape=s) for p, s, d in targets]
+    for start in range(0, len(indices), batch):
+        part = np.arange(indices.start + start, min(indices.stop, indices.start + start + batch))
+        labels = None if job.settings["num_classes"] == 0 else torch.as_tensor(job.labels[part], device=model.device)
+        masks = None if job.masks is None else job.masks[part % len(job.masks)]
+        condition = None if masks is None else torch.as_tensor(masks, device=model.device).float()
+        with torch.inference_mode():
+            images = model.sample(len(part), labels=labels, masks=condition, generator=generator, **job.sample_kwargs)
+        arrays[0][start:start + len(part)] = encode_images(_checked(images, len(part), image_shape, shard), dtype)
+        if masks is not None:
+            arrays[1][start:start + len(part)] = masks
+        advance(len(part))
+    for array in arrays:
+        array.flush()
+    arrays.clear()  # unmaps the files before they are renamed
+    for path, _, _ in targets:
+        mf.commit(mf.temporary(path), path)
+    _write_rows(job, shard, indices, seed, mf.sha256_files([p for p, _, _ in targets]))
+
+
+def _checked(images: Tensor, n: int, image_shape: tuple[int, ...], shard: int) -> np.ndarray:
+    if tuple(images.shape) != (n, *image_shape):
+        raise ValueError(f"sample() returned shape {tuple(images.shape)}, expected {(n, *image_shape)}")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"the generator produced NaN or infinite values in shard {shard}; check its weights")
+    return images.detach().float().clamp(-1.0, 1.0).cpu().numpy()
+
+
+def _write_rows(job: _ShardJob, shard: int, indices: range, seed: int, digest: str) -> None:
+    from lightning_medaug import __version__
+
+    s = job.settings
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    common = {"generator": s["generator"], "generator_class": s["generator_class"],
+              "checkpoint_sha256": s["checkpoint_sha256"], "seed": seed, **job.sampler,
+              "library_version": __version__, "time": now, "shard_sha256": digest}
+    rows = [{"id": g, "shard": shard, "index": i, "label": int(job.labels[g]),
+             "mask_source": None if job.mask_names is None else job.mask_names[g % len(job.mask_names)], **common}
+            for i, g in enumerate(indices)]
+    mf.write_shard_rows(mf.shard_files(job.root, shard).manifest, rows)
+
+
+class _SamplesPerSecond(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} samples/s" if speed else "- samples/s", style="progress.data.speed")
+
+
+@contextmanager
+def shard_progress(total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar over ``total`` samples (samples/s, ETA); yields ``advance(n)``."""
+    if not enabled:
+        yield lambda n: None
+        return
+    columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), _SamplesPerSecond(), TimeRemainingColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task("generating", total=total)
+        yield lambda n: bar.advance(task, n)
