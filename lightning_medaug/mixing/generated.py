@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_medaug.bank.plan import largest_remainder
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY, MASK_KEY
 
 __all__ = ["GeneratedPool", "generate_pool"]
@@ -75,9 +76,7 @@ def generate_pool(model: Any, num_samples: int, seed: int, batch_size: int = 256
         weights = np.asarray(class_weights if class_weights is not None else [1.0] * num_classes, dtype=np.float64)
         if weights.shape != (num_classes,) or (weights < 0).any() or weights.sum() == 0:
             raise ValueError(f"class_weights must be {num_classes} non-negative numbers, got {list(weights)}")
-        exact = weights / weights.sum() * num_samples
-        counts = np.floor(exact).astype(np.int64)
-        counts[np.argsort(exact - counts)[::-1][: num_samples - counts.sum()]] += 1
+        counts = largest_remainder(weights / weights.sum(), num_samples)
         labels = torch.from_numpy(rng.permutation(np.repeat(np.arange(num_classes), counts)))
     if getattr(model, "requires_masks", False) and masks is None:
         raise ValueError(f"{type(model).__name__} is mask-conditional: pass masks to generate from")

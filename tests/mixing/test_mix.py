@@ -209,3 +209,37 @@ def test_user_model_trains_unchanged_with_bf16(generator):
     trainer.fit(UserClassifier(), datamodule=dm)
     assert trainer.global_step == 2 * 15  # (60 real + 60 synthetic) / batch 8 per epoch
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
+
+
+def test_bank_pairs_stay_aligned_in_mixed_segmentation_batches(tmp_path):
+    from lightning_medaug.bank import SyntheticBank, write_bank
+
+    torch.manual_seed(0)
+    _, _, masks = make_phantoms(8, image_size=16, seed=9)
+    pix2pix = create_generator("pix2pix", image_size=16, in_channels=1)
+    write_bank(pix2pix, tmp_path / "bank", num_samples=24, shard_size=10, batch_size=8, masks=masks,
+               dtype="float32", progress=False)
+    bank = SyntheticBank(tmp_path / "bank")
+    pairs = {tuple(bank[i]["image"].flatten().tolist()): bank[i]["mask"] for i in range(len(bank))}
+    dm = SyntheticMixDataModule(UserSegmentationData(), bank=str(tmp_path / "bank"), ratio=0.5,
+                                return_is_synthetic=True, image_key="img", mask_key="seg")
+    seen = 0
+    for batch in _epoch(dm):
+        for image, mask in zip(batch["img"][batch["is_synthetic"]], batch["seg"][batch["is_synthetic"]]):
+            assert torch.equal(pairs[tuple(image.flatten().tolist())], mask)
+            seen += 1
+    assert seen == 24
+
+
+def test_bank_errors(tmp_path):
+    from lightning_medaug.bank import write_bank
+
+    torch.manual_seed(0)
+    cvae32 = create_generator("cvae", image_size=32, num_classes=2, channels=[8, 16], norm_num_groups=4)
+    write_bank(cvae32, tmp_path / "b32", num_samples=8, shard_size=8, progress=False)
+    with pytest.raises(ValueError, match="another image size or channel count"):
+        SyntheticMixDataModule(UserDataModule(), bank=str(tmp_path / "b32")).train_dataloader()
+    with pytest.raises(ValueError, match="are not classes"):
+        SyntheticMixDataModule(UserDataModule(), bank=str(tmp_path / "b32"), bank_labels=[7]).train_dataloader()
+    with pytest.raises(ValueError, match="score"):  # no sample has a score: nothing is left to mix
+        SyntheticMixDataModule(UserDataModule(), bank=str(tmp_path / "b32"), min_score=0.5).train_dataloader()
