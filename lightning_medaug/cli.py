@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
@@ -110,6 +111,15 @@ class MedaugCLI(LightningCLI):
         check_data_model_compatible(self.model, self.datamodule)
 
     before_fit = before_validate = before_test = before_predict = _check
+
+    def after_fit(self) -> None:
+        """Export a trained generator as a ``save_pretrained`` folder, ready for ``medaug generate``."""
+        if not hasattr(self.model, "save_pretrained") or self.trainer.interrupted:
+            return
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "generator"
+        if self.trainer.is_global_zero:
+            self.model.save_pretrained(folder)
+            print(f"generator saved to {folder} (medaug generate --model {folder} ...)")
 
 
 def _usage() -> str:

@@ -31,10 +31,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY, MASK_KEY
 from lightning_medaug.data.imageio import (
-    IMAGE_SUFFIXES, Geometry, image_to_array, read_image, rescale_intensity, resize, scan_folder,
+    IMAGE_SUFFIXES,
+    Geometry,
+    image_to_array,
+    read_image,
+    rescale_intensity,
+    resize,
+    scan_folder,
 )
 from lightning_medaug.data.medmnist import DATA_ENV_VAR, shipped_datasets_dir
 from lightning_medaug.data.splits import holdout_split
+from lightning_medaug.hparams import save_own_hyperparameters
 
 __all__ = ["Geometry", "FolderDataset", "FolderDataModule", "read_image"]
 
@@ -108,7 +115,7 @@ class FolderDataModule(L.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if train_transforms is not None and not callable(train_transforms):
             raise ValueError(f"train_transforms must be callable, got {type(train_transforms).__name__}")
-        self.save_hyperparameters(ignore=["train_transforms"])
+        save_own_hyperparameters(self, ignore=["train_transforms"])
         env = os.environ.get(DATA_ENV_VAR)
         default = Path(env).expanduser() / "isbi2012-em" if env else shipped_datasets_dir() / "isbi2012_em"
         self.root = Path(root).expanduser() if root else default

@@ -22,12 +22,20 @@ import lightning as L
 import numpy as np
 import torch
 from medmnist.info import INFO
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY
 from lightning_medaug.data.splits import stratified_subset
+from lightning_medaug.hparams import save_own_hyperparameters
 
 __all__ = ["MEDMNIST_SIZES", "MedMNISTInfo", "medmnist_info", "MedMNISTDataset", "MedMNISTDataModule", "download_file"]
 
@@ -207,7 +215,7 @@ class MedMNISTDataModule(L.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if train_transforms is not None and not callable(train_transforms):
             raise ValueError(f"train_transforms must be callable, got {type(train_transforms).__name__}")
-        self.save_hyperparameters(ignore=["train_transforms"])
+        save_own_hyperparameters(self, ignore=["train_transforms"])
         self.info = info
         self.url, self.md5 = url or info.url, md5 or info.md5
         self.root = Path(root).expanduser() if root else _default_root()

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY, MASK_KEY
+from lightning_medaug.hparams import save_own_hyperparameters
 
 __all__ = ["PhantomDataset", "PhantomDataModule", "make_phantoms"]
 
@@ -85,18 +86,22 @@ class PhantomDataset(Dataset):
     """A fixed set of phantoms as a map-style dataset of ``{"image", "label", "mask"}`` dicts."""
 
     def __init__(self, num_samples: int, spatial_dims: int = 2, image_size: int = 32, num_classes: int = 2,
-                 seed: int = 0, style: str = "mr"):
+                 seed: int = 0, style: str = "mr", with_masks: bool = True):
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}")
         self.images, self.labels, self.masks = make_phantoms(
             num_samples, spatial_dims, image_size, num_classes, seed, style
         )
+        self.with_masks = with_masks
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {IMAGE_KEY: self.images[index], LABEL_KEY: self.labels[index], MASK_KEY: self.masks[index]}
+        sample = {IMAGE_KEY: self.images[index], LABEL_KEY: self.labels[index]}
+        if self.with_masks:
+            sample[MASK_KEY] = self.masks[index]
+        return sample
 
 
 class PhantomDataModule(L.LightningDataModule):
@@ -112,11 +117,12 @@ class PhantomDataModule(L.LightningDataModule):
         batch_size, num_workers: loader settings.
         seed: base seed; splits use ``seed``, ``seed + 1``, ``seed + 2``.
         style: ``"mr"`` or ``"ct"`` contrast.
+        with_masks: include the ``"mask"`` entry (off for classification-only data).
     """
 
     def __init__(self, spatial_dims: int = 2, image_size: int = 32, num_classes: int = 2, num_train: int = 256,
                  num_val: int = 64, num_test: int = 64, batch_size: int = 32, num_workers: int = 0, seed: int = 0,
-                 style: str = "mr"):
+                 style: str = "mr", with_masks: bool = True):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -126,7 +132,7 @@ class PhantomDataModule(L.LightningDataModule):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         make_phantoms(1, spatial_dims, image_size, num_classes, seed, style)  # validates the arguments
-        self.save_hyperparameters()
+        save_own_hyperparameters(self)
         self.spatial_dims, self.image_size, self.num_classes = spatial_dims, image_size, num_classes
         self.in_channels = 1
         self.datasets: dict[str, PhantomDataset] = {}
@@ -136,7 +142,8 @@ class PhantomDataModule(L.LightningDataModule):
         for offset, split in enumerate(("train", "val", "test")):
             if split not in self.datasets:
                 self.datasets[split] = PhantomDataset(
-                    hp[f"num_{split}"], hp.spatial_dims, hp.image_size, hp.num_classes, hp.seed * 1000 + offset, hp.style
+                    hp[f"num_{split}"], hp.spatial_dims, hp.image_size, hp.num_classes, hp.seed * 1000 + offset, hp.style,
+                    hp.with_masks
                 )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -123,7 +123,9 @@ class GenerativeModule(L.LightningModule):
             raise ValueError(f"{type(self).__name__} is not registered; decorate it with @register_generator(name)")
         from lightning_medaug import __version__
 
-        return {"generator": name, "init_args": dict(self.hparams), "library_version": __version__}
+        # LightningCLI adds private keys such as ``_class_path`` to hparams; they are not init args.
+        init_args = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
+        return {"generator": name, "init_args": init_args, "library_version": __version__}
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into the folder ``path``."""

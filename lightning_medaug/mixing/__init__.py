@@ -1,9 +1,17 @@
 """Real + synthetic mixing for any LightningDataModule."""
 
-from lightning_medaug.mixing.adapter import IS_SYNTHETIC_KEY, SampleTemplate, SyntheticAdapter
+from lightning_medaug.mixing.adapter import (
+           IS_SYNTHETIC_KEY,
+           SampleTemplate,
+           SyntheticAdapter,
+)
 from lightning_medaug.mixing.datamodule import SyntheticMixDataModule
 from lightning_medaug.mixing.generated import GeneratedPool, generate_pool
-from lightning_medaug.mixing.sampler import MixSampler, balance_allocation, synthetic_count
+from lightning_medaug.mixing.sampler import (
+           MixSampler,
+           balance_allocation,
+           synthetic_count,
+)
 
 __all__ = ["SyntheticMixDataModule", "MixSampler", "SampleTemplate", "SyntheticAdapter", "GeneratedPool",
            "generate_pool", "synthetic_count", "balance_allocation", "IS_SYNTHETIC_KEY"]

@@ -20,7 +20,12 @@ import lightning as L
 import numpy as np
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset
 
-from lightning_medaug.mixing.adapter import FlaggedReal, SampleTemplate, SyntheticAdapter
+from lightning_medaug.hparams import save_own_hyperparameters
+from lightning_medaug.mixing.adapter import (
+    FlaggedReal,
+    SampleTemplate,
+    SyntheticAdapter,
+)
 from lightning_medaug.mixing.generated import GeneratedPool, generate_pool
 from lightning_medaug.mixing.sampler import MODES, MixSampler, synthetic_count
 
@@ -79,7 +84,7 @@ class SyntheticMixDataModule(L.LightningDataModule):
             raise ValueError("ratio=1 needs mode='replace' (synthetic-only training); 'add' keeps every real sample")
         if synthetic_transform != "inherit" and synthetic_transform is not None and not callable(synthetic_transform):
             raise ValueError("synthetic_transform must be 'inherit', None or a callable on sample dicts")
-        self.save_hyperparameters(ignore=["datamodule", "generator", "to_sample", "synthetic_transform"])
+        save_own_hyperparameters(self, ignore=["datamodule", "generator", "to_sample", "synthetic_transform"])
         self.datamodule, self.bank_path, self.generator = datamodule, bank, generator
         self.ratio, self.mode, self.class_balance, self.seed = float(ratio), mode, class_balance, seed
         self.ratio_schedule = {int(k): float(v) for k, v in (ratio_schedule or {}).items()}
