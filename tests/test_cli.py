@@ -25,7 +25,7 @@ def tiny_recipe(tmp_path: Path, **data_overrides) -> Path:
     recipe = {
         "seed_everything": 0,
         "model": {"class_path": "lightning_medaug.tasks.ClassificationTask",
-                  "init_args": {"backbone": "resnet18", "in_channels": 1, "num_classes": 2}},
+                  "init_args": {"backbone": "test_resnet", "in_channels": 1, "num_classes": 2}},
         "data": data,
         "trainer": {"max_epochs": 2, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 1,
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -48,7 +48,7 @@ def test_fit_then_test_writes_a_complete_run_folder(tmp_path):
     assert main(["fit", "--config", str(recipe)]) == 0
     folder = run_folder(tmp_path)
     config = yaml.safe_load((folder / "config.yaml").read_text())
-    assert config["model"]["init_args"]["backbone"] == "resnet18"  # the resolved config
+    assert config["model"]["init_args"]["backbone"] == "test_resnet"  # the resolved config
     assert config["trainer"]["max_epochs"] == 2
     metrics = json.loads((folder / "metrics.json").read_text())
     assert len(metrics["history"]) == 2
@@ -155,7 +155,7 @@ def test_ddp_and_bf16_from_the_command_line(tmp_path):
     cmd = [sys.executable, "-m", "lightning_medaug.cli", "fit", "--config", str(recipe),
            "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.precision", "bf16-mixed",
            "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world_size: 2" in proc.stderr or "MEMBER: 2/2" in proc.stderr or "distributed_backend=gloo" in proc.stderr
     metrics = json.loads((run_folder(tmp_path) / "metrics.json").read_text())

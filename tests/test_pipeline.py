@@ -39,7 +39,7 @@ def test_fit_generate_mix(tmp_path, capsys):
     mixed = {"class_path": "lightning_medaug.mixing.SyntheticMixDataModule",
              "init_args": {"datamodule": PHANTOMS, "bank": str(bank), "ratio": 0.5}}
     classifier = {"class_path": "lightning_medaug.tasks.ClassificationTask",
-                  "init_args": {"backbone": "resnet18", "num_classes": 2}}
+                  "init_args": {"backbone": "test_resnet", "num_classes": 2}}
     mix_recipe = _recipe(tmp_path, "mix", classifier, mixed)
     assert main(["fit", "--config", str(mix_recipe)]) == 0
     metrics = json.loads((tmp_path / "runs" / "mix" / "version_0" / "metrics.json").read_text())
