@@ -1,0 +1,104 @@
+"""The denoising UNet of the diffusion families, for 2D and 3D alike.
+
+Assembled from the blocks of MONAI's ``DiffusionModelUNet`` (its time-conditioned residual
+down/up blocks, timestep embedding and zero-initialised output convolution), with the same
+layout as that network, but with a middle block of two residual blocks instead of a
+self-attention block: MONAI's attention layers need the ``einops`` package, which is not a
+dependency of this library, and ``DiffusionModelUNet`` always builds one in its middle block.
+At the 28-64 px sizes this library trains on a CPU, the convolutional UNet of Ho et al. 2020
+without attention is the usual choice anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.networks.blocks import Convolution
+from monai.networks.nets.diffusion_model_unet import (
+    DiffusionUNetResnetBlock,
+    get_down_block,
+    get_timestep_embedding,
+    get_up_block,
+    zero_module,
+)
+from torch import Tensor, nn
+
+__all__ = ["TimestepUNet"]
+
+_NORM_EPS = 1e-6
+
+
+class TimestepUNet(nn.Module):
+    """UNet ``eps_theta(x_t, t, y)`` of DDPM (Ho et al. 2020) with optional class embedding.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels (the noisy sample plus any conditioning channels).
+        out_channels: output channels (the prediction).
+        channels: channels per level; the spatial size is halved ``len(channels) - 1`` times.
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        norm_num_groups: GroupNorm groups; every entry of ``channels`` must be a multiple.
+        num_class_embeds: size of the class-embedding table, or ``None`` for no class input.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, channels: Sequence[int],
+                 num_res_blocks: int = 1, norm_num_groups: int = 16, num_class_embeds: int | None = None):
+        super().__init__()
+        channels = tuple(channels)
+        if not channels or any(c % norm_num_groups for c in channels):
+            raise ValueError(f"channels {channels} must be non-empty multiples of norm_num_groups={norm_num_groups}")
+        if num_res_blocks < 1:
+            raise ValueError(f"num_res_blocks must be at least 1, got {num_res_blocks}")
+        self.base_channels = channels[0]
+        temb = 4 * channels[0]
+        last = len(channels) - 1
+        self.conv_in = Convolution(spatial_dims, in_channels, channels[0], strides=1, kernel_size=3, padding=1,
+                                   conv_only=True)
+        self.time_embed = nn.Sequential(nn.Linear(channels[0], temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.class_embedding = nn.Embedding(num_class_embeds, temb) if num_class_embeds else None
+        common = dict(spatial_dims=spatial_dims, temb_channels=temb, norm_num_groups=norm_num_groups,
+                      norm_eps=_NORM_EPS, resblock_updown=False, with_attn=False, with_cross_attn=False,
+                      num_head_channels=channels[0], transformer_num_layers=1, cross_attention_dim=None)
+        self.down_blocks = nn.ModuleList(
+            get_down_block(in_channels=channels[max(i - 1, 0)], out_channels=c, num_res_blocks=num_res_blocks,
+                           add_downsample=i < last, **common)
+            for i, c in enumerate(channels)
+        )
+        self.middle_block = nn.ModuleList(
+            DiffusionUNetResnetBlock(spatial_dims, channels[-1], temb, norm_num_groups=norm_num_groups,
+                                     norm_eps=_NORM_EPS)
+            for _ in range(2)
+        )
+        rev = channels[::-1]
+        self.up_blocks = nn.ModuleList(
+            # each up block also consumes the skip of the level below, hence num_res_blocks + 1
+            get_up_block(in_channels=rev[min(i + 1, last)], prev_output_channel=rev[max(i - 1, 0)], out_channels=c,
+                         num_res_blocks=num_res_blocks + 1, add_upsample=i < last, **common)
+            for i, c in enumerate(rev)
+        )
+        self.out = nn.Sequential(
+            nn.GroupNorm(norm_num_groups, channels[0], eps=_NORM_EPS),
+            nn.SiLU(),
+            zero_module(Convolution(spatial_dims, channels[0], out_channels, strides=1, kernel_size=3, padding=1,
+                                    conv_only=True)),
+        )
+
+    def forward(self, x: Tensor, timesteps: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """Predict from ``x`` (N, C, *S) at integer ``timesteps`` (N,) for ``class_labels`` (N,)."""
+        emb = self.time_embed(get_timestep_embedding(timesteps, self.base_channels).to(x.dtype))
+        if self.class_embedding is not None:
+            if class_labels is None:
+                raise ValueError("this UNet is class-conditional: pass class_labels")
+            emb = emb + self.class_embedding(class_labels).to(x.dtype)
+        h = self.conv_in(x)
+        skips = [h]
+        for block in self.down_blocks:
+            h, res = block(hidden_states=h, temb=emb, context=None)
+            skips.extend(res)
+        for block in self.middle_block:
+            h = block(h, emb)
+        for block in self.up_blocks:
+            n = len(block.resnets)
+            h = block(hidden_states=h, res_hidden_states_list=skips[-n:], temb=emb, context=None)
+            skips = skips[:-n]
+        return self.out(h)
