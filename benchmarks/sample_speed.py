@@ -6,7 +6,7 @@ Prints one JSON line:
   ``DDIMPipeline`` driving the very same UNet weights (our UNet wrapped as a diffusers model),
   the same ``DDIMScheduler`` config and the same number of steps, timed side by side in this run;
   ``ratio`` = ours / pipeline (target >= 1);
-* ``dpmsolver_ms_per_sample``: our default sampler (DPM-Solver++) at 10 and 20 steps at 28x28,
+* ``dpmsolver_ms_per_sample``: our default sampler and UNet (DPM-Solver++) at 10 and 20 steps at 28x28,
   unconditional and class-conditional with classifier-free guidance (cond and uncond in one
   batched pass), amortised over ``--batch-size`` (target < 100 ms/sample on 2 CPU cores);
 * ``other_ms_per_sample``: ``cgan`` and ``vae`` (skipped with a note when not registered).
@@ -21,9 +21,10 @@ timed runs after one warm-up run.
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from _common import emit, versions
@@ -68,21 +69,30 @@ def ddim_vs_pipeline(image_size: int, batch: int, steps: int, repeats: int, chan
     pipe.set_progress_bar_config(disable=True)
 
     def ours():
-        return model.sample(batch, sampler="ddim", num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        return model.sample(batch, sampler="ddim", num_inference_steps=steps, generator=generator)
 
     def theirs():
         return pipe(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
                     output_type="np")
 
-    # interleaved, so that both see the same machine load
+    # fairness: both must turn the same initial noise into the same images
+    ours_images = ours()
+    theirs_images = torch.from_numpy(theirs().images).permute(0, 3, 1, 2) * 2 - 1
+    same = bool(torch.allclose(ours_images, theirs_images, atol=1e-3))
+    # interleaved, alternating which goes first, so that both see the same machine load
     ours_ms, theirs_ms = [], []
-    for _ in range(repeats):
-        ours_ms.append(median_ms_per_sample(ours, batch, 1))
-        theirs_ms.append(median_ms_per_sample(theirs, batch, 1))
+    for i in range(repeats):
+        pair = [(ours, ours_ms), (theirs, theirs_ms)]
+        for run, times in pair if i % 2 == 0 else pair[::-1]:
+            start = time.perf_counter()
+            run()
+            times.append(1000.0 * (time.perf_counter() - start) / batch)
     ours_med, theirs_med = statistics.median(ours_ms), statistics.median(theirs_ms)
-    return {"image_size": image_size, "batch_size": batch, "steps": steps,
+    return {"image_size": image_size, "batch_size": batch, "steps": steps, "channels": list(channels),
             "ours_images_per_s": round(1000.0 / ours_med, 2), "pipeline_images_per_s": round(1000.0 / theirs_med, 2),
-            "ratio": round(theirs_med / ours_med, 3)}
+            "ratio": round(theirs_med / ours_med, 3), "ratio_of_best_runs": round(min(theirs_ms) / min(ours_ms), 3),
+            "same_images": same}
 
 
 def dpmsolver(image_size: int, batch: int, repeats: int, channels: tuple[int, ...], steps_list: list[int]) -> dict:
@@ -90,8 +100,10 @@ def dpmsolver(image_size: int, batch: int, repeats: int, channels: tuple[int, ..
     for num_classes, scale, tag in ((0, 1.0, "uncond"), (2, 2.0, "cfg2")):
         model = DDPM(image_size=image_size, num_classes=num_classes, channels=channels, guidance_scale=scale).eval()
         for steps in steps_list:
-            result[f"{tag}_{steps}_steps"] = round(median_ms_per_sample(
-                lambda: model.sample(batch, sampler="dpmsolver++", num_inference_steps=steps), batch, repeats), 2)
+            def run(model=model, steps=steps):
+                return model.sample(batch, sampler="dpmsolver++", num_inference_steps=steps)
+
+            result[f"{tag}_{steps}_steps"] = round(median_ms_per_sample(run, batch, repeats), 2)
     return result
 
 
@@ -103,7 +115,7 @@ def others(image_size: int, batch: int, repeats: int) -> dict:
             out[name] = f"skipped: '{name}' is not registered"
             continue
         model = create_generator(name, image_size=image_size, **kwargs).eval()
-        out[name] = round(median_ms_per_sample(lambda: model.sample(batch), batch, repeats), 3)
+        out[name] = round(median_ms_per_sample(lambda model=model: model.sample(batch), batch, repeats), 3)
     return out
 
 
@@ -119,7 +131,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    channels = (32, 64, 64)  # DDPM's default
+    channels = tuple(inspect.signature(DDPM).parameters["channels"].default)
     batch, steps, repeats, dpm_steps = args.batch_size, args.steps, args.repeats, [10, 20]
     if args.tiny:
         batch, steps, repeats, dpm_steps, channels = 4, 3, 1, [2], (16, 32)

@@ -26,10 +26,15 @@ from lightning_medaug.data.batch import IMAGE_KEY, MASK_KEY, unpack_batch
 from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.generative.diffusion_unet import TimestepUNet
 from lightning_medaug.generative.ema import EMA
-from lightning_medaug.generative.schedulers import SAMPLERS, NoiseSchedule, build_sampler, build_training_scheduler
+from lightning_medaug.generative.schedulers import (
+    SAMPLERS,
+    NoiseSchedule,
+    build_sampler,
+    build_training_scheduler,
+)
 from lightning_medaug.registry import register_generator
 
-__all__ = ["DiffusionGenerator", "DDPM"]
+__all__ = ["DDPM", "DiffusionGenerator"]
 
 DATA_KEYS = (IMAGE_KEY, MASK_KEY)
 
@@ -101,7 +106,10 @@ class DiffusionGenerator(GenerativeModule):
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.schedule.num_train_timesteps, (x0.shape[0],), device=x0.device)
         x_t = self.noise_scheduler.add_noise(x0, noise, t)
-        target = noise if self.schedule.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(x0, noise, t)
+        if self.schedule.prediction_type == "epsilon":
+            target = noise
+        else:
+            target = self.noise_scheduler.get_velocity(x0, noise, t)
         if labels is not None and stage == "train" and self.hparams.cond_drop_prob > 0:
             drop = torch.rand(labels.shape, device=labels.device) < self.hparams.cond_drop_prob
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
@@ -208,13 +216,15 @@ class DDPM(DiffusionGenerator):
     mask-conditional (mask -> image, the mask concatenated as an input channel), or trained on
     masks themselves (``data_key="mask"``: a mask generator for :mod:`.pairs`).
 
-    Sizes the UNet cannot halve ``len(channels) - 1`` times (28 with three levels) are padded
-    internally by replication to the next multiple (32) and cropped back, so any ``image_size`` works.
+    Sizes the UNet cannot halve ``len(channels) - 1`` times (28 with the default four levels) are
+    padded internally by edge replication to the next multiple (32) and cropped back, so any
+    ``image_size`` works; the loss and the samples cover the real image only.
 
     Args:
         spatial_dims, in_channels, image_size, num_classes: see :class:`GenerativeModule`.
-        channels: UNet channels per level (:class:`~.diffusion_unet.TimestepUNet`); the defaults
-            suit 28-64 px on a CPU.
+        channels: UNet channels per level (:class:`~.diffusion_unet.TimestepUNet`). The default,
+            thin at full resolution and wider below, costs 0.18 GFLOP per 28x28 forward pass
+            (0.37 for (32, 64, 64)), about 3 ms per sample on 2 CPU cores.
         num_res_blocks: residual blocks per level.
         norm_num_groups: GroupNorm groups; every entry of ``channels`` must be a multiple.
         num_train_timesteps: diffusion steps T.
@@ -235,7 +245,7 @@ class DDPM(DiffusionGenerator):
     """
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: int = 32, num_classes: int = 0,
-                 channels: Sequence[int] = (32, 64, 64), num_res_blocks: int = 1, norm_num_groups: int = 16,
+                 channels: Sequence[int] = (16, 32, 64, 64), num_res_blocks: int = 1, norm_num_groups: int = 16,
                  num_train_timesteps: int = 1000, beta_schedule: str = "linear", prediction_type: str = "v_prediction",
                  cond_drop_prob: float = 0.1, guidance_scale: float = 1.0, mask_conditional: bool = False,
                  data_key: str = IMAGE_KEY, sampler: str = "dpmsolver++", num_inference_steps: int = 20,

@@ -56,9 +56,9 @@ class TimestepUNet(nn.Module):
                                    conv_only=True)
         self.time_embed = nn.Sequential(nn.Linear(channels[0], temb), nn.SiLU(), nn.Linear(temb, temb))
         self.class_embedding = nn.Embedding(num_class_embeds, temb) if num_class_embeds else None
-        common = dict(spatial_dims=spatial_dims, temb_channels=temb, norm_num_groups=norm_num_groups,
-                      norm_eps=_NORM_EPS, resblock_updown=False, with_attn=False, with_cross_attn=False,
-                      num_head_channels=channels[0], transformer_num_layers=1, cross_attention_dim=None)
+        common = {"spatial_dims": spatial_dims, "temb_channels": temb, "norm_num_groups": norm_num_groups,
+                  "norm_eps": _NORM_EPS, "resblock_updown": False, "with_attn": False, "with_cross_attn": False,
+                  "num_head_channels": channels[0], "transformer_num_layers": 1, "cross_attention_dim": None}
         self.down_blocks = nn.ModuleList(
             get_down_block(in_channels=channels[max(i - 1, 0)], out_channels=c, num_res_blocks=num_res_blocks,
                            add_downsample=i < last, **common)

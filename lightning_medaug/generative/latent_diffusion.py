@@ -58,7 +58,8 @@ class LatentDiffusion(DiffusionGenerator):
                  image_size: int | None = None, channels: Sequence[int] = (32, 64), num_res_blocks: int = 1,
                  norm_num_groups: int = 16, num_train_timesteps: int = 1000, beta_schedule: str = "linear",
                  prediction_type: str = "v_prediction", cond_drop_prob: float = 0.1, guidance_scale: float = 1.0,
-                 sampler: str = "dpmsolver++", num_inference_steps: int = 20, lr: float = 2e-4, ema_decay: float = 0.999):
+                 sampler: str = "dpmsolver++", num_inference_steps: int = 20, lr: float = 2e-4,
+                 ema_decay: float = 0.999):
         # A fresh context: under LightningCLI a context variable holds the hyperparameters given to
         # *this* module, and the autoencoder's own save_hyperparameters() would otherwise record them.
         autoencoder, config = contextvars.Context().run(_build_autoencoder, autoencoder_path, autoencoder_config)
@@ -81,7 +82,7 @@ class LatentDiffusion(DiffusionGenerator):
         self._scale_known: bool | None = None
 
     # -- the frozen first stage ---------------------------------------------------------------
-    def train(self, mode: bool = True) -> "LatentDiffusion":
+    def train(self, mode: bool = True) -> LatentDiffusion:
         super().train(mode)
         self.autoencoder.eval()  # frozen: no dropout, no posterior sampling, no codebook updates
         return self

@@ -41,14 +41,16 @@ class PairedSynthesizer(nn.Module):
             raise ValueError(f"the mask generator ({type(mask_generator).__name__}) is itself mask-conditional: "
                              "pass a generator trained on masks, e.g. DDPM(data_key='mask')")
         if mask_generator.in_channels != 1:
-            raise ValueError(f"the mask generator makes {mask_generator.in_channels}-channel samples; masks have 1 channel")
+            raise ValueError(f"the mask generator makes {mask_generator.in_channels}-channel samples; "
+                             "masks have 1 channel")
         if not image_generator.requires_masks:
             raise ValueError(f"the image generator ({type(image_generator).__name__}) is not mask-conditional: "
                              "pass e.g. DDPM(mask_conditional=True) or a pix2pix generator")
         for name in ("spatial_dims", "image_size"):
             a, b = getattr(mask_generator, name), getattr(image_generator, name)
             if a != b:
-                raise ValueError(f"the generators disagree on {name}: masks {a}, images {b}; train both on the same data")
+                raise ValueError(f"the generators disagree on {name}: masks {a}, images {b}; "
+                                 "train both on the same data")
         classes = {g.num_classes for g in (mask_generator, image_generator)} - {0}
         if len(classes) > 1:
             raise ValueError(f"the generators are conditioned on different class counts {sorted(classes)}")
@@ -59,10 +61,10 @@ class PairedSynthesizer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, mask_generator_path: str | Path, image_generator_path: str | Path,
-                        threshold: float = 0.5, map_location: str | torch.device = "cpu") -> "PairedSynthesizer":
+                        threshold: float = 0.5, map_location: str | torch.device = "cpu") -> PairedSynthesizer:
         """Build from two ``save_pretrained`` folders."""
-        return cls(load_generator(mask_generator_path, map_location), load_generator(image_generator_path, map_location),
-                   threshold)
+        masks = load_generator(mask_generator_path, map_location)
+        return cls(masks, load_generator(image_generator_path, map_location), threshold)
 
     def sample_pairs(self, n: int, labels: Tensor | None = None,
                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:

@@ -35,7 +35,9 @@ from typing import Any
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-__all__ = ["NoiseSchedule", "SAMPLERS", "BETA_SCHEDULES", "PREDICTION_TYPES", "build_training_scheduler", "build_sampler"]
+__all__ = [
+    "BETA_SCHEDULES", "PREDICTION_TYPES", "SAMPLERS", "NoiseSchedule", "build_sampler", "build_training_scheduler",
+]
 
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver++")
 BETA_SCHEDULES: tuple[str, ...] = ("linear", "squaredcos_cap_v2")

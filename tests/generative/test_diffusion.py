@@ -10,7 +10,7 @@ from lightning_medaug.generative.diffusion import DDPM
 from lightning_medaug.generative.schedulers import SAMPLERS
 from lightning_medaug.registry import create_generator
 
-TINY = dict(channels=(16, 32), norm_num_groups=8, lr=3e-3)
+TINY = {"channels": (16, 32), "norm_num_groups": 8, "lr": 3e-3}
 STEPS = {"ddpm": 50, "ddim": 50, "dpmsolver++": 20}
 
 
@@ -90,7 +90,7 @@ def test_save_pretrained_round_trip(trained, tmp_path):
     model.save_pretrained(tmp_path / "ddpm")
     loaded = load_generator(tmp_path / "ddpm")
     assert isinstance(loaded, DDPM) and loaded.hparams.beta_schedule == "squaredcos_cap_v2"
-    kwargs = dict(labels=torch.tensor([0, 1]), sampler="ddim", num_inference_steps=5)
+    kwargs = {"labels": torch.tensor([0, 1]), "sampler": "ddim", "num_inference_steps": 5}
     expected = model.sample(2, generator=torch.Generator().manual_seed(1), **kwargs)
     assert torch.allclose(loaded.sample(2, generator=torch.Generator().manual_seed(1), **kwargs), expected, atol=1e-5)
 
@@ -126,14 +126,14 @@ def test_bf16_mixed_training_step():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(channels=(12, 32)), "multiples of norm_num_groups"),
-    (dict(beta_schedule="cosine"), "beta_schedule"),
-    (dict(prediction_type="x0"), "prediction_type"),
-    (dict(sampler="euler"), "sampler"),
-    (dict(num_inference_steps=0), "num_inference_steps"),
-    (dict(cond_drop_prob=1.0), "cond_drop_prob"),
-    (dict(data_key="label"), "data_key"),
-    (dict(data_key="mask", mask_conditional=True), "data_key='mask'"),
+    ({"channels": (12, 32)}, "multiples of norm_num_groups"),
+    ({"beta_schedule": "cosine"}, "beta_schedule"),
+    ({"prediction_type": "x0"}, "prediction_type"),
+    ({"sampler": "euler"}, "sampler"),
+    ({"num_inference_steps": 0}, "num_inference_steps"),
+    ({"cond_drop_prob": 1.0}, "cond_drop_prob"),
+    ({"data_key": "label"}, "data_key"),
+    ({"data_key": "mask", "mask_conditional": True}, "data_key='mask'"),
 ])
 def test_invalid_arguments_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):

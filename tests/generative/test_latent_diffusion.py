@@ -12,10 +12,10 @@ from lightning_medaug.generative.latent_diffusion import LatentDiffusion
 from lightning_medaug.registry import create_generator
 
 AUTOENCODERS = {
-    "vae": dict(latent_channels=2, channels=(8, 16), norm_num_groups=8),
-    "vqvae": dict(latent_channels=4, num_embeddings=16, channels=(8, 16)),
+    "vae": {"latent_channels": 2, "channels": (8, 16), "norm_num_groups": 8},
+    "vqvae": {"latent_channels": 4, "num_embeddings": 16, "channels": (8, 16)},
 }
-LDM_TINY = dict(channels=(16, 32), norm_num_groups=8, lr=1e-3, num_inference_steps=4)
+LDM_TINY = {"channels": (16, 32), "norm_num_groups": 8, "lr": 1e-3, "num_inference_steps": 4}
 
 
 def fit(model: L.LightningModule, datamodule: L.LightningDataModule, steps: int) -> L.Trainer:
@@ -115,3 +115,51 @@ def test_built_by_lightning_cli_keeps_the_autoencoders_own_hparams(autoencoder_f
     assert cli.model.autoencoder.hparams["latent_channels"] == 2
     assert "autoencoder_path" not in cli.model.autoencoder.hparams
     assert cli.model.hparams.autoencoder_config["generator"] == "vae"
+
+
+DDP_SCRIPT = '''
+import sys
+import lightning as L
+import torch
+from lightning_medaug.data import PhantomDataModule
+from lightning_medaug.generative.latent_diffusion import LatentDiffusion
+
+
+class FirstBatchStd(L.Callback):
+    """Std of this rank's first latents (callbacks run before the module's on_train_batch_start)."""
+
+    std = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.std is None:
+            self.std = pl_module._encode(batch)[0].std().item()
+
+
+torch.set_num_threads(1)
+folder, out = sys.argv[1], sys.argv[2]
+model = LatentDiffusion(autoencoder_path=folder, num_classes=2, channels=(16, 32), norm_num_groups=8)
+probe = FirstBatchStd()
+trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=2, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    limit_val_batches=0, callbacks=[probe])
+trainer.fit(model, PhantomDataModule(image_size=16, num_classes=2, num_train=16, batch_size=4))
+weights = sum(p.double().sum().item() for p in model.unet.parameters())
+with open(f"{out}/rank{trainer.global_rank}.txt", "w") as fh:
+    fh.write(f"{model.latent_scale.item()!r} {weights!r} {probe.std!r}")
+'''
+
+
+def test_ddp_latent_scale_is_averaged_over_ranks(autoencoder_folders, tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_ldm.py"
+    script.write_text(DDP_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), autoencoder_folders["vae"], str(tmp_path)],
+                            check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (scale0, weights0, std0), (scale1, weights1, std1) = (
+        map(float, (tmp_path / f"rank{r}.txt").read_text().split()) for r in (0, 1))
+    assert std0 != std1  # the ranks saw different images...
+    assert scale0 == scale1 and weights0 == weights1  # ...yet hold one model
+    assert scale0 == pytest.approx(2.0 / (std0 + std1), rel=1e-4)  # 1 / (std averaged over ranks)

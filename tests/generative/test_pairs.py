@@ -9,7 +9,7 @@ from lightning_medaug.generative.diffusion import DDPM
 from lightning_medaug.generative.pairs import PairedSynthesizer
 from lightning_medaug.registry import create_generator
 
-TINY = dict(image_size=8, channels=(16, 32), norm_num_groups=8, lr=3e-3, num_inference_steps=5)
+TINY = {"image_size": 8, "channels": (16, 32), "norm_num_groups": 8, "lr": 3e-3, "num_inference_steps": 5}
 
 
 def fit(model: L.LightningModule, steps: int, num_classes: int = 2) -> L.LightningModule:

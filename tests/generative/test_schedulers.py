@@ -107,9 +107,9 @@ def test_add_noise_is_shape_agnostic_3d():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(beta_schedule="cosine"), "beta_schedule"),
-    (dict(prediction_type="sample"), "prediction_type"),
-    (dict(num_train_timesteps=1), "num_train_timesteps"),
+    ({"beta_schedule": "cosine"}, "beta_schedule"),
+    ({"prediction_type": "sample"}, "prediction_type"),
+    ({"num_train_timesteps": 1}, "num_train_timesteps"),
 ])
 def test_schedule_validates_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
