@@ -21,13 +21,12 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY, MASK_KEY
 from lightning_medaug.data.imageio import (
@@ -40,6 +39,7 @@ from lightning_medaug.data.imageio import (
     scan_folder,
 )
 from lightning_medaug.data.medmnist import DATA_ENV_VAR, shipped_datasets_dir
+from lightning_medaug.data.split_module import SplitDataModule
 from lightning_medaug.data.splits import holdout_split
 from lightning_medaug.hparams import save_own_hyperparameters
 
@@ -63,7 +63,7 @@ class FolderDataset(Dataset):
         return self.transform({key: value[i].clone() for key, value in self.tensors.items()})
 
 
-class FolderDataModule(L.LightningDataModule):
+class FolderDataModule(SplitDataModule):
     """Image (+ mask, + label) folders read with SimpleITK; 2D or 3D inferred from the files.
 
     Images are rescaled per image to [-1, 1] by clipping to the ``intensity_percentiles`` (robust
@@ -124,13 +124,12 @@ class FolderDataModule(L.LightningDataModule):
         self.num_classes: int | None = 2 if mask_dir else None
         self.class_names: tuple[str, ...] | None = ("background", "foreground") if mask_dir else None
         self.train_transforms = train_transforms
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.pin_memory = pin_memory
         self.stems: list[str] = []
         self.files: list[tuple[Path, Path | None]] = []
         self.geometry: list[Geometry] = []
         self.tensors: dict[str, Tensor] = {}
         self.split_indices: dict[str, list[int]] = {}
-        self.datasets: dict[str, FolderDataset] = {}
 
     # -- reading -----------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -273,11 +272,7 @@ class FolderDataModule(L.LightningDataModule):
                              "tensor (e.g. mask.to(torch.uint8)) or write .nii.gz/.mha") from None
         return path
 
-    # -- loaders -----------------------------------------------------------------------------
-    def _dataset(self, split: str) -> FolderDataset:
-        self.setup()
-        return self.datasets[split]
-
+    # -- datasets ----------------------------------------------------------------------------
     @property
     def train_dataset(self) -> FolderDataset:
         return self._dataset("train")
@@ -289,28 +284,6 @@ class FolderDataModule(L.LightningDataModule):
     @property
     def test_dataset(self) -> FolderDataset:
         return self._dataset("test")
-
-    @property
-    def splits(self) -> dict[str, int]:
-        """Number of samples in each split after setup."""
-        return {split: len(ds) for split, ds in self.datasets.items()}
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(self._dataset(split), batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          num_workers=workers, pin_memory=self.pin_memory, persistent_workers=workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 def _fraction(indices: Sequence[int] | None, fraction: float | None) -> float:

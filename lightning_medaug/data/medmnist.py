@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from medmnist.info import INFO
@@ -31,9 +30,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY
+from lightning_medaug.data.split_module import SplitDataModule
 from lightning_medaug.data.splits import stratified_subset
 from lightning_medaug.hparams import save_own_hyperparameters
 
@@ -174,7 +174,7 @@ class MedMNISTDataset(Dataset):
         return self.transform(sample) if self.transform is not None else sample
 
 
-class MedMNISTDataModule(L.LightningDataModule):
+class MedMNISTDataModule(SplitDataModule):
     """Any MedMNIST v2 set (2D gray/RGB or 3D, sizes 28/64/128/224) from its official npz file.
 
     Batches are ``{"image": float32 (B, C, *S) in [-1, 1], "label": int64 (B,)}``; for the
@@ -224,8 +224,7 @@ class MedMNISTDataModule(L.LightningDataModule):
         self.task, self.class_names, self.num_classes = info.task, info.class_names, len(info.class_names)
         self.multi_label = info.task == _MULTI_LABEL
         self.train_transforms = train_transforms
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.datasets: dict[str, MedMNISTDataset] = {}
+        self.pin_memory = pin_memory
         self.subset_indices: np.ndarray | None = None  # indices into the official train split
         self._digests: tuple[str, str] | None = None
 
@@ -283,13 +282,8 @@ class MedMNISTDataModule(L.LightningDataModule):
                 transform = self.train_transforms
             self.datasets[split] = MedMNISTDataset(images, labels, transform)
 
-    @property
-    def splits(self) -> dict[str, int]:
-        """Number of samples of each loaded split (after subsetting)."""
-        return {split: len(ds) for split, ds in self.datasets.items()}
-
     def _dataset(self, split: str) -> MedMNISTDataset:
-        self._ensure((split,))
+        self._ensure((split,))  # reads only the splits asked for
         return self.datasets[split]
 
     @property
@@ -303,25 +297,6 @@ class MedMNISTDataModule(L.LightningDataModule):
     @property
     def test_dataset(self) -> MedMNISTDataset:
         return self._dataset("test")
-
-    # -- loaders -----------------------------------------------------------------------------
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(self._dataset(split), batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          num_workers=workers, pin_memory=self.pin_memory, persistent_workers=workers > 0,
-                          drop_last=False)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 def _default_root() -> Path:

@@ -10,13 +10,13 @@ Everything is seeded: the same arguments give the same tensors on every machine.
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY, MASK_KEY
+from lightning_medaug.data.split_module import SplitDataModule
 from lightning_medaug.hparams import save_own_hyperparameters
 
 __all__ = ["PhantomDataset", "PhantomDataModule", "make_phantoms"]
@@ -104,7 +104,7 @@ class PhantomDataset(Dataset):
         return sample
 
 
-class PhantomDataModule(L.LightningDataModule):
+class PhantomDataModule(SplitDataModule):
     """Seeded procedural phantoms, 2D or 3D, with labels and masks; needs no files.
 
     Train, val and test use disjoint seeds, so no sample is shared between splits.
@@ -135,7 +135,6 @@ class PhantomDataModule(L.LightningDataModule):
         save_own_hyperparameters(self)
         self.spatial_dims, self.image_size, self.num_classes = spatial_dims, image_size, num_classes
         self.in_channels = 1
-        self.datasets: dict[str, PhantomDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
@@ -145,20 +144,3 @@ class PhantomDataModule(L.LightningDataModule):
                     hp[f"num_{split}"], hp.spatial_dims, hp.image_size, hp.num_classes, hp.seed * 1000 + offset, hp.style,
                     hp.with_masks
                 )
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        self.setup()
-        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -8,13 +8,13 @@ no A image has its B counterpart: the pairs are truly unpaired.
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.data.phantom import PhantomDataset
+from lightning_medaug.data.split_module import SplitDataModule
 
 __all__ = ["IMAGE_A_KEY", "IMAGE_B_KEY", "PhantomDomainsDataModule", "UnpairedDataset"]
 
@@ -45,7 +45,7 @@ class UnpairedDataset(Dataset):
                 IMAGE_B_KEY: unpack_batch(self.dataset_b[partner]).image}
 
 
-class PhantomDomainsDataModule(L.LightningDataModule):
+class PhantomDomainsDataModule(SplitDataModule):
     """Phantoms in two contrasts as unpaired domains A and B, 2D or 3D; needs no files.
 
     Args:
@@ -68,7 +68,6 @@ class PhantomDomainsDataModule(L.LightningDataModule):
             raise ValueError(f"style_a and style_b are both {style_a!r}: pick two different contrasts ('mr', 'ct')")
         self.save_hyperparameters()
         self.spatial_dims, self.image_size, self.in_channels = spatial_dims, image_size, 1
-        self.datasets: dict[str, UnpairedDataset] = {}
         self._domain(1, 0, style_a)  # validates spatial_dims, image_size and styles now, not at fit time
 
     def _domain(self, num_samples: int, seed: int, style: str) -> PhantomDataset:
@@ -84,14 +83,3 @@ class PhantomDomainsDataModule(L.LightningDataModule):
                 self.datasets[split] = UnpairedDataset(self._domain(count, base, hp.style_a),
                                                        self._domain(count, base + 5, hp.style_b),
                                                        random_partner=split == "train")
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        self.setup()
-        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
