@@ -2,7 +2,8 @@
 
 ``medaug fit|validate|test|predict --config recipes/<recipe>.yaml`` are LightningCLI subcommands
 (recipes use ``class_path`` / ``init_args``); the resolved config, ``metrics.json`` and
-``curves.png`` land in every run folder. ``medaug demo`` runs the README's main job and
+``curves.png`` land in every run folder. ``medaug demo`` runs the README's main job,
+``medaug generate`` writes a synthetic bank, ``medaug study`` runs a resumable utility study and
 ``medaug list`` shows what the registries hold. Errors in what the user passed (a missing file, a
 bad value) print one line and exit with code 2; set ``MEDAUG_DEBUG=1`` for the full traceback.
 """
@@ -11,23 +12,26 @@ from __future__ import annotations
 
 import os
 import sys
+from argparse import ArgumentError
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
-from argparse import ArgumentError
-
 from jsonargparse import lazy_instance
-from lightning.pytorch.callbacks import RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger
-
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.cli import (
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+)
+from lightning.pytorch.loggers import CSVLogger
 
 from lightning_medaug.registry import TASKS
 from lightning_medaug.report.run_summary import RunSummary
 
-__all__ = ["MedaugCLI", "main", "check_data_model_compatible", "one_line"]
+__all__ = ["MedaugCLI", "check_data_model_compatible", "main", "one_line"]
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError, TypeError,
@@ -124,10 +128,11 @@ class MedaugCLI(LightningCLI):
 
 def _usage() -> str:
     return (
-        "usage: medaug {fit,validate,test,predict,demo,generate,list} ...\n\n"
+        "usage: medaug {fit,validate,test,predict,demo,generate,study,list} ...\n\n"
         "  fit|validate|test|predict --config RECIPE.yaml   train or evaluate (LightningCLI; --help for options)\n"
         "  demo [--out DIR]                                 the README's main job on the shipped PneumoniaMNIST\n"
         "  generate --model DIR --num-samples N --out BANK  draw a synthetic bank (--help for options)\n"
+        "  study --config STUDY.yaml                        resumable utility study: real vs augmented vs mixed\n"
         "  list                                             registered generators, tasks and feature extractors\n"
     )
 
@@ -161,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lightning_medaug.bank.generate import main as generate_main
 
             return generate_main(argv[1:])
+        if command == "study":
+            from lightning_medaug.study.command import main as study_main
+
+            return study_main(argv[1:])
         if command == "list":
             return _list()
         if command in (None, "-h", "--help", "help"):
@@ -185,8 +194,8 @@ def one_line(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     if isinstance(err, KeyError) and err.args:
         text = str(err.args[0])
-    lines = [line.strip().lstrip("- ").strip() for line in text.splitlines()]
-    kept = [line for line in lines if line and not any(line.lstrip("- ").startswith(n.lstrip("- ")) for n in _NOISE)]
+    lines = [line.strip().removeprefix("- ").strip() for line in text.splitlines()]  # bullets, not "--option"
+    kept = [line for line in lines if line and not any(line.startswith(n.removeprefix("- ")) for n in _NOISE)]
     return " ".join(kept) if kept else lines[0]
 
 

@@ -1,0 +1,117 @@
+"""Recipes as data: load a YAML recipe, derive a variant (subset, mixing, epochs), run it.
+
+The demo and the study never assemble models themselves: they edit a recipe (a plain dict of
+LightningCLI ``class_path`` / ``init_args``), write it into the run folder as ``recipe.yaml``
+and run it with :class:`~lightning_medaug.cli.MedaugCLI`, so every figure they report comes with
+the exact input that reproduces it (``medaug fit --config <folder>/recipe.yaml``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["MIX_CLASS", "find_recipe", "load_recipe", "real_data", "run_recipe", "with_classic_augmentation",
+           "with_mixing", "with_subset", "with_trainer"]
+
+MIX_CLASS = "lightning_medaug.mixing.SyntheticMixDataModule"
+AUGMENTATION_CLASS = "lightning_medaug.data.ClassicAugmentation"
+
+
+def find_recipe(name: str | Path) -> Path:
+    """Resolve a recipe given as a path, or as a file name in ``./recipes`` or the source tree's ``recipes/``."""
+    name = Path(name)
+    candidates = [name, Path("recipes") / name, Path(__file__).resolve().parents[2] / "recipes" / name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"recipe {str(name)!r} not found (looked in ./, ./recipes and the source tree's recipes/)")
+
+
+def load_recipe(name: str | Path) -> dict[str, Any]:
+    """The recipe as a dict; it must have ``model`` and ``data`` sections."""
+    path = find_recipe(name)
+    config = yaml.safe_load(path.read_text()) or {}
+    for section in ("model", "data"):
+        if not isinstance(config.get(section), dict):
+            raise ValueError(f"recipe {path} has no '{section}' section with class_path/init_args")
+    return config
+
+
+def real_data(config: dict[str, Any]) -> dict[str, Any]:
+    """The real-data ``init_args`` of a recipe (inside ``SyntheticMixDataModule`` if it is one)."""
+    data = config["data"]
+    while data.get("class_path") == MIX_CLASS:
+        data = data["init_args"]["datamodule"]
+    return data.setdefault("init_args", {})
+
+
+def with_subset(config: dict[str, Any], fraction: float, seed: int) -> dict[str, Any]:
+    """A copy training on a seeded, stratified ``fraction`` of the real training split (1 = all)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"a training fraction must be in (0, 1], got {fraction}")
+    config = copy.deepcopy(config)
+    args = real_data(config)
+    args["subset"] = None if fraction == 1 else float(fraction)
+    args["subset_seed"] = int(seed)
+    return config
+
+
+def with_classic_augmentation(config: dict[str, Any], spatial_dims: int = 2, **kwargs: Any) -> dict[str, Any]:
+    """A copy whose real training samples pass through :class:`~lightning_medaug.data.ClassicAugmentation`."""
+    config = copy.deepcopy(config)
+    real_data(config)["train_transforms"] = {"class_path": AUGMENTATION_CLASS,
+                                             "init_args": {"spatial_dims": spatial_dims, **kwargs}}
+    return config
+
+
+def with_mixing(config: dict[str, Any], bank: str | Path, ratio: float, mode: str = "add", seed: int = 0,
+                **kwargs: Any) -> dict[str, Any]:
+    """A copy whose data module is wrapped in ``SyntheticMixDataModule`` drawing from ``bank``."""
+    config = copy.deepcopy(config)
+    config["data"] = {"class_path": MIX_CLASS, "init_args": {
+        "datamodule": config["data"], "bank": str(bank), "ratio": float(ratio), "mode": mode, "seed": int(seed),
+        **kwargs}}
+    return config
+
+
+def with_trainer(config: dict[str, Any], seed: int | None = None, **trainer: Any) -> dict[str, Any]:
+    """A copy with ``seed_everything`` and trainer arguments (e.g. ``max_epochs``) replaced."""
+    config = copy.deepcopy(config)
+    if seed is not None:
+        config["seed_everything"] = int(seed)
+    config.setdefault("trainer", {}).update(trainer)
+    return config
+
+
+def run_recipe(config: dict[str, Any], folder: str | Path, test: bool = True) -> dict[str, Any]:
+    """Fit ``config`` with its logs in ``folder``, then test the best checkpoint; returns the module,
+    the data module and the run's ``metrics.json`` (under ``"metrics"``).
+
+    Generators are exported to ``folder/generator`` as ``medaug fit`` does.
+    """
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    from lightning_medaug.cli import MedaugCLI
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = with_trainer(config, logger={"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                          "init_args": {"save_dir": str(folder.parent), "name": "",
+                                                        "version": folder.name}})
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    cli = MedaugCLI(args=["--config", str(path)], run=False)
+    cli._check()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.after_fit()
+    if test and is_overridden("test_step", cli.model):
+        ckpt = "best" if getattr(cli.trainer.checkpoint_callback, "best_model_path", "") else None
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    metrics_file = folder / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return {"model": cli.model, "datamodule": cli.datamodule, "metrics": metrics}

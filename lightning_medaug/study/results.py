@@ -1,0 +1,150 @@
+"""A study's results: per-arm mean and std over seeds as JSON and CSV, two plots and ``report.md``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning_medaug.study.runner import Study
+
+__all__ = ["summarize", "write_results"]
+
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (fraction, arm): mean, std (0 for one seed) and number of seeds of ``value``."""
+    groups: dict[tuple[float, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        groups[(r["fraction"], r["arm"])].append(r)
+    rows = []
+    for (fraction, arm), cells in sorted(groups.items()):
+        values = [c["value"] for c in cells]
+        rows.append({"fraction": fraction, "arm": arm, "generator": cells[0]["generator"], "ratio": cells[0]["ratio"],
+                     "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                     "seeds": len(values), "minutes": sum(c["seconds"] for c in cells) / 60})
+    return rows
+
+
+def _plot_fraction(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for arm in sorted({r["arm"] for r in rows}, key=lambda a: (a.startswith("mix"), a)):
+        points = sorted((r["fraction"], r["mean"], r["std"]) for r in rows if r["arm"] == arm)
+        xs, ys, es = zip(*points)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=arm, linestyle="--" if arm.startswith("mix") else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("fraction of the real training split")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs real data (mean +- std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_ratio(rows: list[dict[str, Any]], metric: str, path: Path) -> bool:
+    """Metric vs mixing ratio per generator, one panel per fraction; real-only is ratio 0."""
+    generators = sorted({r["generator"] for r in rows if r["arm"].startswith("mix_")})
+    if not generators:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fractions = sorted({r["fraction"] for r in rows})
+    fig, axes = plt.subplots(1, len(fractions), figsize=(3.2 * len(fractions), 3.4), squeeze=False, sharey=True)
+    for ax, fraction in zip(axes[0], fractions):
+        real = next((r for r in rows if r["fraction"] == fraction and r["arm"] == "real"), None)
+        for g in generators:
+            points = sorted((r["ratio"], r["mean"], r["std"]) for r in rows
+                            if r["fraction"] == fraction and r["generator"] == g and r["arm"].startswith("mix_"))
+            if real is not None:
+                points.insert(0, (0.0, real["mean"], real["std"]))
+            if points:
+                xs, ys, es = zip(*points)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=g)
+        ax.set_title(f"fraction {fraction:g}")
+        ax.set_xlabel("synthetic ratio")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metric)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _versions() -> dict[str, str]:
+    import lightning
+    import torch
+
+    import lightning_medaug
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
+            "lightning_medaug": lightning_medaug.__version__, "threads": str(torch.get_num_threads())}
+
+
+def write_results(study: Study, results: list[dict[str, Any]]) -> dict[str, Path]:
+    """Write ``results.json``, ``results.csv``, the plots and ``report.md`` into ``study.out``."""
+    out = study.out
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarize(results)
+    total = len(study.cells())
+    settings = {"task": study.task, "metric": study.metric, "fractions": study.fractions, "seeds": study.seeds,
+                "epochs": study.epochs, "ratios": study.ratios, "generators": study.generators,
+                "classic_augmentation": bool(study.classic_augmentation), "synthetic_only": study.synthetic_only,
+                "bank_factor": study.bank_factor}
+    files = {"json": out / "results.json", "csv": out / "results.csv", "report": out / "report.md"}
+    files["json"].write_text(json.dumps({"settings": settings, "summary": rows, "cells": results,
+                                         "complete": len(results) == total, "versions": _versions()},
+                                        indent=2, sort_keys=True))
+    with open(files["csv"], "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["fraction", "arm", "generator", "ratio", "mean", "std", "seeds",
+                                                "minutes"])
+        writer.writeheader()
+        writer.writerows(rows)
+    if rows:
+        files["fraction_plot"] = out / "metric_vs_fraction.png"
+        _plot_fraction(rows, study.metric, files["fraction_plot"])
+        if _plot_ratio(rows, study.metric, out / "metric_vs_ratio.png"):
+            files["ratio_plot"] = out / "metric_vs_ratio.png"
+    table = "\n".join(f"| {r['fraction']:g} | {r['arm']} | {r['mean']:.4f} | {r['std']:.4f} | {r['seeds']} | "
+                      f"{r['minutes']:.1f} |" for r in rows)
+    pictures = "\n".join(f"![{name}]({path.name})" for name, path in files.items() if name.endswith("_plot"))
+    grids = []
+    for g in study.generators:  # the first subset's samples: what the downstream model was given
+        folder = study.generator_folder(g, study.fractions[0], study.seeds[0])
+        if (folder / "samples.png").is_file():
+            rel = folder.relative_to(out)
+            grids.append(f"| {g} | ![real]({rel}/real.png) | ![synthetic]({rel}/samples.png) |")
+    if grids:
+        pictures += (f"\n\nSamples (fraction {study.fractions[0]:g}, seed {study.seeds[0]}):\n\n"
+                     "| generator | real | synthetic |\n|---|---|---|\n" + "\n".join(grids))
+    files["report"].write_text(f"""# Study: {study.task}, {study.metric} on the test split
+
+{len(results)} of {total} cells done{'' if len(results) == total else ' (rerun the same command to continue)'}.
+Checkpoints selected on validation; mean and std over seeds {study.seeds}; generators trained on
+each cell's real subset only. Downstream epochs: {study.epochs or "the recipe's"}.
+
+| fraction | arm | mean | std | seeds | minutes |
+|---|---|---|---|---|---|
+{table}
+
+{pictures}
+
+Arms: `real` (real subset only), `classic` (classic augmentation), `mix_<generator>_r<ratio>`
+(real + synthetic, add mode), `tstr_<generator>` (synthetic only, tested on real).
+Per-cell results, configs and logs: `cells/<arm>_f<fraction>_s<seed>/`.
+""")
+    return files

@@ -1,0 +1,273 @@
+"""``Study``: does synthetic data help a downstream task, and when? A resumable grid of training runs.
+
+For every training fraction and seed, the study trains the downstream recipe in several arms:
+
+* ``real``: the real subset only;
+* ``classic``: the same with :class:`~lightning_medaug.data.ClassicAugmentation`;
+* ``mix_<generator>_r<ratio>``: real + synthetic at each ratio (``add`` mode), the bank drawn from a
+  generator trained **only on that cell's real subset** (never on data the classifier may not see);
+* ``tstr_<generator>``: synthetic only (train on synthetic, test on real; ``replace`` mode, ratio 1).
+
+Checkpoints are selected on validation, figures are on the test split. Every finished cell leaves
+``result.json``; a rerun skips it, so a long study runs across several invocations. An interrupted
+cell is started again from scratch (its folder is removed first).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from lightning_medaug.study.recipe import (
+    load_recipe,
+    run_recipe,
+    with_classic_augmentation,
+    with_mixing,
+    with_subset,
+    with_trainer,
+)
+
+__all__ = ["Cell", "Study", "sample_grids"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid."""
+
+    fraction: float
+    seed: int
+    arm: str
+    generator: str | None = None
+    ratio: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm}_f{self.fraction:g}_s{self.seed}"
+
+
+def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
+    """``config["a"]["b"]["c"] = value`` for ``key="a.b.c"``."""
+    *parents, last = key.split(".")
+    for part in parents:
+        config = config.setdefault(part, {})
+    config[last] = value
+
+
+class Study:
+    """A grid of downstream runs: fractions x seeds x arms (see the module docstring).
+
+    Args:
+        task: downstream recipe (classification or segmentation), e.g. ``classify_pneumonia.yaml``.
+        out: study folder: ``generators/``, ``cells/``, ``results.json``, ``results.csv``,
+            plots and ``report.md``.
+        metric: test metric reported and plotted (key of the run's ``metrics.json["test"]``).
+        fractions: stratified, seeded fractions of the real training split.
+        seeds: seeds per fraction (subset, models, banks).
+        epochs: downstream epochs per cell (``None`` keeps the recipe's).
+        classic_augmentation: add the ``classic`` arm; a dict gives ``ClassicAugmentation`` arguments.
+        generators: ``{name: {"recipe": ..., "epochs": ..., "overrides": {dotted.key: value},
+            "sample_kwargs": {...}}}``; each is trained per fraction and seed on that subset.
+        ratios: synthetic fractions of the ``mix`` arms (``add`` mode).
+        synthetic_only: add the ``tstr`` arm per generator.
+        bank_factor: bank size as a multiple of the synthetic samples one epoch of the largest
+            ratio draws (1 = every synthetic sample of an epoch is distinct).
+    """
+
+    def __init__(self, task: str, out: str = "runs/study", metric: str = "test/auc",
+                 fractions: Sequence[float] = (0.05, 0.1, 0.25, 1.0), seeds: Sequence[int] = (0, 1, 2),
+                 epochs: int | None = None, classic_augmentation: bool | dict[str, Any] = True,
+                 generators: dict[str, dict[str, Any]] | None = None, ratios: Sequence[float] = (0.25, 0.5, 0.75),
+                 synthetic_only: bool = True, bank_factor: float = 1.0):
+        if not fractions or any(not 0 < f <= 1 for f in fractions):
+            raise ValueError(f"fractions must be non-empty values in (0, 1], got {list(fractions)}")
+        if not seeds:
+            raise ValueError("seeds must not be empty")
+        if any(not 0 < r < 1 for r in ratios):
+            raise ValueError(f"ratios must lie in (0, 1) for 'add' mixing, got {list(ratios)}")
+        if bank_factor <= 0:
+            raise ValueError(f"bank_factor must be positive, got {bank_factor}")
+        if epochs is not None and epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {epochs}")
+        self.generators = dict(generators or {})
+        for name, spec in self.generators.items():
+            if not isinstance(spec, dict) or "recipe" not in spec:
+                raise ValueError(f"generator {name!r} needs a 'recipe' (e.g. cgan_pneumonia.yaml), got {spec!r}")
+            unknown = set(spec) - {"recipe", "epochs", "overrides", "sample_kwargs"}
+            if unknown:
+                raise ValueError(f"generator {name!r} has unknown keys {sorted(unknown)}; "
+                                 "use recipe, epochs, overrides, sample_kwargs")
+            load_recipe(spec["recipe"])  # fail now, not after hours of other cells
+        self.task_recipe = load_recipe(task)
+        self.task, self.out, self.metric = task, Path(out), metric
+        self.fractions, self.seeds = [float(f) for f in fractions], [int(s) for s in seeds]
+        self.epochs, self.classic_augmentation = epochs, classic_augmentation
+        self.ratios, self.synthetic_only, self.bank_factor = [float(r) for r in ratios], synthetic_only, bank_factor
+        self.console = Console()
+
+    # -- the grid -----------------------------------------------------------------------------
+    def cells(self) -> list[Cell]:
+        """Every cell, in run order: per fraction and seed, the cheap arms first."""
+        cells = []
+        for fraction in self.fractions:
+            for seed in self.seeds:
+                cells.append(Cell(fraction, seed, "real"))
+                if self.classic_augmentation:
+                    cells.append(Cell(fraction, seed, "classic"))
+                for g in self.generators:
+                    cells += [Cell(fraction, seed, f"mix_{g}_r{r:g}", g, r) for r in self.ratios]
+                    if self.synthetic_only:
+                        cells.append(Cell(fraction, seed, f"tstr_{g}", g, 1.0))
+        return cells
+
+    def cell_folder(self, cell: Cell) -> Path:
+        return self.out / "cells" / cell.name
+
+    def generator_folder(self, name: str, fraction: float, seed: int) -> Path:
+        return self.out / "generators" / f"{name}_f{fraction:g}_s{seed}"
+
+    def is_done(self, cell: Cell) -> bool:
+        return (self.cell_folder(cell) / "result.json").is_file()
+
+    # -- running --------------------------------------------------------------------------------
+    def run(self, max_cells: int | None = None) -> list[dict[str, Any]]:
+        """Run the unfinished cells (at most ``max_cells``), then aggregate; returns every cell's result."""
+        from lightning_medaug.study.results import write_results
+
+        cells = self.cells()
+        todo = [c for c in cells if not self.is_done(c)]
+        self.console.rule(f"[bold]medaug study[/] {self.task}: {len(cells)} cells, {len(cells) - len(todo)} done")
+        for i, cell in enumerate(todo[:max_cells] if max_cells is not None else todo, start=1):
+            self.console.rule(f"cell {len(cells) - len(todo) + i}/{len(cells)}: {cell.arm}, "
+                              f"fraction {cell.fraction:g}, seed {cell.seed}")
+            self.run_cell(cell)
+        results = [self.result(c) for c in cells if self.is_done(c)]
+        write_results(self, results)
+        return results
+
+    def run_cell(self, cell: Cell) -> dict[str, Any]:
+        """Train and test one cell (its generator and bank first, when it needs them)."""
+        folder = self.cell_folder(cell)
+        if folder.exists():
+            shutil.rmtree(folder)  # an interrupted attempt: start the cell over
+        start = time.perf_counter()
+        config = with_trainer(with_subset(self.task_recipe, cell.fraction, cell.seed), seed=cell.seed,
+                              **({"max_epochs": self.epochs} if self.epochs else {}))
+        if cell.arm == "classic":
+            spec = self.classic_augmentation if isinstance(self.classic_augmentation, dict) else {}
+            dims = config["model"].get("init_args", {}).get("spatial_dims", 2)
+            config = with_classic_augmentation(config, **{"spatial_dims": dims, **spec})
+        elif cell.generator is not None:
+            bank = self.bank(cell.generator, cell.fraction, cell.seed)
+            mode = "replace" if cell.arm.startswith("tstr_") else "add"
+            config = with_mixing(config, bank, cell.ratio, mode=mode, seed=cell.seed)
+        run = run_recipe(config, folder / "run")
+        if cell.generator is not None:
+            _check_same_subset(self.generator_data(cell.generator, cell.fraction, cell.seed), run["datamodule"])
+        test = run["metrics"].get("test", {})
+        if self.metric not in test:
+            raise ValueError(f"the task's test metrics {sorted(test)} have no {self.metric!r}: set `metric`")
+        result = {**asdict(cell), "cell": cell.name, "value": test[self.metric], "test": test,
+                  "seconds": time.perf_counter() - start}
+        (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+        return result
+
+    def result(self, cell: Cell) -> dict[str, Any]:
+        return json.loads((self.cell_folder(cell) / "result.json").read_text())
+
+    # -- generators and banks ---------------------------------------------------------------------
+    def _generator_config(self, name: str, fraction: float, seed: int) -> dict[str, Any]:
+        spec = self.generators[name]
+        config = with_trainer(with_subset(load_recipe(spec["recipe"]), fraction, seed), seed=seed,
+                              **({"max_epochs": spec["epochs"]} if spec.get("epochs") else {}))
+        for key, value in (spec.get("overrides") or {}).items():
+            _set_dotted(config, key, value)
+        return config
+
+    def generator_data(self, name: str, fraction: float, seed: int) -> Any:
+        """The generator's (real) data module, set up, as its recipe builds it."""
+        from lightning_medaug.cli import MedaugCLI
+
+        folder = self.generator_folder(name, fraction, seed)
+        cli = MedaugCLI(args=["--config", str(folder / "run" / "recipe.yaml")], run=False)
+        cli.datamodule.setup("fit")
+        return cli.datamodule
+
+    def bank(self, name: str, fraction: float, seed: int) -> Path:
+        """Train the generator on this subset (once) and write its bank (resumably); returns the bank folder."""
+        from lightning_medaug.bank import write_bank
+        from lightning_medaug.generative import load_generator
+
+        folder = self.generator_folder(name, fraction, seed)
+        exported = folder / "run" / "generator"
+        if not (exported / "model.safetensors").is_file():
+            if folder.exists():
+                shutil.rmtree(folder)
+            self.console.print(f"training generator {name} on fraction {fraction:g}, seed {seed}")
+            run_recipe(self._generator_config(name, fraction, seed), folder / "run", test=False)
+        real = self.generator_data(name, fraction, seed)
+        labels = _train_labels(real)
+        if not (folder / "samples.png").is_file():
+            sample_grids(load_generator(exported), real, folder, name)
+        need = max(_synthetic_per_epoch(len(labels), r) for r in self.ratios) if self.ratios else len(labels)
+        size = max(need, len(labels) if self.synthetic_only else 0)
+        size = math.ceil(size * self.bank_factor)
+        shares = {c: labels.count(c) / len(labels) for c in sorted(set(labels))}
+        write_bank(load_generator(exported), folder / "bank", size, labels="proportional", proportions=shares,
+                   seed=seed, sample_kwargs=self.generators[name].get("sample_kwargs") or {},
+                   checkpoint_folder=exported)
+        return folder / "bank"
+
+
+def sample_grids(generator: Any, real: Any, folder: Path, name: str, per_class: int = 8) -> None:
+    """``real.png`` and ``samples.png`` in ``folder``: one row per class, real images from the
+    generator's training subset beside seeded samples (slices through the middle for 3D)."""
+    import torch
+
+    from lightning_medaug.data import unpack_batch
+    from lightning_medaug.report import save_image_grid
+
+    data = real.train_dataset
+    labels = torch.as_tensor(_train_labels(real))
+    classes = sorted(set(labels.tolist())) if generator.num_classes else [None]
+    rows = [torch.nonzero(labels == c).flatten()[:per_class] if c is not None else torch.arange(per_class)
+            for c in classes]
+    real_images = torch.stack([unpack_batch(data[int(i)]).image for row in rows for i in row])
+    wanted = (torch.tensor(classes).repeat_interleave(per_class) if generator.num_classes else None)
+    fake = generator.sample(per_class * len(classes), labels=wanted, generator=torch.Generator().manual_seed(0))
+    save_image_grid(real_images, folder / "real.png", nrow=per_class, title="real (training subset)", scale=3)
+    save_image_grid(fake.float().cpu(), folder / "samples.png", nrow=per_class, title=f"synthetic ({name})", scale=3)
+
+
+def _synthetic_per_epoch(num_real: int, ratio: float) -> int:
+    """Synthetic samples per epoch in ``add`` mode: ``ratio`` of the mixed epoch."""
+    return math.ceil(num_real * ratio / (1 - ratio))
+
+
+def _train_labels(datamodule: Any) -> list[int]:
+    from lightning_medaug.data import unpack_batch
+
+    data = datamodule.train_dataset
+    labels = getattr(data, "labels", None)
+    if labels is not None:
+        return [int(v) for v in labels.flatten().tolist()]
+    return [int(unpack_batch(data[i]).label) for i in range(len(data))]
+
+
+def _check_same_subset(generator_data: Any, task_data: Any) -> None:
+    """The generator must have seen exactly the real images the downstream model trains on."""
+    import numpy as np
+
+    while hasattr(task_data, "datamodule"):
+        task_data = task_data.datamodule
+    a, b = getattr(generator_data, "subset_indices", None), getattr(task_data, "subset_indices", None)
+    if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
+        raise ValueError("the generator and the downstream model trained on different real subsets: give both "
+                         "recipes the same data set, and do not set subset/subset_seed in generator overrides")

@@ -1,0 +1,104 @@
+"""The study runner: recipe variants, the grid, resuming, results; the full pipeline runs in test_demo."""
+
+import json
+
+import pytest
+
+from lightning_medaug.cli import MedaugCLI, main
+from lightning_medaug.study import (
+    Study,
+    load_recipe,
+    summarize,
+    with_classic_augmentation,
+    with_mixing,
+    with_subset,
+    write_results,
+)
+from lightning_medaug.study.recipe import real_data
+
+GENERATORS = {"cgan": {"recipe": "cgan_pneumonia.yaml", "epochs": 1}}
+
+
+def test_recipe_variants_parse_and_keep_the_original(tmp_path):
+    base = load_recipe("classify_pneumonia.yaml")
+    config = with_mixing(with_classic_augmentation(with_subset(base, 0.1, 3)), tmp_path / "bank", 0.25, seed=3)
+    assert "subset" not in base["data"]["init_args"]  # copies, not edits
+    assert config["data"]["class_path"].endswith("SyntheticMixDataModule")
+    inner = real_data(config)
+    assert inner["subset"] == 0.1 and inner["subset_seed"] == 3
+    assert inner["train_transforms"]["class_path"].endswith("ClassicAugmentation")
+    assert real_data(with_subset(base, 1.0, 0))["subset"] is None  # all of train
+    (tmp_path / "recipe.yaml").write_text(__import__("yaml").safe_dump(with_subset(base, 0.1, 3)))
+    cli = MedaugCLI(args=["--config", str(tmp_path / "recipe.yaml")], run=False)
+    assert cli.datamodule.hparams.subset == 0.1 and cli.datamodule.hparams.subset_seed == 3
+
+
+def test_grid_names_and_order():
+    study = Study("classify_pneumonia.yaml", fractions=[0.05, 1.0], seeds=[0, 1], generators=GENERATORS,
+                  ratios=[0.25, 0.5])
+    names = [c.name for c in study.cells()]
+    assert len(names) == len(set(names)) == 2 * 2 * (1 + 1 + 2 + 1)
+    assert names[:5] == ["real_f0.05_s0", "classic_f0.05_s0", "mix_cgan_r0.25_f0.05_s0", "mix_cgan_r0.5_f0.05_s0",
+                         "tstr_cgan_f0.05_s0"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"fractions": [0.0]}, "fractions"),
+    ({"fractions": [1.5]}, "fractions"),
+    ({"seeds": []}, "seeds"),
+    ({"ratios": [1.0]}, "ratios"),
+    ({"bank_factor": 0}, "bank_factor"),
+    ({"generators": {"x": {"epochs": 3}}}, "needs a 'recipe'"),
+    ({"generators": {"x": {"recipe": "cgan_pneumonia.yaml", "epoch": 3}}}, "unknown keys"),
+    ({"generators": {"x": {"recipe": "no_such_recipe.yaml"}}}, "not found"),
+])
+def test_bad_study_arguments(kwargs, match):
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        Study("classify_pneumonia.yaml", **kwargs)
+
+
+def test_finished_cells_are_skipped_and_broken_ones_rerun(tmp_path):
+    study = Study("classify_pneumonia.yaml", out=str(tmp_path), fractions=[0.02], seeds=[0], epochs=1,
+                  classic_augmentation=True)
+    cells = study.cells()
+    study.run(max_cells=1)  # only the first cell
+    first = study.cell_folder(cells[0]) / "result.json"
+    assert first.is_file() and not study.is_done(cells[1])
+    stamp = first.stat().st_mtime_ns
+    leftover = study.cell_folder(cells[1]) / "run" / "stale.txt"  # an interrupted attempt
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text("x")
+    results = study.run()
+    assert first.stat().st_mtime_ns == stamp  # not rerun
+    assert not leftover.exists() and study.is_done(cells[1])
+    assert {r["arm"] for r in results} == {"real", "classic"}
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["complete"] and len(saved["summary"]) == 2
+    assert "| 0.02 | classic |" in (tmp_path / "report.md").read_text()
+
+
+def test_cli_lists_cells(tmp_path, capsys):
+    config = tmp_path / "study.yaml"
+    config.write_text(f"task: classify_pneumonia.yaml\nout: {tmp_path / 'out'}\nfractions: [0.1]\nseeds: [0, 1]\n"
+                      "classic_augmentation: false\n")
+    assert main(["study", "--config", str(config), "--list"]) == 0
+    assert capsys.readouterr().out.split() == ["todo", "real_f0.1_s0", "todo", "real_f0.1_s1"]
+    assert main(["study", "--config", str(config), "--fractions", "[2]"]) == 2
+    assert "fractions" in capsys.readouterr().err
+
+
+def test_results_summary_and_files(tmp_path):
+    study = Study("classify_pneumonia.yaml", out=str(tmp_path), fractions=[0.1, 1.0], seeds=[0, 1],
+                  generators=GENERATORS, ratios=[0.5], synthetic_only=False, classic_augmentation=False)
+    results = []
+    for cell in study.cells():
+        value = 0.8 + 0.1 * cell.fraction + (0.02 if cell.generator else 0) + 0.01 * cell.seed
+        results.append({"fraction": cell.fraction, "seed": cell.seed, "arm": cell.arm, "generator": cell.generator,
+                        "ratio": cell.ratio, "value": value, "seconds": 60.0, "test": {"test/auc": value}})
+    rows = summarize(results)
+    mixed = next(r for r in rows if r["fraction"] == 0.1 and r["arm"] == "mix_cgan_r0.5")
+    assert mixed["mean"] == pytest.approx(0.835) and mixed["std"] == pytest.approx(0.00707, abs=1e-4)
+    assert mixed["seeds"] == 2 and mixed["minutes"] == pytest.approx(2.0)
+    files = write_results(study, results)
+    assert files["csv"].read_text().count("\n") == 1 + 4
+    assert files["fraction_plot"].stat().st_size > 5000 and files["ratio_plot"].stat().st_size > 5000
