@@ -35,3 +35,16 @@ def test_task_recipe_runs_one_batch(name, overrides, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.yaml"
     assert main(["fit", "--config", str(recipe), "--trainer.fast_dev_run", "1", *overrides]) == 0
+
+
+STUDY_RECIPES = [r for r in RECIPES if r.stem.startswith("study_")]
+
+
+@pytest.mark.parametrize("recipe", STUDY_RECIPES, ids=lambda p: p.stem)
+def test_study_recipe_builds_its_grid(recipe, capsys):
+    assert main(["study", "--config", str(recipe), "--list"]) == 0
+    cells = capsys.readouterr().out.split()[1::2]
+    config = yaml.safe_load(recipe.read_text())
+    per_seed = 1 + bool(config.get("classic_augmentation")) + len(config.get("generators", {})) * (
+        len(config.get("ratios", [])) + bool(config.get("synthetic_only")))
+    assert len(cells) == len(config["fractions"]) * len(config["seeds"]) * per_seed

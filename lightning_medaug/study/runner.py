@@ -71,9 +71,10 @@ class Study:
         metric: test metric reported and plotted (key of the run's ``metrics.json["test"]``).
         fractions: stratified, seeded fractions of the real training split.
         seeds: seeds per fraction (subset, models, banks).
-        epochs: downstream epochs per cell (``None`` keeps the recipe's).
+        epochs: downstream epochs per cell (``None`` keeps the recipe's), or ``{fraction: epochs}``
+            so that small subsets get as many optimiser steps as they need.
         classic_augmentation: add the ``classic`` arm; a dict gives ``ClassicAugmentation`` arguments.
-        generators: ``{name: {"recipe": ..., "epochs": ..., "overrides": {dotted.key: value},
+        generators: ``{name: {"recipe": ..., "epochs": n or {fraction: n}, "overrides": {dotted.key: value},
             "sample_kwargs": {...}}}``; each is trained per fraction and seed on that subset.
         ratios: synthetic fractions of the ``mix`` arms (``add`` mode).
         synthetic_only: add the ``tstr`` arm per generator.
@@ -83,7 +84,7 @@ class Study:
 
     def __init__(self, task: str, out: str = "runs/study", metric: str = "test/auc",
                  fractions: Sequence[float] = (0.05, 0.1, 0.25, 1.0), seeds: Sequence[int] = (0, 1, 2),
-                 epochs: int | None = None, classic_augmentation: bool | dict[str, Any] = True,
+                 epochs: int | dict[float, int] | None = None, classic_augmentation: bool | dict[str, Any] = True,
                  generators: dict[str, dict[str, Any]] | None = None, ratios: Sequence[float] = (0.25, 0.5, 0.75),
                  synthetic_only: bool = True, bank_factor: float = 1.0):
         if not fractions or any(not 0 < f <= 1 for f in fractions):
@@ -94,8 +95,8 @@ class Study:
             raise ValueError(f"ratios must lie in (0, 1) for 'add' mixing, got {list(ratios)}")
         if bank_factor <= 0:
             raise ValueError(f"bank_factor must be positive, got {bank_factor}")
-        if epochs is not None and epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {epochs}")
+        for fraction in fractions:
+            _per_fraction(epochs, fraction, "epochs")
         self.generators = dict(generators or {})
         for name, spec in self.generators.items():
             if not isinstance(spec, dict) or "recipe" not in spec:
@@ -105,6 +106,8 @@ class Study:
                 raise ValueError(f"generator {name!r} has unknown keys {sorted(unknown)}; "
                                  "use recipe, epochs, overrides, sample_kwargs")
             load_recipe(spec["recipe"])  # fail now, not after hours of other cells
+            for fraction in fractions:
+                _per_fraction(spec.get("epochs"), fraction, f"generators.{name}.epochs")
         self.task_recipe = load_recipe(task)
         self.task, self.out, self.metric = task, Path(out), metric
         self.fractions, self.seeds = [float(f) for f in fractions], [int(s) for s in seeds]
@@ -126,6 +129,10 @@ class Study:
                     if self.synthetic_only:
                         cells.append(Cell(fraction, seed, f"tstr_{g}", g, 1.0))
         return cells
+
+    def epochs_for(self, fraction: float) -> int | None:
+        """Downstream epochs at ``fraction`` (``None``: the recipe's)."""
+        return _per_fraction(self.epochs, fraction, "epochs")
 
     def cell_folder(self, cell: Cell) -> Path:
         return self.out / "cells" / cell.name
@@ -158,8 +165,9 @@ class Study:
         if folder.exists():
             shutil.rmtree(folder)  # an interrupted attempt: start the cell over
         start = time.perf_counter()
+        epochs = self.epochs_for(cell.fraction)
         config = with_trainer(with_subset(self.task_recipe, cell.fraction, cell.seed), seed=cell.seed,
-                              **({"max_epochs": self.epochs} if self.epochs else {}))
+                              **({"max_epochs": epochs} if epochs else {}))
         if cell.arm == "classic":
             spec = self.classic_augmentation if isinstance(self.classic_augmentation, dict) else {}
             dims = config["model"].get("init_args", {}).get("spatial_dims", 2)
@@ -185,8 +193,9 @@ class Study:
     # -- generators and banks ---------------------------------------------------------------------
     def _generator_config(self, name: str, fraction: float, seed: int) -> dict[str, Any]:
         spec = self.generators[name]
+        epochs = _per_fraction(spec.get("epochs"), fraction, f"generators.{name}.epochs")
         config = with_trainer(with_subset(load_recipe(spec["recipe"]), fraction, seed), seed=seed,
-                              **({"max_epochs": spec["epochs"]} if spec.get("epochs") else {}))
+                              **({"max_epochs": epochs} if epochs else {}))
         for key, value in (spec.get("overrides") or {}).items():
             _set_dotted(config, key, value)
         return config
@@ -244,6 +253,18 @@ def sample_grids(generator: Any, real: Any, folder: Path, name: str, per_class: 
     fake = generator.sample(per_class * len(classes), labels=wanted, generator=torch.Generator().manual_seed(0))
     save_image_grid(real_images, folder / "real.png", nrow=per_class, title="real (training subset)", scale=3)
     save_image_grid(fake.float().cpu(), folder / "samples.png", nrow=per_class, title=f"synthetic ({name})", scale=3)
+
+
+def _per_fraction(epochs: int | dict[float, int] | None, fraction: float, what: str) -> int | None:
+    """``epochs`` itself, or its entry for ``fraction`` when it is a ``{fraction: epochs}`` dict."""
+    if isinstance(epochs, dict):
+        table = {float(k): v for k, v in epochs.items()}
+        if float(fraction) not in table:
+            raise ValueError(f"{what} has no entry for fraction {fraction:g}: give one per fraction or a single number")
+        epochs = table[float(fraction)]
+    if epochs is not None and int(epochs) < 1:
+        raise ValueError(f"{what} must be at least 1, got {epochs}")
+    return None if epochs is None else int(epochs)
 
 
 def _synthetic_per_epoch(num_real: int, ratio: float) -> int:

@@ -33,6 +33,11 @@ def test_recipe_variants_parse_and_keep_the_original(tmp_path):
     assert cli.datamodule.hparams.subset == 0.1 and cli.datamodule.hparams.subset_seed == 3
 
 
+def test_epochs_per_fraction():
+    study = Study("classify_pneumonia.yaml", fractions=[0.05, 1.0], epochs={0.05: 60, 1: 10})
+    assert study.epochs_for(0.05) == 60 and study.epochs_for(1.0) == 10
+
+
 def test_grid_names_and_order():
     study = Study("classify_pneumonia.yaml", fractions=[0.05, 1.0], seeds=[0, 1], generators=GENERATORS,
                   ratios=[0.25, 0.5])
@@ -48,9 +53,12 @@ def test_grid_names_and_order():
     ({"seeds": []}, "seeds"),
     ({"ratios": [1.0]}, "ratios"),
     ({"bank_factor": 0}, "bank_factor"),
+    ({"epochs": 0}, "at least 1"),
+    ({"fractions": [0.1, 0.5], "epochs": {0.1: 30}}, "no entry for fraction 0.5"),
     ({"generators": {"x": {"epochs": 3}}}, "needs a 'recipe'"),
     ({"generators": {"x": {"recipe": "cgan_pneumonia.yaml", "epoch": 3}}}, "unknown keys"),
     ({"generators": {"x": {"recipe": "no_such_recipe.yaml"}}}, "not found"),
+    ({"generators": {"x": {"recipe": "cgan_pneumonia.yaml", "epochs": {0.5: 3}}}}, "generators.x.epochs"),
 ])
 def test_bad_study_arguments(kwargs, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
