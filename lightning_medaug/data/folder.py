@@ -40,7 +40,7 @@ from lightning_medaug.data.imageio import (
 )
 from lightning_medaug.data.medmnist import DATA_ENV_VAR, shipped_datasets_dir
 from lightning_medaug.data.split_module import SplitDataModule
-from lightning_medaug.data.splits import holdout_split
+from lightning_medaug.data.splits import check_subset, holdout_split, stratified_subset
 from lightning_medaug.hparams import save_own_hyperparameters
 
 __all__ = ["Geometry", "FolderDataset", "FolderDataModule", "read_image"]
@@ -85,6 +85,9 @@ class FolderDataModule(SplitDataModule):
         label_from: CSV with ``stem,label`` columns (relative paths are read from ``root``).
         batch_size, num_workers, pin_memory: loader settings (``pin_memory=None``: if CUDA exists).
         train_transforms: callable on each training sample dict (e.g. :func:`classic_augmentation`).
+        subset, subset_seed: keep a seeded subset of the training split (after the hold-out): a
+            fraction in (0, 1] or a count per class (class-stratified when ``label_from`` is set);
+            ``subset_indices`` then holds the kept sample indices.
     """
 
     def __init__(self, root: str | None = None, image_dir: str = "image", mask_dir: str | None = "label",
@@ -93,7 +96,8 @@ class FolderDataModule(SplitDataModule):
                  val_indices: Sequence[int] | None = None, test_indices: Sequence[int] | None = None,
                  val_fraction: float | None = None, test_fraction: float | None = None, split_seed: int = 0,
                  label_from: str | None = None, batch_size: int = 8, num_workers: int = 0,
-                 train_transforms: Callable[[dict], dict] | None = None, pin_memory: bool | None = None):
+                 train_transforms: Callable[[dict], dict] | None = None, pin_memory: bool | None = None,
+                 subset: float | None = None, subset_seed: int = 0):
         super().__init__()
         if spatial_dims not in (None, 2, 3):
             raise ValueError(f"spatial_dims must be 2, 3 or None (infer), got {spatial_dims}")
@@ -109,6 +113,7 @@ class FolderDataModule(SplitDataModule):
                 raise ValueError(f"pass either {name}_indices or {name}_fraction, not both")
             if frac is not None and not 0.0 <= frac < 1.0:
                 raise ValueError(f"{name}_fraction must be in [0, 1), got {frac}")
+        check_subset(subset)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if num_workers < 0:
@@ -130,6 +135,7 @@ class FolderDataModule(SplitDataModule):
         self.geometry: list[Geometry] = []
         self.tensors: dict[str, Tensor] = {}
         self.split_indices: dict[str, list[int]] = {}
+        self.subset_indices: np.ndarray | None = None
 
     # -- reading -----------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -168,6 +174,11 @@ class FolderDataModule(SplitDataModule):
         self.split_indices = holdout_split(
             len(self.stems), hp.val_indices, hp.test_indices, _fraction(hp.val_indices, hp.val_fraction),
             _fraction(hp.test_indices, hp.test_fraction), hp.split_seed)
+        if hp.subset is not None:
+            train = np.asarray(self.split_indices["train"])
+            keys = labels[train].numpy() if labels is not None else np.zeros(len(train), dtype=np.int64)
+            self.subset_indices = train[stratified_subset(keys, hp.subset, hp.subset_seed)]
+            self.split_indices["train"] = self.subset_indices.tolist()
         for split, indices in self.split_indices.items():
             transform = self.train_transforms if split == "train" else None
             self.datasets[split] = FolderDataset(self.tensors, indices, transform)

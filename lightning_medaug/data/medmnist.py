@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY
 from lightning_medaug.data.split_module import SplitDataModule
-from lightning_medaug.data.splits import stratified_subset
+from lightning_medaug.data.splits import check_subset, stratified_subset
 from lightning_medaug.hparams import save_own_hyperparameters
 
 __all__ = ["MEDMNIST_SIZES", "MedMNISTInfo", "medmnist_info", "MedMNISTDataset", "MedMNISTDataModule", "download_file"]
@@ -202,11 +202,8 @@ class MedMNISTDataModule(SplitDataModule):
                  pin_memory: bool | None = None, url: str | None = None, md5: str | None = None):
         super().__init__()
         info = medmnist_info(name, size)
+        check_subset(subset)
         if subset is not None:
-            if isinstance(subset, bool) or not isinstance(subset, (int, float)):
-                raise ValueError(f"subset must be None, a float in (0, 1] or an int >= 1, got {subset!r}")
-            if isinstance(subset, int) and subset < 1 or isinstance(subset, float) and not 0.0 < subset <= 1.0:
-                raise ValueError(f"subset must be a float in (0, 1] or an int >= 1, got {subset!r}")
             if isinstance(subset, int) and info.task == _MULTI_LABEL:
                 raise ValueError(f"{name} is multi-label: samples per class is undefined, pass subset as a fraction")
         if batch_size < 1:

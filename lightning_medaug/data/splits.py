@@ -11,12 +11,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["stratified_subset", "holdout_split"]
+__all__ = ["check_subset", "stratified_subset", "holdout_split"]
 
 
 def _round_half_up(x: float) -> int:
     # Python's round() rounds half to even; half-up is what people expect of "10% of 45".
     return int(math.floor(x + 0.5))
+
+
+def check_subset(subset: float | int | None) -> None:
+    """Raise ``ValueError`` unless ``subset`` is None, a fraction in (0, 1] or a count >= 1."""
+    if subset is None:
+        return
+    if isinstance(subset, bool) or not isinstance(subset, (int, float)):
+        raise ValueError(f"subset must be None, a float in (0, 1] or an int >= 1, got {subset!r}")
+    if isinstance(subset, int) and subset < 1 or isinstance(subset, float) and not 0.0 < subset <= 1.0:
+        raise ValueError(f"subset must be a float in (0, 1] or an int >= 1, got {subset!r}")
 
 
 def stratified_subset(labels: np.ndarray | Sequence[int], subset: float | int, seed: int = 0) -> np.ndarray:

@@ -61,6 +61,28 @@ def test_isbi_shipped_pairs():
     assert [len(p) for p in parts] == [21, 3, 6] and set.union(*parts) == set(range(30))
 
 
+def test_training_subset_is_seeded_and_leaves_val_and_test_alone():
+    kwargs = {"image_size": 16, "val_indices": [20, 21, 22, 23, 24], "test_indices": [25, 26, 27, 28, 29]}
+    full = FolderDataModule(**kwargs)
+    full.setup()
+    quarter = FolderDataModule(subset=0.25, subset_seed=1, **kwargs)
+    quarter.setup()
+    assert quarter.splits == {"train": 5, "val": 5, "test": 5}
+    assert set(quarter.subset_indices) < set(full.split_indices["train"])
+    assert quarter.split_indices["test"] == full.split_indices["test"]
+    again = FolderDataModule(subset=0.25, subset_seed=1, **kwargs)
+    again.setup()
+    assert again.subset_indices.tolist() == quarter.subset_indices.tolist()
+    other = FolderDataModule(subset=0.25, subset_seed=2, **kwargs)
+    other.setup()
+    assert other.subset_indices.tolist() != quarter.subset_indices.tolist()
+    half = FolderDataModule(subset=0.5, subset_seed=1, **kwargs)
+    half.setup()
+    assert set(quarter.subset_indices) <= set(half.subset_indices)  # nested subsets for studies
+    with pytest.raises(ValueError, match="subset"):
+        FolderDataModule(subset=1.5)
+
+
 def test_trainer_runs_on_folder_with_augmentation():
     class Probe(L.LightningModule):
         def __init__(self):
