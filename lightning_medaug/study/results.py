@@ -104,7 +104,7 @@ def write_results(study: Study, results: list[dict[str, Any]]) -> dict[str, Path
     settings = {"task": study.task, "metric": study.metric, "fractions": study.fractions, "seeds": study.seeds,
                 "epochs": study.epochs, "ratios": study.ratios, "generators": study.generators,
                 "classic_augmentation": bool(study.classic_augmentation), "synthetic_only": study.synthetic_only,
-                "bank_factor": study.bank_factor}
+                "bank_factor": study.bank_factor, "overrides": study.overrides}
     files = {"json": out / "results.json", "csv": out / "results.csv", "report": out / "report.md"}
     files["json"].write_text(json.dumps({"settings": settings, "summary": rows, "cells": results,
                                          "complete": len(results) == total, "versions": _versions()},

@@ -2,7 +2,7 @@
 
 For every training fraction and seed, the study trains the downstream recipe in several arms:
 
-* ``real``: the real subset only;
+* ``real``: the real subset only (the recipe's ``train_transforms``, if any, are dropped);
 * ``classic``: the same with :class:`~lightning_medaug.data.ClassicAugmentation`;
 * ``mix_<generator>_r<ratio>``: real + synthetic at each ratio (``add`` mode), the bank drawn from a
   generator trained **only on that cell's real subset** (never on data the classifier may not see);
@@ -16,7 +16,6 @@ cell is started again from scratch (its folder is removed first).
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -28,14 +27,22 @@ from rich.console import Console
 
 from lightning_medaug.study.recipe import (
     load_recipe,
+    real_data,
     run_recipe,
     with_classic_augmentation,
     with_mixing,
     with_subset,
     with_trainer,
 )
+from lightning_medaug.study.synthetic import (
+    bank_size,
+    mask_layouts,
+    sample_grids,
+    train_labels,
+    train_masks,
+)
 
-__all__ = ["Cell", "Study", "sample_grids"]
+__all__ = ["Cell", "Study"]
 
 
 @dataclass(frozen=True)
@@ -80,13 +87,15 @@ class Study:
         synthetic_only: add the ``tstr`` arm per generator.
         bank_factor: bank size as a multiple of the synthetic samples one epoch of the largest
             ratio draws (1 = every synthetic sample of an epoch is distinct).
+        overrides: ``{dotted.key: value}`` applied to the task recipe in every cell, e.g.
+            ``{"data.init_args.image_size": 64}`` (for the real data inside mixing too).
     """
 
     def __init__(self, task: str, out: str = "runs/study", metric: str = "test/auc",
                  fractions: Sequence[float] = (0.05, 0.1, 0.25, 1.0), seeds: Sequence[int] = (0, 1, 2),
                  epochs: int | dict[float, int] | None = None, classic_augmentation: bool | dict[str, Any] = True,
                  generators: dict[str, dict[str, Any]] | None = None, ratios: Sequence[float] = (0.25, 0.5, 0.75),
-                 synthetic_only: bool = True, bank_factor: float = 1.0):
+                 synthetic_only: bool = True, bank_factor: float = 1.0, overrides: dict[str, Any] | None = None):
         if not fractions or any(not 0 < f <= 1 for f in fractions):
             raise ValueError(f"fractions must be non-empty values in (0, 1], got {list(fractions)}")
         if not seeds:
@@ -109,6 +118,11 @@ class Study:
             for fraction in fractions:
                 _per_fraction(spec.get("epochs"), fraction, f"generators.{name}.epochs")
         self.task_recipe = load_recipe(task)
+        self.overrides = dict(overrides or {})
+        for key, value in self.overrides.items():
+            _set_dotted(self.task_recipe, key, value)
+        # arms differ only in what they add: the baseline trains on the plain real subset
+        real_data(self.task_recipe).pop("train_transforms", None)
         self.task, self.out, self.metric = task, Path(out), metric
         self.fractions, self.seeds = [float(f) for f in fractions], [int(s) for s in seeds]
         self.epochs, self.classic_augmentation = epochs, classic_augmentation
@@ -222,37 +236,26 @@ class Study:
             self.console.print(f"training generator {name} on fraction {fraction:g}, seed {seed}")
             run_recipe(self._generator_config(name, fraction, seed), folder / "run", test=False)
         real = self.generator_data(name, fraction, seed)
-        labels = _train_labels(real)
+        model = load_generator(exported)
+        spec = self.generators[name]
+        masks = train_masks(real) if model.requires_masks else None
+        if model.requires_masks and masks is None:
+            raise ValueError(f"generator {name!r} is mask-conditional but its data has no masks")
         if not (folder / "samples.png").is_file():
-            sample_grids(load_generator(exported), real, folder, name)
-        need = max(_synthetic_per_epoch(len(labels), r) for r in self.ratios) if self.ratios else len(labels)
-        size = max(need, len(labels) if self.synthetic_only else 0)
-        size = math.ceil(size * self.bank_factor)
-        shares = {c: labels.count(c) / len(labels) for c in sorted(set(labels))}
-        write_bank(load_generator(exported), folder / "bank", size, labels="proportional", proportions=shares,
-                   seed=seed, sample_kwargs=self.generators[name].get("sample_kwargs") or {},
-                   checkpoint_folder=exported)
+            sample_grids(model, real, folder, name, masks)
+        labels = train_labels(real)
+        num_real = len(real.train_dataset)
+        size = bank_size(num_real, self.ratios, self.synthetic_only, self.bank_factor)
+        plan: dict[str, Any] = {}
+        if model.num_classes:
+            if labels is None:
+                raise ValueError(f"generator {name!r} is class-conditional but its data has no labels")
+            plan = {"labels": "proportional", "proportions": {c: labels.count(c) / num_real for c in set(labels)}}
+        if masks is not None:  # new layouts of the subset's own masks: never masks of unseen patients
+            plan["masks"] = mask_layouts(masks, size, seed)
+        write_bank(model, folder / "bank", size, seed=seed, sample_kwargs=spec.get("sample_kwargs") or {},
+                   checkpoint_folder=exported, **plan)
         return folder / "bank"
-
-
-def sample_grids(generator: Any, real: Any, folder: Path, name: str, per_class: int = 8) -> None:
-    """``real.png`` and ``samples.png`` in ``folder``: one row per class, real images from the
-    generator's training subset beside seeded samples (slices through the middle for 3D)."""
-    import torch
-
-    from lightning_medaug.data import unpack_batch
-    from lightning_medaug.report import save_image_grid
-
-    data = real.train_dataset
-    labels = torch.as_tensor(_train_labels(real))
-    classes = sorted(set(labels.tolist())) if generator.num_classes else [None]
-    rows = [torch.nonzero(labels == c).flatten()[:per_class] if c is not None else torch.arange(per_class)
-            for c in classes]
-    real_images = torch.stack([unpack_batch(data[int(i)]).image for row in rows for i in row])
-    wanted = (torch.tensor(classes).repeat_interleave(per_class) if generator.num_classes else None)
-    fake = generator.sample(per_class * len(classes), labels=wanted, generator=torch.Generator().manual_seed(0))
-    save_image_grid(real_images, folder / "real.png", nrow=per_class, title="real (training subset)", scale=3)
-    save_image_grid(fake.float().cpu(), folder / "samples.png", nrow=per_class, title=f"synthetic ({name})", scale=3)
 
 
 def _per_fraction(epochs: int | dict[float, int] | None, fraction: float, what: str) -> int | None:
@@ -265,21 +268,6 @@ def _per_fraction(epochs: int | dict[float, int] | None, fraction: float, what: 
     if epochs is not None and int(epochs) < 1:
         raise ValueError(f"{what} must be at least 1, got {epochs}")
     return None if epochs is None else int(epochs)
-
-
-def _synthetic_per_epoch(num_real: int, ratio: float) -> int:
-    """Synthetic samples per epoch in ``add`` mode: ``ratio`` of the mixed epoch."""
-    return math.ceil(num_real * ratio / (1 - ratio))
-
-
-def _train_labels(datamodule: Any) -> list[int]:
-    from lightning_medaug.data import unpack_batch
-
-    data = datamodule.train_dataset
-    labels = getattr(data, "labels", None)
-    if labels is not None:
-        return [int(v) for v in labels.flatten().tolist()]
-    return [int(unpack_batch(data[i]).label) for i in range(len(data))]
 
 
 def _check_same_subset(generator_data: Any, task_data: Any) -> None:

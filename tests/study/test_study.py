@@ -110,3 +110,35 @@ def test_results_summary_and_files(tmp_path):
     files = write_results(study, results)
     assert files["csv"].read_text().count("\n") == 1 + 4
     assert files["fraction_plot"].stat().st_size > 5000 and files["ratio_plot"].stat().st_size > 5000
+
+
+def test_segmentation_study_with_mask_conditional_pairs(tmp_path):
+    small = {"data.init_args.image_size": 64, "data.init_args.batch_size": 4}
+    study = Study("segment_isbi.yaml", out=str(tmp_path), metric="test/dice", fractions=[0.25], seeds=[0],
+                  epochs=1, classic_augmentation=False, ratios=[0.5], synthetic_only=True, overrides=small,
+                  generators={"pix2pix": {"recipe": "pix2pix_isbi.yaml", "epochs": 1, "overrides": {
+                      **small, "model.init_args.image_size": 64, "model.init_args.generator_levels": 3,
+                      "model.init_args.generator_channels": 8, "model.init_args.discriminator_channels": 8}}})
+    results = {r["arm"]: r for r in study.run()}
+    assert set(results) == {"real", "mix_pix2pix_r0.5", "tstr_pix2pix"}
+    assert all(0.0 <= r["value"] <= 1.0 for r in results.values())
+    generator = tmp_path / "generators" / "pix2pix_f0.25_s0"
+    bank = __import__("lightning_medaug").SyntheticBank(generator / "bank")
+    assert len(bank) == 5  # 5 training images: one epoch of TSTR, and of the synthetic share at ratio 0.5
+    sample = bank[0]
+    assert sample["image"].shape == sample["mask"].shape == (1, 64, 64)
+    assert set(sample["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert (generator / "samples.png").is_file()
+    config = (tmp_path / "cells" / "real_f0.25_s0" / "run" / "config.yaml").read_text()
+    assert "ClassicAugmentation" not in config  # the recipe's augmentation is the 'classic' arm's, not real's
+
+
+def test_mask_layouts_are_seeded_flips_and_turns():
+    from lightning_medaug.study.synthetic import mask_layouts
+
+    masks = (__import__("torch").rand(3, 1, 8, 8) > 0.5).float()
+    layouts = mask_layouts(masks, 20, seed=1)
+    assert layouts.shape == (20, 1, 8, 8) and layouts.dtype == __import__("torch").uint8
+    assert (layouts == mask_layouts(masks, 20, seed=1)).all()
+    sums = sorted(masks.sum((1, 2, 3)).tolist())
+    assert all(float(m.sum()) in sums for m in layouts)  # flips and turns keep the foreground area
