@@ -41,11 +41,60 @@ _EXPORTS: dict[str, str] = {
     "ClassificationTask": "lightning_medaug.tasks",
     "SegmentationTask": "lightning_medaug.tasks",
     "DetectionTask": "lightning_medaug.tasks",
-    # reports
+    # evidence: fidelity, paired metrics, memorization
+    "FrechetDistance": "lightning_medaug.metrics",
+    "KernelDistance": "lightning_medaug.metrics",
+    "PrecisionRecall": "lightning_medaug.metrics",
+    "PairedImageMetrics": "lightning_medaug.metrics",
+    "DomainFeatureExtractor": "lightning_medaug.metrics",
+    "train_feature_extractor": "lightning_medaug.metrics",
+    "load_feature_extractor": "lightning_medaug.metrics",
+    "fidelity_with_floor": "lightning_medaug.metrics",
+    "memorization_report": "lightning_medaug.metrics",
+    # privacy
+    "DifferentialPrivacy": "lightning_medaug.generative.privacy",
+    "load_privacy_report": "lightning_medaug.generative.privacy",
+    # studies and reports
+    "Study": "lightning_medaug.study",
     "save_image_grid": "lightning_medaug.report",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "ClassicAugmentation",
+    "ClassificationTask",
+    "DetectionTask",
+    "DifferentialPrivacy",
+    "DomainFeatureExtractor",
+    "FolderDataModule",
+    "FrechetDistance",
+    "GenerativeModule",
+    "KernelDistance",
+    "MedMNISTDataModule",
+    "MixSampler",
+    "PairedImageMetrics",
+    "PhantomDataModule",
+    "PrecisionRecall",
+    "SegmentationTask",
+    "Study",
+    "SyntheticBank",
+    "SyntheticMixDataModule",
+    "__version__",
+    "create_generator",
+    "fidelity_with_floor",
+    "get_generator_class",
+    "list_generators",
+    "load_feature_extractor",
+    "load_generator",
+    "load_privacy_report",
+    "memorization_report",
+    "register_feature_extractor",
+    "register_generator",
+    "register_task",
+    "save_image_grid",
+    "train_feature_extractor",
+    "unpack_batch",
+    "write_bank",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -71,6 +120,21 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real definitions
         unpack_batch,
     )
     from lightning_medaug.generative import GenerativeModule, load_generator
+    from lightning_medaug.generative.privacy import (
+        DifferentialPrivacy,
+        load_privacy_report,
+    )
+    from lightning_medaug.metrics import (
+        DomainFeatureExtractor,
+        FrechetDistance,
+        KernelDistance,
+        PairedImageMetrics,
+        PrecisionRecall,
+        fidelity_with_floor,
+        load_feature_extractor,
+        memorization_report,
+        train_feature_extractor,
+    )
     from lightning_medaug.mixing import MixSampler, SyntheticMixDataModule
     from lightning_medaug.registry import (
         create_generator,
@@ -81,4 +145,9 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real definitions
         register_task,
     )
     from lightning_medaug.report import save_image_grid
-    from lightning_medaug.tasks import ClassificationTask, DetectionTask, SegmentationTask
+    from lightning_medaug.study import Study
+    from lightning_medaug.tasks import (
+        ClassificationTask,
+        DetectionTask,
+        SegmentationTask,
+    )

@@ -14,6 +14,11 @@ def test_every_exported_name_resolves(name):
     assert name in dir(lightning_medaug)
 
 
+def test_all_lists_exactly_the_lazy_exports():
+    assert set(lightning_medaug.__all__) == {"__version__", *lightning_medaug._EXPORTS}
+    assert len(lightning_medaug.__all__) == len(set(lightning_medaug.__all__))
+
+
 def test_unknown_name_raises_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'SyntheticMixer'"):
         lightning_medaug.SyntheticMixer  # noqa: B018

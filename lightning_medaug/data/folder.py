@@ -113,7 +113,7 @@ class FolderDataModule(SplitDataModule):
                 raise ValueError(f"pass either {name}_indices or {name}_fraction, not both")
             if frac is not None and not 0.0 <= frac < 1.0:
                 raise ValueError(f"{name}_fraction must be in [0, 1), got {frac}")
-        check_subset(subset)
+        subset = check_subset(subset)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if num_workers < 0:

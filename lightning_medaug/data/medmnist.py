@@ -202,7 +202,7 @@ class MedMNISTDataModule(SplitDataModule):
                  pin_memory: bool | None = None, url: str | None = None, md5: str | None = None):
         super().__init__()
         info = medmnist_info(name, size)
-        check_subset(subset)
+        subset = check_subset(subset)
         if subset is not None:
             if isinstance(subset, int) and info.task == _MULTI_LABEL:
                 raise ValueError(f"{name} is multi-label: samples per class is undefined, pass subset as a fraction")

@@ -19,14 +19,21 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def check_subset(subset: float | int | None) -> None:
-    """Raise ``ValueError`` unless ``subset`` is None, a fraction in (0, 1] or a count >= 1."""
+def check_subset(subset: float | int | None) -> float | int | None:
+    """``subset`` validated: None, a fraction in (0, 1] or a count >= 1 (per class).
+
+    A whole float above 1 (``32.0``, as a command line may parse ``32``) is read as the count.
+    Raises ``ValueError`` otherwise.
+    """
     if subset is None:
-        return
+        return None
     if isinstance(subset, bool) or not isinstance(subset, (int, float)):
         raise ValueError(f"subset must be None, a float in (0, 1] or an int >= 1, got {subset!r}")
+    if isinstance(subset, float) and subset > 1 and subset.is_integer():
+        subset = int(subset)
     if isinstance(subset, int) and subset < 1 or isinstance(subset, float) and not 0.0 < subset <= 1.0:
         raise ValueError(f"subset must be a float in (0, 1] or an int >= 1, got {subset!r}")
+    return subset
 
 
 def stratified_subset(labels: np.ndarray | Sequence[int], subset: float | int, seed: int = 0) -> np.ndarray:

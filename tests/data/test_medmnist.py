@@ -240,3 +240,11 @@ def test_bad_files_raise_value_error(tmp_path, make, match):
     with pytest.warns(UserWarning), pytest.raises(ValueError, match=match) as err:
         dm.setup()
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_whole_float_subset_means_a_count_per_class():
+    """A command line may parse `--data.init_args.subset 32` as 32.0: it still means 32 per class."""
+    dm = MedMNISTDataModule(name="pneumoniamnist", subset=32.0, batch_size=8)
+    assert dm.hparams.subset == 32 and isinstance(dm.hparams.subset, int)
+    dm.setup("fit")
+    assert dm.splits["train"] == 64
