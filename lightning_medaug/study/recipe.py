@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,10 @@ def run_recipe(config: dict[str, Any], folder: str | Path, test: bool = True) ->
                                                         "version": folder.name}})
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    cli = MedaugCLI(args=["--config", str(path)], run=False)
+    with warnings.catch_warnings():
+        # the study's own command line is in sys.argv; the recipe file is this run's only input
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        cli = MedaugCLI(args=["--config", str(path)], run=False)
     cli._check()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     cli.after_fit()
