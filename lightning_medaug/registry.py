@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import pkgutil
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, TypeVar
 
@@ -38,8 +39,9 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the registry holds, used in error messages ("generator").
-        builtin_module: module imported on first lookup so that built-in entries register
-            themselves; lazy so that importing the registry stays cheap and cycle-free.
+        builtin_module: package whose public modules are all imported on first lookup, so that
+            built-in entries register themselves; lazy so that importing the registry stays cheap
+            and cycle-free.
         entry_point_group: optional entry-point group scanned for third-party entries.
     """
 
@@ -73,7 +75,11 @@ class Registry(Generic[T]):
             return
         self._loaded = True
         if self._builtin_module:
-            importlib.import_module(self._builtin_module)
+            package = importlib.import_module(self._builtin_module)
+            # every public module of the package: a new family is one new file, no import list to edit
+            for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{self._builtin_module}.{info.name}")
         if self._entry_point_group:
             for ep in entry_points(group=self._entry_point_group):
                 if ep.name not in self._entries:

@@ -64,3 +64,28 @@ def test_builtin_generators_are_registered():
     names = GENERATORS.list()
     for expected in ("vae", "cvae", "beta_vae", "vqvae", "dcgan", "cgan", "wgan_gp", "pix2pix", "cyclegan", "ddpm", "ldm"):
         assert expected in names, f"{expected} missing from {names}"
+
+
+def test_every_module_of_the_builtin_package_registers_without_an_import_list(tmp_path, monkeypatch):
+    # A family package whose __init__ imports nothing: dropping a new file in is enough.
+    package = tmp_path / "medaug_families_demo"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    reg_module = "from lightning_medaug.registry import Registry\nREG = Registry('family', 'medaug_families_demo')\n"
+    (tmp_path / "medaug_families_reg.py").write_text(reg_module)
+    for name in ("alpha", "beta"):
+        (package / f"{name}.py").write_text(textwrap.dedent(f"""
+            from medaug_families_reg import REG
+
+            @REG.register("{name}")
+            class Family:
+                pass
+        """))
+    (package / "_private.py").write_text("raise RuntimeError('private modules are not imported')")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from medaug_families_reg import REG
+
+    assert REG.list() == ["alpha", "beta"]
+    for module in ("medaug_families_reg", "medaug_families_demo", "medaug_families_demo.alpha",
+                   "medaug_families_demo.beta"):
+        sys.modules.pop(module, None)
