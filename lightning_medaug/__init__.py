@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "load_feature_extractor": "lightning_medaug.metrics",
     "fidelity_with_floor": "lightning_medaug.metrics",
     "memorization_report": "lightning_medaug.metrics",
+    "evaluate_bank": "lightning_medaug.evaluation",
     # privacy
     "DifferentialPrivacy": "lightning_medaug.generative.privacy",
     "load_privacy_report": "lightning_medaug.generative.privacy",
@@ -86,7 +87,7 @@ __all__ = [
     "load_feature_extractor",
     "load_generator",
     "load_privacy_report",
-    "memorization_report",
+    "memorization_report", "evaluate_bank",
     "register_feature_extractor",
     "register_generator",
     "register_task",
@@ -119,6 +120,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real definitions
         PhantomDataModule,
         unpack_batch,
     )
+    from lightning_medaug.evaluation import evaluate_bank
     from lightning_medaug.generative import GenerativeModule, load_generator
     from lightning_medaug.generative.privacy import (
         DifferentialPrivacy,

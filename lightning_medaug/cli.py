@@ -11,6 +11,7 @@ bad value) print one line and exit with code 2; set ``MEDAUG_DEBUG=1`` for the f
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from argparse import ArgumentError
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from jsonargparse import lazy_instance
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import RichProgressBar
@@ -31,7 +33,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_medaug.registry import TASKS
 from lightning_medaug.report.run_summary import RunSummary
 
-__all__ = ["MedaugCLI", "check_data_model_compatible", "main", "one_line"]
+__all__ = ["MedaugCLI", "check_checkpoint", "check_data_model_compatible", "main", "one_line"]
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError, TypeError,
@@ -39,6 +41,29 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionErro
 
 #: attributes a data module and a model must agree on when both define them.
 _SHARED_ATTRIBUTES = ("spatial_dims", "in_channels", "image_size")
+#: ``--ckpt_path`` values that Lightning resolves to a file itself.
+_CKPT_KEYWORDS = ("last", "best", "hpc")
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Refuse a checkpoint that is missing, unreadable, or would build objects when unpickled.
+
+    Only the pickle's opcodes are read (``torch.serialization.get_unsafe_globals_in_checkpoint``),
+    so a crafted file is refused before anything in it runs; Lightning then loads accepted files
+    with ``torch.load(weights_only=True)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found: pass a .ckpt file written by ModelCheckpoint")
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except (RuntimeError, ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable checkpoint ({one_line(err)[:120]}); pass a .ckpt file "
+                         "written by ModelCheckpoint") from None
+    if unsafe:
+        raise ValueError(f"{path} would build {', '.join(unsafe[:3])} when loaded, which plain weights never do: "
+                         "medaug only loads checkpoints with torch.load(weights_only=True); if you trust its source, "
+                         "load it in your own code and save its state_dict again")
 
 
 def check_data_model_compatible(model: L.LightningModule, datamodule: L.LightningDataModule | None) -> None:
@@ -111,8 +136,27 @@ class MedaugCLI(LightningCLI):
         if trainer is not None and trainer.get("enable_progress_bar") is False:
             self.trainer_defaults = {k: v for k, v in self.trainer_defaults.items() if k != "callbacks"}
 
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        from lightning_medaug.generative.callbacks import RandomStateCheckpoint
+
+        trainer = super().instantiate_trainer(**kwargs)
+        # A resumed run continues the random stream of the uninterrupted one (bit-identical on CPU).
+        if not any(isinstance(c, RandomStateCheckpoint) for c in trainer.callbacks):
+            trainer.callbacks.append(RandomStateCheckpoint())
+        return trainer
+
     def _check(self) -> None:
         check_data_model_compatible(self.model, self.datamodule)
+        config = self.config_init[self.subcommand]
+        if config.get("weights_only") is False:
+            raise ValueError("--weights_only false is refused: medaug loads checkpoints with "
+                             "torch.load(weights_only=True) only (a pickle can run code); drop the option")
+        if "weights_only" in config:
+            config["weights_only"] = True  # explicit, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off
+        ckpt = config.get("ckpt_path")
+        if ckpt is not None and str(ckpt) not in _CKPT_KEYWORDS and "://" not in str(ckpt) \
+                and not str(ckpt).startswith("registry"):
+            check_checkpoint(ckpt)  # before the run writes anything
 
     before_fit = before_validate = before_test = before_predict = _check
 
@@ -128,10 +172,11 @@ class MedaugCLI(LightningCLI):
 
 def _usage() -> str:
     return (
-        "usage: medaug {fit,validate,test,predict,demo,generate,study,list} ...\n\n"
+        "usage: medaug {fit,validate,test,predict,demo,generate,evaluate,study,list} ...\n\n"
         "  fit|validate|test|predict --config RECIPE.yaml   train or evaluate (LightningCLI; --help for options)\n"
         "  demo [--out DIR]                                 the README's main job on the shipped PneumoniaMNIST\n"
         "  generate --model DIR --num-samples N --out BANK  draw a synthetic bank (--help for options)\n"
+        "  evaluate --bank BANK --data RECIPE --out REPORT  fidelity, memorization, privacy report of a bank\n"
         "  study --config STUDY.yaml                        resumable utility study: real vs augmented vs mixed\n"
         "  list                                             registered generators, tasks and feature extractors\n"
     )
@@ -166,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lightning_medaug.bank.generate import main as generate_main
 
             return generate_main(argv[1:])
+        if command == "evaluate":
+            from lightning_medaug.evaluation.command import main as evaluate_main
+
+            return evaluate_main(argv[1:])
         if command == "study":
             from lightning_medaug.study.command import main as study_main
 
@@ -181,6 +230,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("MEDAUG_DEBUG"):
             raise
         print(f"medaug: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused a checkpoint ("last", "hpc")
+        if os.environ.get("MEDAUG_DEBUG"):
+            raise
+        reason = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
+        print(f"medaug: error: refused to load a checkpoint that is not plain weights ({reason or one_line(err)[:200]}); "
+              "medaug only loads checkpoints with torch.load(weights_only=True)", file=sys.stderr)
         return 2
 
 

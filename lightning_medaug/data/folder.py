@@ -283,19 +283,6 @@ class FolderDataModule(SplitDataModule):
                              "tensor (e.g. mask.to(torch.uint8)) or write .nii.gz/.mha") from None
         return path
 
-    # -- datasets ----------------------------------------------------------------------------
-    @property
-    def train_dataset(self) -> FolderDataset:
-        return self._dataset("train")
-
-    @property
-    def val_dataset(self) -> FolderDataset:
-        return self._dataset("val")
-
-    @property
-    def test_dataset(self) -> FolderDataset:
-        return self._dataset("test")
-
 
 def _fraction(indices: Sequence[int] | None, fraction: float | None) -> float:
     """Hold-out fraction: none when indices are given, 0.2 when neither is."""

@@ -6,7 +6,10 @@ never read into anything this module returns.
 
 from __future__ import annotations
 
+import gzip
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +56,10 @@ def read_image(path: str | Path) -> sitk.Image:
     path = Path(path)
     try:
         if not path.is_dir():
-            return sitk.ReadImage(str(path))
+            image = sitk.ReadImage(str(path))
+            if path.name.lower().endswith((".nii", ".nii.gz")):
+                _check_nifti_complete(path)
+            return image
         series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
         if len(series) != 1:
             raise ValueError(f"folder {path} must hold exactly one DICOM series, found {len(series)}")
@@ -62,6 +68,32 @@ def read_image(path: str | Path) -> sitk.Image:
         return reader.Execute()
     except RuntimeError as err:  # SimpleITK reports unreadable files as RuntimeError
         raise ValueError(f"cannot read {path}: {str(err).strip().splitlines()[-1]}") from None
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Raise ``ValueError`` when a NIfTI-1 file holds fewer voxel bytes than its header announces.
+
+    ITK pads a truncated .nii or .nii.gz with zeros without a word; the gzip stream is read to its
+    end (which checks its CRC too) and its length compared with ``vox_offset + voxels * bitpix / 8``.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(348)
+            size = len(header) + sum(len(block) for block in iter(lambda: handle.read(1 << 22), b""))
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"cannot read {path}: truncated or corrupt ({err}); copy the file again") from None
+    order = "<" if header[:4] == struct.pack("<i", 348) else ">"
+    if len(header) < 348 or header[:4] != struct.pack(f"{order}i", 348):
+        return  # not NIfTI-1 (e.g. NIfTI-2): ITK's own checks apply
+    dims = struct.unpack(f"{order}8h", header[40:56])
+    bitpix = struct.unpack(f"{order}h", header[72:74])[0]
+    vox_offset = struct.unpack(f"{order}f", header[108:112])[0]
+    voxels = int(np.prod([max(d, 1) for d in dims[1:1 + max(0, min(dims[0], 7))]]))
+    expected = int(vox_offset) + voxels * bitpix // 8
+    if size < expected:
+        raise ValueError(f"cannot read {path}: truncated, it holds {size} of the {expected} bytes its header "
+                         "announces; copy the file again")
 
 
 def _stem(path: Path) -> str | None:
@@ -107,6 +139,9 @@ def image_to_array(image: sitk.Image, path: Path, spatial_dims: int | None) -> n
     if spatial_dims is not None and arr.ndim - 1 != spatial_dims:
         raise ValueError(f"{path} has spatial shape {arr.shape[1:]}, expected {spatial_dims}D "
                          "(set by spatial_dims or by the first image)")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{path} holds NaN or infinite values; replace them (e.g. with the background value) "
+                         "or remove the file")
     return arr
 
 

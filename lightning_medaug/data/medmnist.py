@@ -283,18 +283,6 @@ class MedMNISTDataModule(SplitDataModule):
         self._ensure((split,))  # reads only the splits asked for
         return self.datasets[split]
 
-    @property
-    def train_dataset(self) -> MedMNISTDataset:
-        return self._dataset("train")
-
-    @property
-    def val_dataset(self) -> MedMNISTDataset:
-        return self._dataset("val")
-
-    @property
-    def test_dataset(self) -> MedMNISTDataset:
-        return self._dataset("test")
-
 
 def _default_root() -> Path:
     env = os.environ.get(DATA_ENV_VAR)

@@ -52,8 +52,11 @@ class SplitDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         workers = self.hparams.num_workers
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        # Evaluation loaders draw their worker seed from their own generator, not the global stream:
+        # a resumed run skips the validation after its checkpoint and must not fall out of step.
         return DataLoader(self._dataset(split), batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+                          num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+                          generator=None if shuffle else torch.Generator())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
