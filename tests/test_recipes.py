@@ -48,3 +48,12 @@ def test_study_recipe_builds_its_grid(recipe, capsys):
     per_seed = 1 + bool(config.get("classic_augmentation")) + len(config.get("generators", {})) * (
         len(config.get("ratios", [])) + bool(config.get("synthetic_only")))
     assert len(cells) == len(config["fractions"]) * len(config["seeds"]) * per_seed
+
+
+@pytest.mark.parametrize("recipe", TRAINER_RECIPES, ids=lambda p: p.stem)
+def test_checkpointing_recipes_can_resume(recipe):
+    """save_last only copies a checkpoint that was saved: with save_top_k=0 no last.ckpt is ever written."""
+    for callback in yaml.safe_load(recipe.read_text())["trainer"].get("callbacks") or []:
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            args = callback.get("init_args") or {}
+            assert args.get("save_top_k", 1) != 0, f"{recipe.name}: save_top_k=0 saves nothing to resume from"
