@@ -6,14 +6,19 @@ AUC) and seconds per training epoch, beside the MedMNIST v2 paper's references
 
     python benchmarks/classify_baseline.py --seeds 0 1 2 --epochs 20
     python benchmarks/classify_baseline.py --data-root DIR        # or MEDAUG_DATA=DIR
+    python benchmarks/classify_baseline.py --seed-log benchmarks/results/classify_baseline_seeds.jsonl
+        # resumable: finished seeds are read back, not rerun
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import lightning as L
 from _common import data_root, emit, versions
@@ -57,6 +62,29 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, float]:
             "sec_per_epoch": statistics.median(timer.times)}
 
 
+def _settings(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "backbone", "small_input_stem", "subset")}
+
+
+def finished_seed(args: argparse.Namespace, seed: int) -> dict | None:
+    """The result of ``seed`` from ``--seed-log`` when it was run with the same settings."""
+    if not args.seed_log or not Path(args.seed_log).is_file():
+        return None
+    for line in Path(args.seed_log).read_text().splitlines():
+        entry = json.loads(line)
+        if entry["seed"] == seed and entry["settings"] == _settings(args):
+            return entry["result"]
+    return None
+
+
+def record_seed(args: argparse.Namespace, seed: int, result: dict) -> None:
+    if args.seed_log and finished_seed(args, seed) is None:
+        Path(args.seed_log).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.seed_log, "a") as fh:
+            fh.write(json.dumps({"seed": seed, "settings": _settings(args), "result": result}) + "\n")
+    print(f"seed {seed}: {result}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -69,9 +97,15 @@ def main() -> None:
     parser.add_argument("--data-root", default=None, help="folder with pneumoniamnist.npz (default: $MEDAUG_DATA or shipped copy)")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--out", default=None, help="also append the JSON line to this file")
+    parser.add_argument("--seed-log", default=None,
+                        help="JSON-lines file of finished seeds: each seed is appended when done and skipped "
+                             "when rerun with the same settings, so a long baseline runs across invocations")
     args = parser.parse_args()
 
-    runs = [run_seed(seed, args) for seed in args.seeds]
+    runs = []
+    for seed in args.seeds:
+        runs.append(finished_seed(args, seed) or run_seed(seed, args))
+        record_seed(args, seed, runs[-1])
 
     def stats(key: str) -> dict[str, float]:
         values = [r[key] for r in runs]
