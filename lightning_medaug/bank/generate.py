@@ -117,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         mask_names=names, dtype=args.dtype, device=args.device, progress=not args.no_progress,
         checkpoint_folder=args.model,
     )
+    if summary.world_size > 1:  # which rank drew what: a cluster log shows the split at a glance
+        print(f"rank {summary.rank} of {summary.world_size} drew {len(summary.drawn_here)} shard(s): "
+              f"{list(summary.drawn_here)}", flush=True)
     if summary.rank == 0:
         if summary.was_complete:
             print(f"bank {summary.path} is complete ({summary.num_samples} samples in {summary.num_shards} shards); "

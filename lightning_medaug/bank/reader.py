@@ -106,7 +106,8 @@ class SyntheticBank(Dataset):
         labels = columns["label"]
         low = -1 if self._num_classes == 0 else 0
         if len(labels) and (labels.min() < low or labels.max() >= max(self._num_classes, 1)):
-            raise ValueError(f"{self.path / mf.MANIFEST_FILE} holds labels outside [{low}, {self._num_classes - 1}]")
+            raise ValueError(f"{self.path / mf.MANIFEST_FILE} holds labels outside [{low}, {self._num_classes - 1}]: "
+                             f"it was edited; {_REBUILD}")
         extra = sorted(set(mf.list_shard_files(self.path)) - set(range(total)))
         if extra:
             raise ValueError(f"{self.path / mf.SHARD_DIR} holds shard {extra[0]} that the bank does not list; "

@@ -52,6 +52,8 @@ class WriteSummary:
     written: int
     rank: int = 0
     world_size: int = 1
+    #: the shards this rank drew in this call (a rank draws shards ``k % world_size == rank``)
+    drawn_here: tuple[int, ...] = ()
 
     @property
     def was_complete(self) -> bool:
@@ -285,7 +287,7 @@ def _run(job: _ShardJob, ctx: RankContext, progress: bool) -> WriteSummary:
                                  "a shard manifest was edited: delete it and rerun to regenerate that shard")
 
     ctx.run_everywhere(consolidate)
-    return WriteSummary(root, job.num_samples, total, written, ctx.rank, ctx.world_size)
+    return WriteSummary(root, job.num_samples, total, written, ctx.rank, ctx.world_size, tuple(todo))
 
 
 def _prepare_root(root: Path, settings: Mapping[str, Any]) -> None:

@@ -196,7 +196,8 @@ class FolderDataModule(SplitDataModule):
             return x, None
         mask_image = read_image(mask_path)
         if mask_image.GetNumberOfComponentsPerPixel() != 1:
-            raise ValueError(f"mask {mask_path} has {mask_image.GetNumberOfComponentsPerPixel()} channels, expected 1")
+            raise ValueError(f"mask {mask_path} has {mask_image.GetNumberOfComponentsPerPixel()} channels, expected 1; "
+                             "save it as a one-channel label image")
         m = image_to_array(mask_image, mask_path, self.spatial_dims)
         if m.shape[1:] != arr.shape[1:]:
             raise ValueError(f"image {image_path} has spatial shape {arr.shape[1:]} but mask {mask_path} "
@@ -221,14 +222,15 @@ class FolderDataModule(SplitDataModule):
         path = path if path.is_absolute() or path.is_file() else self.root / path
         if not path.is_file():
             raise FileNotFoundError(f"label file not found: {path}")
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         if not rows or not {"stem", "label"} <= set(rows[0]):
             raise ValueError(f"{path} must be a CSV with a header row holding 'stem' and 'label' columns")
         table = {row["stem"].strip(): row["label"].strip() for row in rows}
         absent = [s for s in stems if s not in table]
         if absent:
-            raise ValueError(f"{path} has no label for {absent[:5]}{' ...' if len(absent) > 5 else ''}")
+            raise ValueError(f"{path} has no label for {absent[:5]}{' ...' if len(absent) > 5 else ''}; add a "
+                             "stem,label row for each")
         values = [table[s] for s in stems]
         if all(re.fullmatch(r"\d+", v) for v in table.values()):
             ints = [int(v) for v in values]

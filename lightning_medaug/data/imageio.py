@@ -58,42 +58,47 @@ def read_image(path: str | Path) -> sitk.Image:
         if not path.is_dir():
             image = sitk.ReadImage(str(path))
             if path.name.lower().endswith((".nii", ".nii.gz")):
-                _check_nifti_complete(path)
+                _check_nifti(path)
             return image
         series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
         if len(series) != 1:
-            raise ValueError(f"folder {path} must hold exactly one DICOM series, found {len(series)}")
+            raise ValueError(f"folder {path} must hold exactly one DICOM series, found {len(series)}; give each "
+                             "series its own folder")
         reader = sitk.ImageSeriesReader()  # metadata dictionaries stay off: no tags are read
         reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
         return reader.Execute()
     except RuntimeError as err:  # SimpleITK reports unreadable files as RuntimeError
-        raise ValueError(f"cannot read {path}: {str(err).strip().splitlines()[-1]}") from None
+        raise ValueError(f"cannot read {path}: {str(err).strip().splitlines()[-1]}; replace or remove the file") from None
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """Raise ``ValueError`` when a NIfTI-1 file holds fewer voxel bytes than its header announces.
+def _check_nifti(path: Path) -> None:
+    """Raise ``ValueError`` when a NIfTI-1 file is truncated or holds NaN/Inf float voxels.
 
-    ITK pads a truncated .nii or .nii.gz with zeros without a word; the gzip stream is read to its
-    end (which checks its CRC too) and its length compared with ``vox_offset + voxels * bitpix / 8``.
+    ITK pads a truncated .nii or .nii.gz with zeros and reads NaN and Inf as 0, without a word. The
+    file is read to its end (for .gz this checks the CRC too) and compared with its header.
     """
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as handle:
-            header = handle.read(348)
-            size = len(header) + sum(len(block) for block in iter(lambda: handle.read(1 << 22), b""))
+            data = handle.read()
     except (OSError, EOFError, zlib.error) as err:
         raise ValueError(f"cannot read {path}: truncated or corrupt ({err}); copy the file again") from None
-    order = "<" if header[:4] == struct.pack("<i", 348) else ">"
-    if len(header) < 348 or header[:4] != struct.pack(f"{order}i", 348):
+    order = "<" if data[:4] == struct.pack("<i", 348) else ">"
+    if len(data) < 348 or data[:4] != struct.pack(f"{order}i", 348):
         return  # not NIfTI-1 (e.g. NIfTI-2): ITK's own checks apply
-    dims = struct.unpack(f"{order}8h", header[40:56])
-    bitpix = struct.unpack(f"{order}h", header[72:74])[0]
-    vox_offset = struct.unpack(f"{order}f", header[108:112])[0]
+    dims = struct.unpack(f"{order}8h", data[40:56])
+    datatype, bitpix = struct.unpack(f"{order}2h", data[70:74])
+    offset = int(struct.unpack(f"{order}f", data[108:112])[0])
     voxels = int(np.prod([max(d, 1) for d in dims[1:1 + max(0, min(dims[0], 7))]]))
-    expected = int(vox_offset) + voxels * bitpix // 8
-    if size < expected:
-        raise ValueError(f"cannot read {path}: truncated, it holds {size} of the {expected} bytes its header "
+    end = offset + voxels * bitpix // 8
+    if len(data) < end:
+        raise ValueError(f"cannot read {path}: truncated, it holds {len(data)} of the {end} bytes its header "
                          "announces; copy the file again")
+    floats = {16: "f4", 64: "f8", 32: "f4", 1792: "f8"}  # float32, float64, complex64, complex128
+    if datatype in floats and not np.isfinite(np.frombuffer(data, order + floats[datatype], offset=offset,
+                                                            count=(end - offset) // int(floats[datatype][1]))).all():
+        raise ValueError(f"{path} holds NaN or infinite values; replace them (e.g. with the background value) "
+                         "or remove the file")
 
 
 def _stem(path: Path) -> str | None:

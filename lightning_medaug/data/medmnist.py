@@ -326,13 +326,13 @@ def _validate(path: Path, split: str, images: np.ndarray, labels: np.ndarray,
         raise ValueError(f"{where}_images has shape {images.shape}, expected {layout} for {info.name} "
                          f"({sd}D, {channels} channel(s))")
     if images.shape[0] == 0:
-        raise ValueError(f"{where}_images is empty")
+        raise ValueError(f"{where}_images is empty; every split needs at least one sample")
     if any(s != info.size for s in images.shape[1:1 + sd]):
         raise ValueError(f"{where}_images has spatial shape {images.shape[1:1 + sd]}, expected side {info.size} "
                          f"(file name {info.filename}; pass the matching size=)")
     if np.issubdtype(images.dtype, np.floating):
         if not np.isfinite(images).all():
-            raise ValueError(f"{where}_images contains NaN or infinite values")
+            raise ValueError(f"{where}_images contains NaN or infinite values; fix the file or fetch it again")
         if images.min() < 0.0 or images.max() > 1.0:
             raise ValueError(f"{where}_images is float in [{images.min():.3g}, {images.max():.3g}]; "
                              "float images must be in [0, 1] (or store uint8 in [0, 255])")
@@ -346,7 +346,8 @@ def _validate(path: Path, split: str, images: np.ndarray, labels: np.ndarray,
         raise ValueError(f"{where}_labels has shape {labels.shape}, expected {expected_labels}")
     if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)):
         if not np.issubdtype(labels.dtype, np.floating) or not np.isfinite(labels).all() or (labels % 1).any():
-            raise ValueError(f"{where}_labels has dtype {labels.dtype} with non-integer values")
+            raise ValueError(f"{where}_labels has dtype {labels.dtype} with non-integer values; labels must be "
+                             "class indices")
     high = 1 if info.task == _MULTI_LABEL else k - 1
     if labels.min() < 0 or labels.max() > high:
         raise ValueError(f"{where}_labels has values in [{labels.min()}, {labels.max()}], expected 0..{high} "

@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -137,7 +138,7 @@ class GenerativeModule(L.LightningModule):
         save_file(state, str(tmp_weights), metadata={"generator": config["generator"]})
         tmp_weights.replace(path / WEIGHTS_NAME)
         tmp_config = path / (CONFIG_NAME + ".tmp")
-        tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True))
+        tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
         tmp_config.replace(path / CONFIG_NAME)
         return path
 
@@ -158,16 +159,22 @@ def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found: pass a folder written by save_pretrained()")
     try:
-        config = json.loads(config_file.read_text())
+        config = json.loads(config_file.read_text(encoding="utf-8"))
         name, init_args = config["generator"], config["init_args"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{config_file} is not a generator config ({err})") from err
     model = GENERATORS.get(name)(**init_args)
-    state = load_file(str(weights_file), device=str(map_location))
+    try:
+        state = load_file(str(weights_file), device=str(map_location))
+    except (SafetensorError, OSError) as err:  # a damaged or foreign file (e.g. a pickle renamed)
+        raise ValueError(f"{weights_file} is not a readable safetensors file ({str(err).splitlines()[0][:120]}); "
+                         "write it again with save_pretrained()") from None
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise ValueError(f"{weights_file} does not match a {name} built from {config_file}: {err}") from err
+    except RuntimeError as err:  # shape mismatches: name the first one, not all of them
+        first = next((line.strip() for line in str(err).splitlines() if "mismatch" in line), str(err).splitlines()[0])
+        raise ValueError(f"{weights_file} does not match a {name} built from {config_file} ({first}); write the "
+                         "folder again with save_pretrained()") from None
     if missing or unexpected:
         raise ValueError(
             f"{weights_file} does not match a {name} built from {config_file}: "

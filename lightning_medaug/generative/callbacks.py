@@ -1,4 +1,5 @@
-"""Callbacks for training generators: stop cleanly on a non-finite loss, draw sample grids.
+"""Callbacks for training: stop cleanly on a non-finite loss, resume with the same random stream,
+draw sample grids.
 
 Images are logged from callbacks, not from the modules (Lightning's ``examples/pytorch``), so
 every family gets the same pictures without a line of its own.
@@ -7,11 +8,13 @@ every family gets the same pictures without a line of its own.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import random
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
@@ -19,7 +22,7 @@ from torch import Tensor
 from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.report.grid import make_grid_array, save_image_grid
 
-__all__ = ["FiniteLossGuard", "NonFiniteLossError", "SampleGridCallback"]
+__all__ = ["FiniteLossGuard", "NonFiniteLossError", "RandomStateCheckpoint", "SampleGridCallback"]
 
 
 class NonFiniteLossError(ValueError, FloatingPointError):
@@ -27,21 +30,24 @@ class NonFiniteLossError(ValueError, FloatingPointError):
 
 
 class FiniteLossGuard(L.Callback):
-    """Stop training with :class:`NonFiniteLossError` as soon as a training loss is NaN or Inf.
+    """Stop training with :class:`NonFiniteLossError` as soon as a training loss or weight is NaN or Inf.
 
     The loss is checked in ``on_before_backward``, i.e. before the broken gradients reach the
     weights, for automatic and manual optimization alike (``manual_backward`` calls the same
-    hook); logged ``train/loss*`` values are checked at the end of every batch too, which covers
-    GANs that log their losses. The error is raised before any checkpoint callback runs for that
-    step, so no checkpoint of the broken model is written. Under DDP the decision is shared by all
-    ranks, so they stop together instead of waiting for each other.
+    hook); logged ``train/loss*`` values and the weights (a finite loss can still give infinite
+    gradients) are checked at the end of every batch. The error is raised before any checkpoint
+    callback runs for that step, so no checkpoint of the broken model is written: the last one on
+    disk is the last good one. Under DDP the decision is shared by all ranks, so they stop together
+    instead of waiting for each other.
 
     Args:
         prefix: logged metrics whose name starts with this are checked at batch end.
+        check_weights: also check the weights after each batch (one pass over the parameters).
     """
 
-    def __init__(self, prefix: str = "train/loss"):
+    def __init__(self, prefix: str = "train/loss", check_weights: bool = True):
         self.prefix = prefix
+        self.check_weights = check_weights
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
         self._check(trainer, {"loss": loss})
@@ -54,6 +60,8 @@ class FiniteLossGuard(L.Callback):
         elif isinstance(outputs, Mapping) and "loss" in outputs:
             values["loss"] = outputs["loss"]
         values.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith(self.prefix)})
+        if self.check_weights and not _all_finite(pl_module.parameters()):
+            values["weights after the optimizer step"] = math.nan
         self._check(trainer, values)
 
     def _check(self, trainer: L.Trainer, values: Mapping[str, Any]) -> None:
@@ -68,6 +76,12 @@ class FiniteLossGuard(L.Callback):
         )
 
 
+def _all_finite(parameters: Iterable[Tensor]) -> bool:
+    flags = [torch.isfinite(p.detach()).all() for p in parameters if p.is_floating_point()]
+    # One host sync for the whole model, not one per tensor.
+    return not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
+
+
 def _is_finite(value: Any) -> bool:
     if isinstance(value, Tensor):
         return bool(torch.isfinite(value.detach()).all())
@@ -75,6 +89,62 @@ def _is_finite(value: Any) -> bool:
         return math.isfinite(float(value))
     except (TypeError, ValueError):
         return True  # not a number: nothing to check
+
+
+class RandomStateCheckpoint(L.Callback):
+    """Save the global random state in every checkpoint and restore it on resume.
+
+    Lightning's checkpoints hold weights, optimizer and loop state but not the random streams of
+    torch (CPU and the current CUDA device), numpy and Python, which decide the data order of
+    shuffled loaders and the noise of generators. With this callback, a run resumed from a
+    checkpoint taken at an epoch boundary continues bit-identically (on CPU, at a fixed thread
+    count). Validation inside ``fit`` runs on a side branch of the stream: the state at the end of
+    the last training batch is put back when it ends, because a resumed run skips the validation
+    that followed its checkpoint. Mid-epoch checkpoints resume with the right step count but
+    Lightning restarts the epoch's (non-stateful) loader, so the rest of that epoch sees other
+    batches. Only rank 0's state is saved; every rank gets it back, as after ``seed_everything``.
+    The ``medaug`` CLI adds this callback to every run.
+    """
+
+    def __init__(self) -> None:
+        self._after_batch: dict[str, Any] | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._after_batch = random_state()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and self._after_batch is not None:
+            set_random_state(self._after_batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return random_state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        set_random_state(state_dict)
+
+
+def random_state() -> dict[str, Any]:
+    """The global random state as tensors and plain numbers (loads with ``weights_only=True``)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's device only: no new CUDA contexts
+    return state
+
+
+def set_random_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`random_state` returned."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 class SampleGridCallback(L.Callback):

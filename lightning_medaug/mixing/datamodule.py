@@ -101,6 +101,10 @@ class SyntheticMixDataModule(L.LightningDataModule):
         if self.datamodule.trainer is None and self.trainer is not None:
             self.datamodule.trainer = self.trainer
         self.datamodule.setup(stage)
+        if self.bank_path is not None and stage in (None, "fit"):
+            # Open and check the bank now, so a bad one fails before the run writes anything.
+            _, real = self._real_train_set()
+            self._synthetic_source(SampleTemplate(real[0], *self.keys, value_range=self.hparams.value_range), real, 0)
 
     def teardown(self, stage: str | None = None) -> None:
         self.datamodule.teardown(stage)
@@ -115,7 +119,7 @@ class SyntheticMixDataModule(L.LightningDataModule):
         return self.datamodule.predict_dataloader()
 
     # -- the mixed training loader --------------------------------------------------------------
-    def train_dataloader(self) -> DataLoader:
+    def _real_train_set(self) -> tuple[DataLoader, Dataset]:
         real_loader = self.datamodule.train_dataloader()
         if not isinstance(real_loader, DataLoader):
             raise ValueError("the wrapped train_dataloader() must return one torch DataLoader to mix into")
@@ -124,6 +128,10 @@ class SyntheticMixDataModule(L.LightningDataModule):
             raise ValueError("cannot mix into an IterableDataset: the wrapped training set must be map-style")
         if len(real) == 0:
             raise ValueError("the wrapped module's training set is empty")
+        return real_loader, real
+
+    def train_dataloader(self) -> DataLoader:
+        real_loader, real = self._real_train_set()
         template = SampleTemplate(real[0], *self.keys, value_range=self.hparams.value_range)
         epoch = self.trainer.current_epoch if self.trainer is not None else self._epoch
         source = self._synthetic_source(template, real, epoch)
@@ -190,7 +198,8 @@ class SyntheticMixDataModule(L.LightningDataModule):
         labels = np.asarray(source.labels)
         if template.has_label and data_classes and labels.size and int(labels.max()) >= int(data_classes):
             raise ValueError(f"the synthetic source has labels up to {int(labels.max())} but the data has "
-                             f"{data_classes} classes (0..{int(data_classes) - 1})")
+                             f"{data_classes} classes (0..{int(data_classes) - 1}): use a generator trained on this "
+                             f"data, or keep its classes with bank_labels")
         if template.has_label and not getattr(source, "has_labels", True):
             raise ValueError("the real samples have labels but the synthetic source has none: use a class-conditional "
                              "generator, or to_sample= to label synthetic samples yourself")
