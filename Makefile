@@ -22,7 +22,7 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "pytest ran no test: failing"; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/classify_baseline.py
+	$(BIN)/python benchmarks/run_all.py --out runs/bench.jsonl
 
 clean:
 	rm -rf $(VENV) runs lightning_logs

@@ -31,7 +31,7 @@ def emit(record: dict[str, Any], out: str | None = None) -> None:
     print(line, flush=True)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a") as fh:
+        with open(out, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
 
 

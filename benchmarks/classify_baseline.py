@@ -70,7 +70,7 @@ def finished_seed(args: argparse.Namespace, seed: int) -> dict | None:
     """The result of ``seed`` from ``--seed-log`` when it was run with the same settings."""
     if not args.seed_log or not Path(args.seed_log).is_file():
         return None
-    for line in Path(args.seed_log).read_text().splitlines():
+    for line in Path(args.seed_log).read_text(encoding="utf-8").splitlines():
         entry = json.loads(line)
         if entry["seed"] == seed and entry["settings"] == _settings(args):
             return entry["result"]
@@ -80,7 +80,7 @@ def finished_seed(args: argparse.Namespace, seed: int) -> dict | None:
 def record_seed(args: argparse.Namespace, seed: int, result: dict) -> None:
     if args.seed_log and finished_seed(args, seed) is None:
         Path(args.seed_log).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.seed_log, "a") as fh:
+        with open(args.seed_log, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"seed": seed, "settings": _settings(args), "result": result}) + "\n")
     print(f"seed {seed}: {result}", file=sys.stderr, flush=True)
 

@@ -96,7 +96,7 @@ def main() -> None:
     if args.data_root:
         base += ["--data-root", args.data_root]
     rss = {which: json.loads(subprocess.run(base + ["--measure-rss", which], check=True, capture_output=True,
-                                            text=True).stdout.strip().splitlines()[-1])["maxrss_mb"]
+                                            text=True, encoding="utf-8", errors="replace").stdout.strip().splitlines()[-1])["maxrss_mb"]
            for which in ("real", "mixed")}
     emit({
         "benchmark": "mix_overhead", "bank_size": args.bank_size, "dtype": args.dtype, "batch_size": args.batch_size,

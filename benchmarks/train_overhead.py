@@ -1,0 +1,162 @@
+"""Figure 4: training overhead of our LightningModule + Lightning's Trainer against a plain PyTorch loop.
+
+Prints one JSON line: the wall time of one epoch (or ``--max-batches`` batches) of a generator on
+PneumoniaMNIST, run by ``L.Trainer(logger=False, enable_checkpointing=False,
+enable_progress_bar=False, enable_model_summary=False)`` and by a hand-written loop that calls the
+very same module's ``training_step``, its optimizer from ``configure_optimizers`` and its
+``on_train_batch_end`` hook (the DDPM's EMA update), on the same loader and batch size.
+``ratio`` = Lightning / plain (medians of interleaved repeats; target <= 1.05).
+
+Each side trains its own instance, built from the same seed, across all its repeats (the work
+per step does not depend on the weights), so no run pays for building a model; the Lightning
+side does pay for building its Trainer, as a user does. Only modules with automatic
+optimisation qualify: a GAN's manual steps need a Trainer by design.
+
+    python benchmarks/train_overhead.py                          # cVAE, batch 128, one epoch
+    python benchmarks/train_overhead.py --generator ddpm --max-batches 10
+    python benchmarks/train_overhead.py --data-root DIR          # or MEDAUG_DATA=DIR
+    python benchmarks/train_overhead.py --tiny                   # smoke test: 3 batches of 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from _common import data_root, emit, versions
+from unet_efficiency import (
+    PRECISIONS,
+    interleaved_times,
+    precision_context,
+    resolve_device,
+    set_threads,
+)
+
+TARGET = 1.05
+#: families with automatic optimisation and settings that fit PneumoniaMNIST (28x28, 2 classes).
+GENERATORS: dict[str, dict[str, Any]] = {
+    "cvae": {"num_classes": 2},
+    "vae": {},
+    "ddpm": {"num_classes": 2, "channels": (16, 32, 64)},
+}
+TINY_SETTINGS: dict[str, dict[str, Any]] = {
+    "cvae": {"channels": (8, 16), "norm_num_groups": 4},
+    "vae": {"channels": (8, 16), "norm_num_groups": 4},
+    "ddpm": {"channels": (8, 16), "norm_num_groups": 4},
+}
+
+
+def build(name: str, tiny: bool) -> L.LightningModule:
+    from lightning_medaug.registry import create_generator
+
+    torch.manual_seed(0)
+    return create_generator(name, image_size=28, **{**GENERATORS[name], **(TINY_SETTINGS[name] if tiny else {})})
+
+
+def first_optimizer(configured: Any) -> torch.optim.Optimizer:
+    """The optimizer of ``configure_optimizers()``'s answer (an optimizer, a list or a dict)."""
+    if isinstance(configured, torch.optim.Optimizer):
+        return configured
+    if isinstance(configured, dict):
+        return configured["optimizer"]
+    if isinstance(configured, (list, tuple)) and len(configured) == 1:
+        return first_optimizer(configured[0])
+    raise ValueError(f"the plain loop handles one optimizer; configure_optimizers returned {type(configured)}")
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, dict):
+        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return [v.to(device, non_blocking=True) if torch.is_tensor(v) else v for v in batch]
+
+
+def plain_epoch(model: L.LightningModule, loader: Iterable, max_batches: int | None, precision: str,
+                device: torch.device) -> None:
+    """What the Trainer does per batch, written out: step, backward, optimizer step, batch-end hook."""
+    model.to(device).train()
+    optimizer = first_optimizer(model.configure_optimizers())
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = to_device(batch, device)
+        with precision_context(precision, device):
+            loss = model.training_step(batch, i)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.on_train_batch_end(loss, batch, i)
+
+
+def lightning_epoch(model: L.LightningModule, loader: Iterable, max_batches: int | None, precision: str,
+                    device: torch.device) -> None:
+    trainer = L.Trainer(accelerator=device.type, devices=1, precision=precision, max_epochs=1,
+                        limit_train_batches=max_batches if max_batches is not None else 1.0, limit_val_batches=0,
+                        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(model, train_dataloaders=loader)
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    from lightning_medaug.data import MedMNISTDataModule
+
+    data = MedMNISTDataModule(name="pneumoniamnist", root=data_root(args.data_root), batch_size=args.batch_size,
+                              subset=args.subset)
+    data.setup("fit")
+    loader = data.train_dataloader()
+    batches = len(loader) if args.max_batches is None else min(args.max_batches, len(loader))
+    ours, plain = build(args.generator, args.tiny), build(args.generator, args.tiny)
+    # Warm-up of 2 batches each (allocator, oneDNN caches, lazy imports), not of a whole epoch.
+    lightning_epoch(ours, loader, 2, args.precision, device)
+    plain_epoch(plain, loader, 2, args.precision, device)
+    times = interleaved_times({
+        "lightning": lambda: lightning_epoch(ours, loader, args.max_batches, args.precision, device),
+        "plain": lambda: plain_epoch(plain, loader, args.max_batches, args.precision, device),
+    }, args.repeats, device, warmup=False)
+    light_s, plain_s = statistics.median(times["lightning"]), statistics.median(times["plain"])
+    ratio = light_s / plain_s
+    return {
+        "generator": args.generator, "batch_size": args.batch_size, "batches": batches, "repeats": args.repeats,
+        "precision": args.precision, "device": str(device),
+        "lightning_s": round(light_s, 3), "plain_s": round(plain_s, 3),
+        "lightning_ms_per_batch": round(1000 * light_s / batches, 2),
+        "plain_ms_per_batch": round(1000 * plain_s / batches, 2),
+        "ratio": round(ratio, 4), "ratio_of_best_runs": round(min(times["lightning"]) / min(times["plain"]), 4),
+        "target": TARGET, "meets_target": bool(ratio <= TARGET),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--generator", default="cvae", choices=sorted(GENERATORS))
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--max-batches", type=int, default=None, help="batches per run (default: one epoch)")
+    parser.add_argument("--subset", type=int, default=None, help="training samples per class (default: all)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", default="32-true", choices=PRECISIONS)
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    parser.add_argument("--data-root", default=None, help="folder with pneumoniamnist.npz (default: $MEDAUG_DATA, "
+                                                          "else the shipped copy)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--tiny", action="store_true", help="smoke test: narrow model, 3 batches of 16, 1 repeat")
+    parser.add_argument("--out", default=None, help="also append the JSON line to this file")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    if args.max_batches is not None and args.max_batches < 1:
+        raise ValueError(f"--max-batches must be at least 1, got {args.max_batches}")
+    if args.tiny:
+        args.batch_size, args.max_batches, args.repeats, args.subset = 16, 3, 1, 32
+    # The plain loop calls training_step without a Trainer: its self.log calls are no-ops that warn.
+    warnings.filterwarnings("ignore", message=".*self.log.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    record = {"benchmark": "train_overhead", "tiny": args.tiny, **measure(args, resolve_device(args.device)),
+              "versions": versions()}
+    emit(record, args.out)
+
+
+if __name__ == "__main__":
+    main()

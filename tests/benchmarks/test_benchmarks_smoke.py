@@ -1,0 +1,129 @@
+"""Smoke test of the benchmark suite: every figure script runs at its smoke size and prints one JSON line.
+
+The scripts run inside this test process (``runpy``, as ``__main__``), not as subprocesses: each
+subprocess would import torch, Lightning, diffusers and MONAI again, which alone takes 10-20 s on
+a contended 2-core machine, while here those imports are shared with the rest of the suite.
+``run_all.py`` itself runs as a subprocess, on the one script that needs none of the library
+without CUDA (``gpu_memory``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_medaug.registry import list_generators
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture
+def run_script(monkeypatch, capsys):
+    """Run ``benchmarks/<script>`` with ``argv`` as ``__main__``; its one JSON line, parsed."""
+    monkeypatch.syspath_prepend(str(BENCH))
+
+    def run(script: str, *argv: str) -> dict:
+        monkeypatch.setattr(sys, "argv", [str(BENCH / script), *argv])
+        runpy.run_path(str(BENCH / script), run_name="__main__")
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        assert len(lines) == 1, f"{script} printed {len(lines)} JSON lines"
+        return json.loads(lines[0])
+
+    return run
+
+
+def test_sample_speed(run_script):
+    record = run_script("sample_speed.py", "--tiny")
+    assert record["benchmark"] == "sample_speed"
+    pipeline = record["ddim_vs_pipeline"]
+    assert pipeline["same_images"] is True  # the comparison is fair: same noise in, same images out
+    assert pipeline["ratio"] > 0 and record["dpmsolver_ms_per_sample"]
+
+
+def test_unet_efficiency(run_script):
+    record = run_script("unet_efficiency.py", "--tiny")
+    assert record["benchmark"] == "unet_efficiency" and record["target"] == 0.5
+    assert 0 < record["efficiency"] and isinstance(record["meets_target"], bool)
+    # FlopCounterMode saw every UNet call of the sampler: steps x batch forward passes.
+    per_call = record["steps"] * record["batch_size"] * record["gflop_per_forward_per_image"]
+    assert record["gflop_per_sample_call"] == pytest.approx(per_call, rel=0.05)
+
+
+def test_family_latency_covers_every_registered_family(run_script):
+    record = run_script("family_latency.py", "--tiny")
+    for dims in ("2d", "3d"):
+        block = record["results"][dims]
+        assert set(block) == set(list_generators())
+        assert "skipped" in block["pix2pix"] and "skipped" in block["cyclegan"]
+        assert block["ddpm"]["dpmsolver++_2_steps"] > 0 and block["vae"]["ms_per_sample"] > 0
+    assert record["results"]["2d"]["ldm"]["target_ms"] == 100.0
+    assert record["results"]["2d"]["dcgan"]["target_ms"] == 5.0
+    assert isinstance(record["meets_target"], bool)
+
+
+def test_train_overhead(run_script):
+    record = run_script("train_overhead.py", "--tiny")
+    assert record["batches"] == 3 and record["lightning_s"] > 0 and record["plain_s"] > 0
+    assert record["ratio"] == pytest.approx(record["lightning_s"] / record["plain_s"], rel=0.01)
+    assert isinstance(record["meets_target"], bool) and record["target"] == 1.05
+
+
+def test_generate_scaling(run_script):
+    # The 1- and 2-process `medaug generate` launches cost two more cold imports of the library;
+    # torchrun with two ranks is tested in tests/bank/test_generate.py, and the launch command is
+    # checked against the real parser below. `run_all.py --tiny` runs the launches too.
+    record = run_script("generate_scaling.py", "--tiny", "--parts", "image_size", "steps")
+    assert "ddp" not in record
+    assert set(record["image_size"]["sizes"]["2d"]) == {"8", "16"}
+    assert record["image_size"]["sizes"]["2d"]["16"]["pixel_ratio"] == 4.0
+    assert record["image_size"]["sizes"]["3d"]["8"]["ms_per_sample"] > 0
+    assert record["steps"]["steps"]["2"]["steps_ratio"] == 2.0
+
+
+def test_generate_scaling_launches_a_valid_generate_command(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    from generate_scaling import generate_command
+
+    from lightning_medaug.bank.generate import build_parser
+
+    args = argparse.Namespace(num_samples=8, shard_size=2, gen_batch_size=2, gen_steps=1)
+    cmd = generate_command(2, tmp_path / "model", tmp_path / "bank", args)
+    assert cmd[cmd.index("--nproc_per_node") + 1] == "2"
+    parsed = build_parser().parse_args(cmd[cmd.index("generate") + 1:])
+    assert (parsed.num_samples, parsed.shard_size, parsed.steps, parsed.no_progress) == (8, 2, 1, True)
+
+
+def test_gpu_memory(run_script):
+    record = run_script("gpu_memory.py", "--tiny")
+    if torch.cuda.is_available():
+        assert record["results"]["vae_16"]["largest_batch"] >= 1
+    else:
+        assert record["skipped"] == "no CUDA device"
+
+
+@pytest.mark.slow  # ~30 s: its two peak-RSS measurements each start a fresh Python process
+def test_mix_overhead(run_script, tmp_path):
+    # mix_overhead.py has no --tiny flag: these are the smoke sizes run_all.py --tiny passes it.
+    record = run_script("mix_overhead.py", "--bank-size", "512", "--repeats", "1", "--batch-size", "64",
+                        "--bank-dir", str(tmp_path / "bank"))
+    assert record["bank_size"] == 512 and record["throughput_ratio"] > 0 and "extra_rss_mb" in record
+
+
+def test_run_all_reprints_lines_and_summarises(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    done = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--tiny", "--only", "gpu_memory",
+                           "--out", str(out)], check=False, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["benchmark"] for line in lines] == ["gpu_memory", "run_all"]
+    summary = lines[-1]
+    assert summary["failed"] == [] and summary["tiny"] is True
+    assert summary["no_target"] == ["gpu_memory"] and summary["met"] == summary["missed"] == []
+    assert out.read_text(encoding="utf-8").splitlines() == done.stdout.splitlines()
