@@ -10,8 +10,10 @@ bad value) print one line and exit with code 2; set ``MEDAUG_DEBUG=1`` for the f
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
+import re
 import sys
 from argparse import ArgumentError
 from collections.abc import Sequence
@@ -129,6 +131,15 @@ class MedaugCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RunSummary, "summary")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads the checkpoint's hyperparameters right after parsing: check the file first.
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if isinstance(subcommand, str) else None
+        if ckpt is not None and str(ckpt) not in _CKPT_KEYWORDS and "://" not in str(ckpt) \
+                and not str(ckpt).startswith("registry"):
+            check_checkpoint(ckpt)
+
     def before_instantiate_classes(self) -> None:
         # The default rich progress bar must yield to an explicit enable_progress_bar=false.
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -147,16 +158,17 @@ class MedaugCLI(LightningCLI):
 
     def _check(self) -> None:
         check_data_model_compatible(self.model, self.datamodule)
-        config = self.config_init[self.subcommand]
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init  # run=False: no subcommand
         if config.get("weights_only") is False:
             raise ValueError("--weights_only false is refused: medaug loads checkpoints with "
                              "torch.load(weights_only=True) only (a pickle can run code); drop the option")
         if "weights_only" in config:
             config["weights_only"] = True  # explicit, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off
-        ckpt = config.get("ckpt_path")
-        if ckpt is not None and str(ckpt) not in _CKPT_KEYWORDS and "://" not in str(ckpt) \
-                and not str(ckpt).startswith("registry"):
-            check_checkpoint(ckpt)  # before the run writes anything
+        if config.get("ckpt_path") == "last":  # check what Lightning will pick, before the run writes anything
+            for callback in self.trainer.checkpoint_callbacks:
+                folder = getattr(callback, "dirpath", None)
+                for path in sorted(Path(folder).glob("last*.ckpt")) if folder and Path(folder).is_dir() else []:
+                    check_checkpoint(path)
 
     before_fit = before_validate = before_test = before_predict = _check
 
@@ -170,14 +182,25 @@ class MedaugCLI(LightningCLI):
             print(f"generator saved to {folder} (medaug generate --model {folder} ...)")
 
 
+#: Commands beside LightningCLI's, each ``main(argv) -> exit code`` imported on first use (start-up stays fast).
+_COMMANDS = {
+    "demo": "lightning_medaug.demo:main",
+    "generate": "lightning_medaug.bank.generate:main",
+    "evaluate": "lightning_medaug.evaluation.command:main",
+    "study": "lightning_medaug.study.command:main",
+    "card": "lightning_medaug.report.model_card:card_main",
+}
+
+
 def _usage() -> str:
     return (
-        "usage: medaug {fit,validate,test,predict,demo,generate,evaluate,study,list} ...\n\n"
+        "usage: medaug {fit,validate,test,predict,demo,generate,evaluate,study,card,list} ...\n\n"
         "  fit|validate|test|predict --config RECIPE.yaml   train or evaluate (LightningCLI; --help for options)\n"
         "  demo [--out DIR]                                 the README's main job on the shipped PneumoniaMNIST\n"
         "  generate --model DIR --num-samples N --out BANK  draw a synthetic bank (--help for options)\n"
         "  evaluate --bank BANK --data RECIPE --out REPORT  fidelity, memorization, privacy report of a bank\n"
         "  study --config STUDY.yaml                        resumable utility study: real vs augmented vs mixed\n"
+        "  card FOLDER [--metrics EVAL/metrics.json]        write MODEL_CARD.md for a generator folder\n"
         "  list                                             registered generators, tasks and feature extractors\n"
     )
 
@@ -203,22 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # args=None lets LightningCLI read sys.argv itself (the DDP launcher re-runs it).
             MedaugCLI(args=None if argv == sys.argv[1:] else argv)
             return 0
-        if command == "demo":
-            from lightning_medaug.demo import main as demo_main
-
-            return demo_main(argv[1:])
-        if command == "generate":
-            from lightning_medaug.bank.generate import main as generate_main
-
-            return generate_main(argv[1:])
-        if command == "evaluate":
-            from lightning_medaug.evaluation.command import main as evaluate_main
-
-            return evaluate_main(argv[1:])
-        if command == "study":
-            from lightning_medaug.study.command import main as study_main
-
-            return study_main(argv[1:])
+        if command in _COMMANDS:
+            module, _, function = _COMMANDS[command].partition(":")
+            return getattr(importlib.import_module(module), function)(argv[1:])
         if command == "list":
             return _list()
         if command in (None, "-h", "--help", "help"):
@@ -234,9 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused a checkpoint ("last", "hpc")
         if os.environ.get("MEDAUG_DEBUG"):
             raise
-        reason = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
-        print(f"medaug: error: refused to load a checkpoint that is not plain weights ({reason or one_line(err)[:200]}); "
-              "medaug only loads checkpoints with torch.load(weights_only=True)", file=sys.stderr)
+        found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(err))
+        print(f"medaug: error: refused to load a checkpoint that is not plain weights "
+              f"({found.group(0) if found else one_line(err)[:200]}); medaug only loads checkpoints with "
+              "torch.load(weights_only=True)", file=sys.stderr)
         return 2
 
 

@@ -47,17 +47,17 @@ def test_fit_then_test_writes_a_complete_run_folder(tmp_path):
     recipe = tiny_recipe(tmp_path)
     assert main(["fit", "--config", str(recipe)]) == 0
     folder = run_folder(tmp_path)
-    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
     assert config["model"]["init_args"]["backbone"] == "test_resnet"  # the resolved config
     assert config["trainer"]["max_epochs"] == 2
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     assert len(metrics["history"]) == 2
     assert 0.0 <= metrics["monitor"]["best"]["val/auc"] <= 1.0
     assert (folder / "curves.png").stat().st_size > 1000
     ckpt = next((folder / "checkpoints").glob("*.ckpt"))
     # Testing the checkpoint adds the test figures to a new run folder's metrics.json.
     assert main(["test", "--config", str(recipe), "--ckpt_path", str(ckpt)]) == 0
-    test_metrics = json.loads((tmp_path / "runs" / "tiny" / "version_1" / "metrics.json").read_text())
+    test_metrics = json.loads((tmp_path / "runs" / "tiny" / "version_1" / "metrics.json").read_text(encoding="utf-8"))
     assert set(test_metrics["test"]) >= {"test/auc", "test/acc", "test/loss"}
 
 
@@ -136,7 +136,7 @@ def test_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys, argv_tail, mat
 def test_missing_recipe_and_typo_in_recipe(tmp_path, capsys):
     _fails_cleanly(capsys, ["fit", "--config", str(tmp_path / "nope.yaml")], "nope.yaml")
     recipe = tiny_recipe(tmp_path)
-    recipe.write_text(recipe.read_text().replace("num_train", "num_trian"))
+    recipe.write_text(recipe.read_text(encoding="utf-8").replace("num_train", "num_trian"))
     _fails_cleanly(capsys, ["fit", "--config", str(recipe)], "num_trian")
 
 
@@ -158,6 +158,6 @@ def test_ddp_and_bf16_from_the_command_line(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world_size: 2" in proc.stderr or "MEMBER: 2/2" in proc.stderr or "distributed_backend=gloo" in proc.stderr
-    metrics = json.loads((run_folder(tmp_path) / "metrics.json").read_text())
+    metrics = json.loads((run_folder(tmp_path) / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["fit"]["global_step"] == 1.0  # 32 samples / (2 ranks x batch 16) = 1 step per epoch
     assert np.isfinite(metrics["fit"]["train/loss_epoch"])

@@ -20,25 +20,25 @@ def demo_run(tmp_path_factory):
 def test_demo_runs_real_only_and_mixed_arms(demo_run):
     code, run = demo_run
     assert code == 0
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     assert results["complete"] is True
     arms = {cell["arm"]: cell for cell in results["cells"]}
     assert set(arms) == {"real", "mix_cgan_r0.5"}
     for cell in arms.values():
         assert 0.0 <= cell["test"]["test/auc"] <= 1.0
         folder = run / "cells" / cell["cell"] / "run"
-        assert json.loads((folder / "metrics.json").read_text())["monitor"]["metric"] == "val/auc"
+        assert json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["monitor"]["metric"] == "val/auc"
         assert (folder / "curves.png").stat().st_size > 1000
     # the mixed arm really trained on the bank; the real-only arm did not
-    assert "SyntheticMixDataModule" in (run / "cells" / "mix_cgan_r0.5_f0.02_s0" / "run" / "config.yaml").read_text()
-    assert "SyntheticMixDataModule" not in (run / "cells" / "real_f0.02_s0" / "run" / "config.yaml").read_text()
+    assert "SyntheticMixDataModule" in (run / "cells" / "mix_cgan_r0.5_f0.02_s0" / "run" / "config.yaml").read_text(encoding="utf-8")
+    assert "SyntheticMixDataModule" not in (run / "cells" / "real_f0.02_s0" / "run" / "config.yaml").read_text(encoding="utf-8")
 
 
 def test_demo_bank_traces_to_the_generator_trained_on_the_same_subset(demo_run):
     _, run = demo_run
     generator = run / "generators" / "cgan_f0.02_s0"
     assert (generator / "run" / "generator" / "model.safetensors").is_file()
-    assert "subset: 0.02" in (generator / "run" / "config.yaml").read_text()
+    assert "subset: 0.02" in (generator / "run" / "config.yaml").read_text(encoding="utf-8")
     with open(generator / "bank" / "manifest.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * NUM_REAL  # bank_factor 2 x one epoch's synthetic share at ratio 0.5
@@ -48,7 +48,7 @@ def test_demo_bank_traces_to_the_generator_trained_on_the_same_subset(demo_run):
 
 def test_demo_report_has_table_plots_and_sample_grids(demo_run):
     _, run = demo_run
-    text = (run / "report.md").read_text()
+    text = (run / "report.md").read_text(encoding="utf-8")
     assert "| 0.02 | real |" in text and "| 0.02 | mix_cgan_r0.5 |" in text
     assert (run / "metric_vs_fraction.png").stat().st_size > 1000
     for name in ("real.png", "samples.png"):

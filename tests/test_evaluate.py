@@ -71,7 +71,7 @@ def test_pixel_space_report_is_complete_self_contained_and_path_free(dp_bank, tm
     assert code == 0, capsys.readouterr().err
     assert {p.name for p in out.iterdir()} == {"metrics.json", "report.html", "report.md", "real_vs_synthetic.png",
                                                "closest_pairs.png"}
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["kind"] == "medaug-evaluate" and metrics["extractor"] == {"name": "none", "space": "pixel"}
 
     fidelity = metrics["fidelity"]
@@ -97,11 +97,11 @@ def test_pixel_space_report_is_complete_self_contained_and_path_free(dp_bank, tm
     assert metrics["paired"] is None and metrics["privacy"]["checkpoint_verified"] is True
     assert metrics["privacy"]["epsilon"] > 0 and metrics["privacy"]["steps"] == 3
 
-    html = (out / "report.html").read_text()
+    html = (out / "report.html").read_text(encoding="utf-8")
     sources = re.findall(r'src="([^"]*)"', html)
     assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "Privacy" in html and "real held-out vs real train (floor)" in html
-    markdown = (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text(encoding="utf-8")
     assert all((out / link).is_file() for link in re.findall(r"\]\(([^)]+)\)", markdown))
     for name, text in _outputs_text(out).items():  # no path of this machine in any output
         assert str(tmp_path) not in text and str(dp_bank["root"]) not in text, name
@@ -110,7 +110,7 @@ def test_pixel_space_report_is_complete_self_contained_and_path_free(dp_bank, tm
     # An earlier report is replaced; a folder holding anything else is refused, unless --overwrite.
     assert _evaluate("--bank", str(dp_bank["bank"]), "--data", str(dp_bank["data"]), "--extractor", "none",
                      "--num-samples", "12", "--out", str(out), "--no-progress") == 0
-    again = json.loads((out / "metrics.json").read_text())
+    again = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert again["fidelity"]["num_samples"] == 12 and again["privacy"] is None and not list(tmp_path.glob(".*"))
     other = tmp_path / "notes"
     other.mkdir()
@@ -119,7 +119,7 @@ def test_pixel_space_report_is_complete_self_contained_and_path_free(dp_bank, tm
             str(other), "--no-progress"]
     _fails_cleanly(capsys, argv, "is not empty")
     assert _evaluate(*argv, "--overwrite") == 0
-    assert (other / "mine.txt").read_text() == "keep me" and (other / "report.html").is_file()
+    assert (other / "mine.txt").read_text(encoding="utf-8") == "keep me" and (other / "report.html").is_file()
 
 
 def test_domain_extractor_from_a_recipe_is_trained_once_then_loaded(dp_bank, tmp_path):
@@ -131,7 +131,7 @@ def test_domain_extractor_from_a_recipe_is_trained_once_then_loaded(dp_bank, tmp
     domain = ["--extractor-backbone", "test_resnet", "--extractor-max-steps", "2", "--extractor-cache",
               str(tmp_path / "cache"), "--absolute-paths"]
     assert _evaluate(*common, *domain, "--out", str(tmp_path / "a")) == 0
-    first = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    first = json.loads((tmp_path / "a" / "metrics.json").read_text(encoding="utf-8"))
     extractor = first["extractor"]
     assert extractor["name"] == "domain" and extractor["backbone"] == "test_resnet" and not extractor["from_cache"]
     assert Path(extractor["path"]).is_relative_to(tmp_path / "cache")  # --absolute-paths asked for it
@@ -142,12 +142,12 @@ def test_domain_extractor_from_a_recipe_is_trained_once_then_loaded(dp_bank, tmp
     assert Path(first["files"]["report_html"]) == (tmp_path / "a" / "report.html").resolve()
 
     assert _evaluate(*common, *domain, "--out", str(tmp_path / "b")) == 0
-    second = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    second = json.loads((tmp_path / "b" / "metrics.json").read_text(encoding="utf-8"))
     assert second["extractor"]["from_cache"] and second["fidelity"] == first["fidelity"]  # same seed, same figures
 
     # The cached folder itself is a save_pretrained-style extractor.
     assert _evaluate(*common, "--extractor", extractor["path"], "--out", str(tmp_path / "c")) == 0
-    third = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    third = json.loads((tmp_path / "c" / "metrics.json").read_text(encoding="utf-8"))
     assert third["extractor"]["name"] == "folder" and third["fidelity"] == first["fidelity"]
     assert third["extractor"]["path"] == "/".join(Path(extractor["path"]).parts[-2:])  # the cache key, no path
 
@@ -168,7 +168,7 @@ def test_a_crash_while_writing_leaves_the_earlier_report_untouched(tmp_path):
     with pytest.raises(RuntimeError, match="crash"), staged_output(out) as folder:
         (folder / "metrics.json").write_text(json.dumps({"kind": "medaug-evaluate", "run": 2}))
         raise RuntimeError("crash")
-    assert json.loads((out / "metrics.json").read_text())["run"] == 1
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["run"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no staging folder left behind
 
 
@@ -198,10 +198,10 @@ def test_mask_conditional_bank_gets_paired_metrics(tmp_path):
     out = tmp_path / "report"
     assert _evaluate("--bank", str(tmp_path / "bank"), "--data", json.dumps(DATA), "--extractor", "none",
                      "--out", str(out), "--no-progress") == 0
-    paired = json.loads((out / "metrics.json").read_text())["paired"]
+    paired = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["paired"]
     assert set(paired) == {"test"} and paired["test"]["num_pairs"] == 24  # every sample reuses a test mask
     assert -1 <= paired["test"]["ssim"] <= 1 and 0 < paired["test"]["psnr"] < 100
-    assert (out / "paired_examples.png").is_file() and "Paired quality" in (out / "report.md").read_text()
+    assert (out / "paired_examples.png").is_file() and "Paired quality" in (out / "report.md").read_text(encoding="utf-8")
 
 
 def _fails_cleanly(capsys, argv, match: str) -> None:
@@ -238,7 +238,7 @@ def test_bad_input_is_one_line_and_exit_code_2(dp_bank, tmp_path, capsys):
     other = tmp_path / "other"
     create_generator("cvae", image_size=16, num_classes=2, channels=(8, 8), norm_num_groups=4,
                      latent_channels=2).save_pretrained(other)
-    (other / "privacy.json").write_text((dp_bank["generator"] / "privacy.json").read_text())
+    (other / "privacy.json").write_text((dp_bank["generator"] / "privacy.json").read_text(encoding="utf-8"))
     _fails_cleanly(capsys, ["--bank", bank, "--data", data, "--out", str(tmp_path / "o9"), "--privacy", str(other)]
                    + common, "belongs to another generator")
     assert {p.name for p in tmp_path.iterdir()} == {"file", "other"}  # no report, whole or half, was written

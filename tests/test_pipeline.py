@@ -42,7 +42,7 @@ def test_fit_generate_mix(tmp_path, capsys):
                   "init_args": {"backbone": "test_resnet", "num_classes": 2}}
     mix_recipe = _recipe(tmp_path, "mix", classifier, mixed)
     assert main(["fit", "--config", str(mix_recipe)]) == 0
-    metrics = json.loads((tmp_path / "runs" / "mix" / "version_0" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "runs" / "mix" / "version_0" / "metrics.json").read_text(encoding="utf-8"))
     # 32 real + 32 synthetic samples in batches of 16: four steps in the epoch.
     assert metrics["fit"]["global_step"] == 4.0
     assert 0.0 <= metrics["fit"]["val/auc"] <= 1.0

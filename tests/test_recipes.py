@@ -8,7 +8,7 @@ import yaml
 from lightning_medaug.cli import main
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
-TRAINER_RECIPES = [r for r in RECIPES if "trainer" in yaml.safe_load(r.read_text())]
+TRAINER_RECIPES = [r for r in RECIPES if "trainer" in yaml.safe_load(r.read_text(encoding="utf-8"))]
 
 
 def test_there_are_recipes():
@@ -44,7 +44,7 @@ STUDY_RECIPES = [r for r in RECIPES if r.stem.startswith("study_")]
 def test_study_recipe_builds_its_grid(recipe, capsys):
     assert main(["study", "--config", str(recipe), "--list"]) == 0
     cells = capsys.readouterr().out.split()[1::2]
-    config = yaml.safe_load(recipe.read_text())
+    config = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     per_seed = 1 + bool(config.get("classic_augmentation")) + len(config.get("generators", {})) * (
         len(config.get("ratios", [])) + bool(config.get("synthetic_only")))
     assert len(cells) == len(config["fractions"]) * len(config["seeds"]) * per_seed
@@ -53,7 +53,7 @@ def test_study_recipe_builds_its_grid(recipe, capsys):
 @pytest.mark.parametrize("recipe", TRAINER_RECIPES, ids=lambda p: p.stem)
 def test_checkpointing_recipes_can_resume(recipe):
     """save_last only copies a checkpoint that was saved: with save_top_k=0 no last.ckpt is ever written."""
-    for callback in yaml.safe_load(recipe.read_text())["trainer"].get("callbacks") or []:
+    for callback in yaml.safe_load(recipe.read_text(encoding="utf-8"))["trainer"].get("callbacks") or []:
         if callback["class_path"].endswith("ModelCheckpoint"):
             args = callback.get("init_args") or {}
             assert args.get("save_top_k", 1) != 0, f"{recipe.name}: save_top_k=0 saves nothing to resume from"

@@ -266,7 +266,7 @@ class DifferentialPrivacy(L.Callback):
         text = json.dumps(self.report(), indent=2)
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / PRIVACY_REPORT).write_text(text)
+            (folder / PRIVACY_REPORT).write_text(text, encoding="utf-8")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -395,4 +395,4 @@ def load_privacy_report(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the model was not trained with DifferentialPrivacy, or pass "
                                 "the run folder or its generator/ folder")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -162,7 +162,7 @@ def save_feature_extractor(task: ClassificationTask, folder: str | Path, **metad
     config = {"feature_extractor": "domain", "task_init_args": init_args, "library_version": __version__, **metadata}
     state = {k: v.detach().contiguous().cpu() for k, v in task.net.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"feature_extractor": "domain"})
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
     return folder
 
 
@@ -180,7 +180,7 @@ def load_feature_extractor(folder: str | Path, map_location: str | torch.device 
             raise FileNotFoundError(f"{f} not found: pass a folder written by save_feature_extractor() or "
                                     "train_feature_extractor()")
     try:
-        config = json.loads(config_file.read_text())
+        config = json.loads(config_file.read_text(encoding="utf-8"))
         task = ClassificationTask(**config["task_init_args"])
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{config_file} is not a feature-extractor config ({err})") from err
@@ -278,7 +278,7 @@ def train_feature_extractor(datamodule: L.LightningDataModule, cache_dir: str | 
         staging.rename(folder)
     trainer.strategy.barrier()  # other ranks read the folder rank 0 just wrote
     extractor = DomainFeatureExtractor.from_task(task.cpu())
-    extractor.config, extractor.path = json.loads((folder / CONFIG_NAME).read_text()), folder
+    extractor.config, extractor.path = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")), folder
     return extractor
 
 

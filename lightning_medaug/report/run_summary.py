@@ -80,13 +80,13 @@ class RunSummary(L.Callback):
             return
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "metrics.json"
-        previous = json.loads(path.read_text()) if path.is_file() else {}
+        previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         summary = {**previous, **self.results, "history": self.history or previous.get("history", [])}
         if self.monitor:
             summary["monitor"] = {"metric": self.monitor, "mode": self.mode, "best": self.best()}
         summary.update({k: v for k, v in extra.items() if v is not None})
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
         tmp.replace(path)
         if summary["history"]:
             from lightning_medaug.report.plots import plot_curves

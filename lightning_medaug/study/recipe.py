@@ -36,7 +36,7 @@ def find_recipe(name: str | Path) -> Path:
 def load_recipe(name: str | Path) -> dict[str, Any]:
     """The recipe as a dict; it must have ``model`` and ``data`` sections."""
     path = find_recipe(name)
-    config = yaml.safe_load(path.read_text()) or {}
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     for section in ("model", "data"):
         if not isinstance(config.get(section), dict):
             raise ValueError(f"recipe {path} has no '{section}' section with class_path/init_args")
@@ -105,7 +105,7 @@ def run_recipe(config: dict[str, Any], folder: str | Path, test: bool = True) ->
                                           "init_args": {"save_dir": str(folder.parent), "name": "",
                                                         "version": folder.name}})
     path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     with warnings.catch_warnings():
         # the study's own command line is in sys.argv; the recipe file is this run's only input
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -117,5 +117,5 @@ def run_recipe(config: dict[str, Any], folder: str | Path, test: bool = True) ->
         ckpt = "best" if getattr(cli.trainer.checkpoint_callback, "best_model_path", "") else None
         cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
     metrics_file = folder / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
     return {"model": cli.model, "datamodule": cli.datamodule, "metrics": metrics}

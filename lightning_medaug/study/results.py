@@ -108,8 +108,8 @@ def write_results(study: Study, results: list[dict[str, Any]]) -> dict[str, Path
     files = {"json": out / "results.json", "csv": out / "results.csv", "report": out / "report.md"}
     files["json"].write_text(json.dumps({"settings": settings, "summary": rows, "cells": results,
                                          "complete": len(results) == total, "versions": _versions()},
-                                        indent=2, sort_keys=True))
-    with open(files["csv"], "w", newline="") as fh:
+                                        indent=2, sort_keys=True), encoding="utf-8")
+    with open(files["csv"], "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["fraction", "arm", "generator", "ratio", "mean", "std", "seeds",
                                                 "minutes"])
         writer.writeheader()
@@ -146,5 +146,5 @@ each cell's real subset only. Downstream epochs: {study.epochs or "the recipe's"
 Arms: `real` (real subset only), `classic` (classic augmentation), `mix_<generator>_r<ratio>`
 (real + synthetic, add mode), `tstr_<generator>` (synthetic only, tested on real).
 Per-cell results, configs and logs: `cells/<arm>_f<fraction>_s<seed>/`.
-""")
+""", encoding="utf-8")
     return files

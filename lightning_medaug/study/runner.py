@@ -198,11 +198,11 @@ class Study:
             raise ValueError(f"the task's test metrics {sorted(test)} have no {self.metric!r}: set `metric`")
         result = {**asdict(cell), "cell": cell.name, "value": test[self.metric], "test": test,
                   "seconds": time.perf_counter() - start}
-        (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+        (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
         return result
 
     def result(self, cell: Cell) -> dict[str, Any]:
-        return json.loads((self.cell_folder(cell) / "result.json").read_text())
+        return json.loads((self.cell_folder(cell) / "result.json").read_text(encoding="utf-8"))
 
     # -- generators and banks ---------------------------------------------------------------------
     def _generator_config(self, name: str, fraction: float, seed: int) -> dict[str, Any]:

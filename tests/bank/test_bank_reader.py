@@ -91,7 +91,7 @@ def test_damaged_bank_raises(bank_dir, damage, message):
     if damage == "delete_shard":
         shard_files(bank_dir, 1).images.unlink()
     elif damage == "truncate_manifest":
-        manifest.write_text("".join(manifest.read_text().splitlines(keepends=True)[:-4]))
+        manifest.write_text("".join(manifest.read_text(encoding="utf-8").splitlines(keepends=True)[:-4]))
     elif damage == "shape_mismatch":
         np.save(shard_files(bank_dir, 2).images, np.zeros((8, 1, 8, 8), dtype=np.float16))
     elif damage == "extra_shard":
@@ -99,7 +99,7 @@ def test_damaged_bank_raises(bank_dir, damage, message):
     elif damage == "no_manifest":
         manifest.unlink()
     elif damage == "edited_ids":
-        lines = manifest.read_text().splitlines(keepends=True)
+        lines = manifest.read_text(encoding="utf-8").splitlines(keepends=True)
         lines[3] = "1" + lines[3][1:]  # id 2 -> 1
         manifest.write_text("".join(lines))
     with pytest.raises(ValueError, match=message):

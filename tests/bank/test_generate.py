@@ -75,7 +75,7 @@ def test_cli_passes_sampler_options_to_models_that_take_them(tmp_path, capsys):
     bank = SyntheticBank(tmp_path / "bank")
     assert bank.info["settings"]["sample_kwargs"] == {"sampler": "ddim", "num_inference_steps": 2,
                                                       "guidance_scale": 1.5}
-    row = (tmp_path / "bank" / "manifest.csv").read_text().splitlines()[1].split(",")
+    row = (tmp_path / "bank" / "manifest.csv").read_text(encoding="utf-8").splitlines()[1].split(",")
     assert row[5:7] == ["ddpm", "lightning_medaug.generative.diffusion.DDPM"] and row[9:12] == ["ddim", "2", "1.5"]
     assert cli_main([*args[:8], "3", *args[9:]]) == 2  # other step count: another bank
     assert "sample_kwargs" in capsys.readouterr().err
@@ -97,7 +97,7 @@ def test_cli_reads_a_mask_folder(tmp_path):
                      "--no-progress"]) == 0
     bank = SyntheticBank(tmp_path / "bank")
     assert bank.has_masks and all(torch.equal(bank[i]["mask"], expected[i % 2]) for i in range(5))
-    assert "case1.png" in (tmp_path / "bank" / "manifest.csv").read_text()
+    assert "case1.png" in (tmp_path / "bank" / "manifest.csv").read_text(encoding="utf-8")
 
 
 def _generate_one_thread(args: list[str]) -> None:

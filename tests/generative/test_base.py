@@ -81,7 +81,7 @@ def test_save_pretrained_round_trip(tmp_path):
     with torch.no_grad():
         gen.means.normal_()
     folder = gen.save_pretrained(tmp_path / "model")
-    config = json.loads((folder / "config.json").read_text())
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     assert config["generator"] == "test_mean_image"
     assert config["init_args"]["spatial_dims"] == 3
     loaded = load_generator(folder)

@@ -156,10 +156,10 @@ def test_ddp_latent_scale_is_averaged_over_ranks(autoencoder_folders, tmp_path):
     script = tmp_path / "ddp_ldm.py"
     script.write_text(DDP_SCRIPT)
     result = subprocess.run([sys.executable, str(script), autoencoder_folders["vae"], str(tmp_path)],
-                            check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                            check=False, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     (scale0, weights0, std0), (scale1, weights1, std1) = (
-        map(float, (tmp_path / f"rank{r}.txt").read_text().split()) for r in (0, 1))
+        map(float, (tmp_path / f"rank{r}.txt").read_text(encoding="utf-8").split()) for r in (0, 1))
     assert std0 != std1  # the ranks saw different images...
     assert scale0 == scale1 and weights0 == weights1  # ...yet hold one model
     assert scale0 == pytest.approx(2.0 / (std0 + std1), rel=1e-4)  # 1 / (std averaged over ranks)

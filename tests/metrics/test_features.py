@@ -33,7 +33,7 @@ def test_trains_on_phantoms_then_loads_from_cache_and_round_trips_via_safetensor
     weights = extractor.path / "model.safetensors"
     assert weights.is_file() and (extractor.path / "config.json").is_file()
     assert not list(extractor.path.glob("*.pt*")) and not list(extractor.path.glob("*.ckpt"))
-    config = json.loads((extractor.path / "config.json").read_text())
+    config = json.loads((extractor.path / "config.json").read_text(encoding="utf-8"))
     assert config["data_hash"] == dataset_fingerprint(dm.train_dataset)
     assert extractor.path.parent.name == config["data_hash"][:16]
     assert config["global_step"] == 4 and "val/auc" in config["val_metrics"]

@@ -82,10 +82,10 @@ def test_two_process_values_equal_single_process_values(tmp_path):
     script = tmp_path / "ddp_metrics.py"
     script.write_text(SCRIPT)
     proc = subprocess.run([sys.executable, str(script), str(tmp_path), str(_free_port())], capture_output=True,
-                          text=True, timeout=240, check=False)
+                          text=True, encoding="utf-8", errors="replace", timeout=240, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rank0 = json.loads((tmp_path / "rank0.json").read_text())
-    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    rank0 = json.loads((tmp_path / "rank0.json").read_text(encoding="utf-8"))
+    rank1 = json.loads((tmp_path / "rank1.json").read_text(encoding="utf-8"))
     single = rank0["single"]
     assert set(single) == {"fd", "kid_mean", "kid_std", "precision", "recall", "density", "coverage", "psnr", "ssim"}
     for ddp in (rank0["ddp"], rank1["ddp"]):

@@ -31,7 +31,7 @@ def test_html_inlines_figures_and_escapes_text(tmp_path):
     save_image_grid(torch.rand(4, 1, 8, 8) * 2 - 1, tmp_path / "grid.png")
     save_image_grid(torch.rand(2, 1, 4, 8, 8) * 2 - 1, tmp_path / "sub" / "second.png")
     html_path, md_path = write_report(tmp_path, "Title & co", _sections(), subtitle="sub")
-    html = html_path.read_text()
+    html = html_path.read_text(encoding="utf-8")
     sources = re.findall(r'src="([^"]*)"', html)
     assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert base64.b64decode(sources[0].split(",", 1)[1]) == (tmp_path / "grid.png").read_bytes()
@@ -39,7 +39,7 @@ def test_html_inlines_figures_and_escapes_text(tmp_path):
     assert "<td>0.1235</td>" in html and "<td>\u2013</td>" in html and "<td>yes</td>" in html
     assert str(tmp_path) not in html and "one note" in html and "<caption>n=16</caption>" in html
 
-    markdown = md_path.read_text()
+    markdown = md_path.read_text(encoding="utf-8")
     assert markdown.startswith("# Title & co\n") and "![a grid](grid.png)" in markdown
     assert "![sub/second.png](sub/second.png)" in markdown
     assert "| note | a\\|b <script>x</script> |" in markdown and "- one note" in markdown

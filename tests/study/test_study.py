@@ -80,9 +80,9 @@ def test_finished_cells_are_skipped_and_broken_ones_rerun(tmp_path):
     assert first.stat().st_mtime_ns == stamp  # not rerun
     assert not leftover.exists() and study.is_done(cells[1])
     assert {r["arm"] for r in results} == {"real", "classic"}
-    saved = json.loads((tmp_path / "results.json").read_text())
+    saved = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
     assert saved["complete"] and len(saved["summary"]) == 2
-    assert "| 0.02 | classic |" in (tmp_path / "report.md").read_text()
+    assert "| 0.02 | classic |" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
 def test_cli_lists_cells(tmp_path, capsys):
@@ -108,7 +108,7 @@ def test_results_summary_and_files(tmp_path):
     assert mixed["mean"] == pytest.approx(0.835) and mixed["std"] == pytest.approx(0.00707, abs=1e-4)
     assert mixed["seeds"] == 2 and mixed["minutes"] == pytest.approx(2.0)
     files = write_results(study, results)
-    assert files["csv"].read_text().count("\n") == 1 + 4
+    assert files["csv"].read_text(encoding="utf-8").count("\n") == 1 + 4
     assert files["fraction_plot"].stat().st_size > 5000 and files["ratio_plot"].stat().st_size > 5000
 
 
@@ -129,7 +129,7 @@ def test_segmentation_study_with_mask_conditional_pairs(tmp_path):
     assert sample["image"].shape == sample["mask"].shape == (1, 64, 64)
     assert set(sample["mask"].unique().tolist()) <= {0.0, 1.0}
     assert (generator / "samples.png").is_file()
-    config = (tmp_path / "cells" / "real_f0.25_s0" / "run" / "config.yaml").read_text()
+    config = (tmp_path / "cells" / "real_f0.25_s0" / "run" / "config.yaml").read_text(encoding="utf-8")
     assert "ClassicAugmentation" not in config  # the recipe's augmentation is the 'classic' arm's, not real's
 
 

@@ -47,7 +47,7 @@ def test_two_process_ddp_fit_validates_with_synced_metrics(tmp_path):
                             capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=180, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    infos = [json.loads((tmp_path / f"rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
     assert [i["rank"] for i in infos] == [0, 1]
     assert all(i["world_size"] == 2 and i["global_step"] == 3 for i in infos)
     for key in ("val/loss", "val/auc", "val/acc"):
