@@ -32,6 +32,10 @@ _EXPORTS: dict[str, str] = {
     # generators
     "GenerativeModule": "lightning_medaug.generative",
     "load_generator": "lightning_medaug.generative",
+    "load_pretrained": "lightning_medaug.hub",
+    "package_pretrained": "lightning_medaug.hub",
+    "FineTuneFrom": "lightning_medaug.generative.finetune",
+    "write_model_card": "lightning_medaug.report.model_card",
     # synthetic bank and mixing
     "SyntheticBank": "lightning_medaug.bank",
     "write_bank": "lightning_medaug.bank",
@@ -66,6 +70,7 @@ __all__ = [
     "DetectionTask",
     "DifferentialPrivacy",
     "DomainFeatureExtractor",
+    "FineTuneFrom",
     "FolderDataModule",
     "FrechetDistance",
     "GenerativeModule",
@@ -87,7 +92,10 @@ __all__ = [
     "load_feature_extractor",
     "load_generator",
     "load_privacy_report",
-    "memorization_report", "evaluate_bank",
+    "evaluate_bank",
+    "load_pretrained",
+    "memorization_report",
+    "package_pretrained",
     "register_feature_extractor",
     "register_generator",
     "register_task",
@@ -95,6 +103,7 @@ __all__ = [
     "train_feature_extractor",
     "unpack_batch",
     "write_bank",
+    "write_model_card",
 ]
 
 
@@ -122,6 +131,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real definitions
     )
     from lightning_medaug.evaluation import evaluate_bank
     from lightning_medaug.generative import GenerativeModule, load_generator
+    from lightning_medaug.generative.finetune import FineTuneFrom
+    from lightning_medaug.hub import load_pretrained, package_pretrained
     from lightning_medaug.generative.privacy import (
         DifferentialPrivacy,
         load_privacy_report,
@@ -147,6 +158,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real definitions
         register_task,
     )
     from lightning_medaug.report import save_image_grid
+    from lightning_medaug.report.model_card import write_model_card
     from lightning_medaug.study import Study
     from lightning_medaug.tasks import (
         ClassificationTask,

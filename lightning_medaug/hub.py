@@ -1,0 +1,340 @@
+"""Share trained generators: load them from a folder, a zip, a URL or a name; package them as zips.
+
+:func:`load_pretrained` accepts
+
+* a folder written by :meth:`~lightning_medaug.generative.base.GenerativeModule.save_pretrained`;
+* a local ``.zip`` of such a folder (as written by :func:`package_pretrained`);
+* an ``http(s)://`` or ``file://`` URL of such a zip, downloaded once into the cache folder
+  (``$LIGHTNING_MEDAUG_CACHE``, else ``~/.cache/lightning_medaug``) and verified when a SHA-256
+  is known;
+* a name from the index of named weights, ``lightning_medaug/pretrained_index.json``
+  (:func:`list_pretrained`).
+
+Only ``config.json``, ``model.safetensors`` and ``MODEL_CARD.md`` are ever taken out of a zip,
+and weights are read with safetensors, so loading never runs code from the file.
+
+Adding a named weight:
+
+1. train it and write its folder (``medaug fit`` does, into ``<run>/generator``), evaluate a bank
+   of it (``medaug evaluate``) and write its card (``medaug card <folder> ...``);
+2. ``sha = package_pretrained(folder, "<name>.zip")`` and publish the zip at a stable URL
+   (e.g. a GitHub release asset);
+3. add an entry to ``pretrained_index.json`` under ``"weights"``::
+
+       "cgan-pneumoniamnist-28": {"url": "https://.../cgan-pneumoniamnist-28.zip", "sha256": "<sha>",
+                                  "generator": "cgan", "card": "one line: data, size, what it is for"}
+
+   ``sha256`` may stay ``null`` while the file is not published yet; such an entry loads without
+   verification (and warns) once its URL answers. ``generator`` must be the registered name in
+   the zip's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+
+from lightning_medaug.generative.base import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    GenerativeModule,
+    load_generator,
+)
+from lightning_medaug.registry import GENERATORS
+
+__all__ = ["CACHE_ENV_VAR", "CARD_NAME", "INDEX_FILE", "PretrainedDownloadError", "download_pretrained",
+           "extract_pretrained", "file_sha256", "list_pretrained", "load_pretrained", "package_pretrained",
+           "pretrained_index", "resolve_pretrained"]
+
+#: Environment variable naming the cache folder of downloaded and extracted weights.
+CACHE_ENV_VAR = "LIGHTNING_MEDAUG_CACHE"
+#: The model card written by :func:`lightning_medaug.report.model_card.write_model_card`.
+CARD_NAME = "MODEL_CARD.md"
+#: The shipped index of named weights.
+INDEX_FILE = Path(__file__).with_name("pretrained_index.json")
+#: The only files ever taken out of a zip.
+PRETRAINED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+_URL_SCHEMES = ("http://", "https://", "file://")
+# A fixed timestamp (the zip format's earliest) makes package_pretrained byte-reproducible.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+class PretrainedDownloadError(ValueError, ConnectionError):
+    """A URL of weights could not be read (offline, refused, 404). A ``ValueError``, so the CLI
+    prints it as one line, and a ``ConnectionError`` for code that retries on network errors."""
+
+
+# -- cache, hashes, index ---------------------------------------------------------------------
+def cache_folder(cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir``, else ``$LIGHTNING_MEDAUG_CACHE``, else ``~/.cache/lightning_medaug``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV_VAR)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "lightning_medaug"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pretrained_index(index: str | Path | Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The named weights: name -> ``{"url", "sha256", "generator", "card"}``.
+
+    ``index`` is a JSON file or an already-read mapping of the same layout; ``None`` reads the
+    shipped :data:`INDEX_FILE`.
+    """
+    where = "the index" if isinstance(index, Mapping) else str(index or INDEX_FILE)
+    if not isinstance(index, Mapping):
+        try:
+            index = json.loads(Path(index or INDEX_FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read the index of named weights {where} ({err})") from None
+    weights = index.get("weights") if isinstance(index, Mapping) else None
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"{where} has no \"weights\" mapping; see lightning_medaug/hub.py for the layout")
+    for name, entry in weights.items():
+        if not isinstance(entry, Mapping) or not {"url", "generator"} <= set(entry):
+            raise ValueError(f"{where}: entry {name!r} needs at least \"url\" and \"generator\"")
+    return {name: dict(entry) for name, entry in weights.items()}
+
+
+def list_pretrained(index: str | Path | Mapping[str, Any] | None = None) -> list[str]:
+    """Sorted names of the named weights."""
+    return sorted(pretrained_index(index))
+
+
+# -- download ---------------------------------------------------------------------------------
+def _check_sha256(path: Path, expected: str | None, what: str, delete: bool) -> None:
+    if expected is None:
+        return
+    got = file_sha256(path)
+    if got != expected.lower():
+        if delete:
+            path.unlink(missing_ok=True)
+        removed = "; the file was deleted, download it again" if delete else ""
+        raise ValueError(f"SHA-256 mismatch for {what}: expected {expected.lower()}, got {got}{removed}")
+
+
+def download_pretrained(url: str, cache_dir: str | Path | None = None, sha256: str | None = None,
+                        timeout: float = 60.0) -> Path:
+    """The zip at ``url`` in the cache (``<cache>/downloads/<hash of url>.zip``), downloaded once.
+
+    Written to a ``.part`` file and renamed when complete and verified, so the cache never holds a
+    partial file. A cached file that fails ``sha256`` is deleted and fetched again once.
+    """
+    if not url.startswith(_URL_SCHEMES):
+        raise ValueError(f"{url!r} is not an http(s):// or file:// URL")
+    dest = cache_folder(cache_dir) / "downloads" / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".zip")
+    if dest.is_file():
+        try:
+            _check_sha256(dest, sha256, f"the cached copy of {url}", delete=True)
+            return dest
+        except ValueError:
+            pass  # deleted: fetch it again below
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, part = tempfile.mkstemp(prefix=dest.stem + ".", suffix=".part", dir=dest.parent)
+    part_path = Path(part)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _stream(url, out, timeout)
+        _check_sha256(part_path, sha256, url, delete=True)
+        os.replace(part_path, dest)  # concurrent downloads each rename a complete file: last one wins
+    finally:
+        part_path.unlink(missing_ok=True)
+    return dest
+
+
+def _stream(url: str, out: Any, timeout: float) -> None:
+    """Copy ``url`` into ``out``, with a rich progress bar when the size is known."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            if total is None:
+                shutil.copyfileobj(response, out, 1 << 20)
+                return
+            columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+            with Progress(*columns, transient=True) as progress:
+                task = progress.add_task(f"downloading {PurePosixPath(url).name}", total=total)
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    progress.advance(task, len(chunk))
+    except (OSError, ValueError) as err:  # URLError, HTTPError, timeouts and refused connections are OSErrors
+        reason = getattr(err, "reason", None) or err
+        raise PretrainedDownloadError(
+            f"could not download {url} ({type(err).__name__}: {str(reason).strip().splitlines()[0][:160]}); "
+            "check the address and the connection, or pass a local folder or .zip of the weights instead"
+        ) from None
+
+
+# -- zips -------------------------------------------------------------------------------------
+def _safe_member(name: str, zip_path: Path) -> PurePosixPath:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or (path.parts and path.parts[0].endswith(":")) or ".." in path.parts:
+        raise ValueError(f"{zip_path} holds the entry {name!r}, which points outside the folder it is extracted "
+                         "to (absolute path or '..'); refusing to extract it. Package weights with package_pretrained()")
+    return path
+
+
+def _pretrained_members(zf: zipfile.ZipFile, zip_path: Path) -> dict[str, zipfile.ZipInfo]:
+    """The zip's config/weights/card entries, at its root or in one folder; refuses unsafe names."""
+    paths = {info.filename: _safe_member(info.filename, zip_path) for info in zf.infolist()}
+    configs = [p for p in paths.values() if p.name == CONFIG_NAME]
+    if len(configs) != 1:
+        found = "no" if not configs else f"{len(configs)}"
+        raise ValueError(f"{zip_path} holds {found} {CONFIG_NAME} file(s); expected one folder written by "
+                         "save_pretrained() (zip it with package_pretrained())")
+    root = configs[0].parent
+    members = {paths[i.filename].name: i for i in zf.infolist()
+               if paths[i.filename].parent == root and paths[i.filename].name in PRETRAINED_FILES and not i.is_dir()}
+    if WEIGHTS_NAME not in members:
+        raise ValueError(f"{zip_path} has no {WEIGHTS_NAME} beside its {CONFIG_NAME}")
+    return members
+
+
+def extract_pretrained(zip_path: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Extract a weights zip once into ``<cache>/extracted/<sha256 of the zip>/``; returns that folder.
+
+    Only ``config.json``, ``model.safetensors`` and ``MODEL_CARD.md`` are written; a zip with an
+    absolute or ``..`` entry name is refused as a whole (zip-slip).
+    """
+    zip_path = Path(zip_path)
+    if not zipfile.is_zipfile(zip_path):
+        raise ValueError(f"{zip_path} is not a zip file; pass a folder written by save_pretrained() or its zip")
+    dest = cache_folder(cache_dir) / "extracted" / file_sha256(zip_path)[:32]
+    if (dest / CONFIG_NAME).is_file() and (dest / WEIGHTS_NAME).is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent))
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            for name, info in _pretrained_members(zf, zip_path).items():
+                with zf.open(info) as src, open(staging / name, "wb") as out:  # our own name, never the entry's
+                    shutil.copyfileobj(src, out, 1 << 20)
+        try:
+            os.replace(staging, dest)
+        except OSError:  # another process extracted the same zip first
+            if not (dest / WEIGHTS_NAME).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def package_pretrained(folder: str | Path, out_zip: str | Path) -> str:
+    """Zip a ``save_pretrained`` folder reproducibly; returns the zip's SHA-256.
+
+    Entries are the folder's ``config.json``, ``model.safetensors`` and ``MODEL_CARD.md`` (when
+    present), sorted, at the zip's root, with a fixed timestamp and mode: the same folder always
+    gives the same bytes, so the hash identifies the weights.
+    """
+    folder, out_zip = Path(folder), Path(out_zip)
+    for required in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (folder / required).is_file():
+            raise FileNotFoundError(f"{folder / required} not found: pass a folder written by save_pretrained()")
+    out_zip.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_zip.with_name(out_zip.name + ".part")
+    try:
+        with zipfile.ZipFile(tmp, "w") as zf:
+            for name in sorted(n for n in PRETRAINED_FILES if (folder / n).is_file()):
+                info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                info.create_system = 3  # unix, whatever the packaging machine
+                with open(folder / name, "rb") as src, zf.open(info, "w") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(tmp, out_zip)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return file_sha256(out_zip)
+
+
+# -- loading ----------------------------------------------------------------------------------
+def resolve_pretrained(source: str | Path, *, sha256: str | None = None, cache_dir: str | Path | None = None,
+                       index: str | Path | Mapping[str, Any] | None = None) -> Path:
+    """The local ``save_pretrained`` folder that ``source`` names, downloading and extracting as needed.
+
+    ``sha256`` verifies a zip (local or downloaded); for a named weight the index's hash is used
+    unless one is given.
+    """
+    text = str(source)
+    if text.startswith(_URL_SCHEMES):
+        return extract_pretrained(download_pretrained(text, cache_dir, sha256), cache_dir)
+    if "://" in text:
+        raise ValueError(f"{text!r}: only http://, https:// and file:// URLs are supported")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if sha256 is not None:
+            raise ValueError(f"sha256 verifies a zip, but {path} is a folder: package it with package_pretrained() "
+                             "and load the zip, or drop sha256")
+        return path
+    if path.is_file():
+        _check_sha256(path, sha256, str(path), delete=False)
+        return extract_pretrained(path, cache_dir)
+    weights = pretrained_index(index)
+    if text in weights:
+        entry = weights[text]
+        expected = sha256 or entry.get("sha256")
+        if expected is None:
+            warnings.warn(f"named weights {text!r} have no sha256 in the index yet: loading without verification",
+                          UserWarning, stacklevel=3)
+        return extract_pretrained(download_pretrained(entry["url"], cache_dir, expected), cache_dir)
+    if "/" in text or os.sep in text or text.endswith(".zip"):
+        raise FileNotFoundError(f"{text} not found: pass a folder written by save_pretrained() (`medaug fit` exports "
+                                "one to <run folder>/generator), its .zip, a URL or a named weight")
+    close = difflib.get_close_matches(text, weights, n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise FileNotFoundError(f"{text!r} is not a folder, a .zip file, an http(s)/file URL or a named weight.{hint} "
+                            f"Named weights: {', '.join(sorted(weights)) or 'none'}")
+
+
+def load_pretrained(source: str | Path, *, sha256: str | None = None, cache_dir: str | Path | None = None,
+                    map_location: str | torch.device = "cpu",
+                    index: str | Path | Mapping[str, Any] | None = None) -> GenerativeModule:
+    """Load a generator from a folder, a zip, a URL of a zip or a named weight (see the module doc).
+
+    Args:
+        source: what to load (see :func:`resolve_pretrained`).
+        sha256: expected SHA-256 of the zip; a mismatch raises ``ValueError`` (a downloaded file is
+            deleted).
+        cache_dir: where downloads and extracted zips are kept (default: :func:`cache_folder`).
+        map_location: device the weights are loaded onto.
+        index: another index of named weights (a JSON file or a mapping); default: the shipped one.
+
+    Returns:
+        The generator in eval mode, ready for ``sample``.
+    """
+    folder = resolve_pretrained(source, sha256=sha256, cache_dir=cache_dir, index=index)
+    model = load_generator(folder, map_location=map_location)
+    text = str(source)
+    if not Path(text).expanduser().exists() and not text.startswith(_URL_SCHEMES):  # a named weight
+        expected = pretrained_index(index)[text]["generator"]
+        if GENERATORS.name_of(model) != expected:
+            raise ValueError(f"named weights {text!r} should hold a {expected!r} generator but hold "
+                             f"{GENERATORS.name_of(model)!r}: the index entry is wrong")
+    return model

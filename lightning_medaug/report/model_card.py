@@ -1,0 +1,372 @@
+"""``MODEL_CARD.md`` for a shared generator: what it is, what it saw, how good it is, what not to do.
+
+Sections follow Mitchell et al., "Model Cards for Model Reporting" (FAT* 2019): model details,
+training data, training, evaluation, intended use and limitations, licence, and how to load it.
+Figures come only from files the library wrote (``config.json``, the run's ``metrics.json`` and
+``config.yaml``, and the ``metrics.json`` of ``medaug evaluate``); anything not recorded is
+written as "not recorded" or "not evaluated", never guessed.
+
+From the command line (``medaug card``)::
+
+    medaug card runs/cgan_pneumonia/version_0/generator --metrics eval/cgan/metrics.json --record-environment
+
+The run's ``config.yaml`` and ``metrics.json`` next to the generator folder are used when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from lightning_medaug.evaluation.output import REPORT_KIND
+from lightning_medaug.generative.base import CONFIG_NAME, load_generator
+from lightning_medaug.hub import CARD_NAME
+
+__all__ = ["DEFAULT_INTENDED_USE", "card_main", "read_evaluation", "training_environment",
+           "write_model_card"]
+
+DEFAULT_INTENDED_USE = (
+    "Research on synthetic data augmentation for medical image analysis: drawing synthetic images to add to, "
+    "or pre-train on before, the real training images of a downstream model, and studying such augmentation."
+)
+NOT_RECORDED = "not recorded"
+_FIDELITY_ROWS = (("fd", "Frechet distance", "lower"), ("kid_mean", "KID (mean)", "lower"),
+                  ("kid_std", "KID (std)", "-"), ("precision", "precision", "higher"),
+                  ("recall", "recall", "higher"), ("density", "density", "about 1"),
+                  ("coverage", "coverage", "higher"))
+_VERSIONED = ("lightning_medaug", "torch", "lightning", "monai", "diffusers", "numpy")
+
+_TEMPLATE = """\
+# Model card: {{ title }}
+
+A `{{ generator }}` generator of lightning-medaug ({{ class_path }}), saved with `save_pretrained`.
+
+## Model
+
+| | |
+|---|---|
+| generator | `{{ generator }}` |
+| class | `{{ class_path }}` |
+| parameters | {{ num_parameters }} |
+| saved by lightning-medaug | {{ library_version }} |
+
+Init arguments (`config.json`):
+
+| argument | value |
+|---|---|
+{% for key, value in init_args %}| `{{ key }}` | {{ value }} |
+{% endfor %}
+## Data
+
+| | |
+|---|---|
+{% for key, value in data %}| {{ key }} | {{ value }} |
+{% endfor %}
+## Training
+
+| | |
+|---|---|
+{% for key, value in training %}| {{ key }} | {{ value }} |
+{% endfor %}
+## Evaluation
+
+{% if evaluation %}From `medaug evaluate` ({{ evaluation.created }}): {{ evaluation.num_samples }} synthetic images \
+against as many real training images, in the {{ evaluation.features }} feature space \
+({{ evaluation.feature_dim }} dimensions). Only the distance to the floor (held-out real images against the same \
+training images) means something.
+
+| metric | better | synthetic vs real train | real held-out vs real train (floor) |
+|---|---|---|---|
+{% for row in evaluation.fidelity %}| {{ row | join(" | ") }} |
+{% endfor %}
+Memorization: a synthetic image counts as a copy when its nearest training image is at least as close as the \
+closest {{ evaluation.percentile }}% of held-out real images are to theirs (fresh samples score about \
+{{ evaluation.fresh_rate }}, copies 1).
+
+| space | copy rate | median ratio (synthetic / held-out NN distance) |
+|---|---|---|
+{% for row in evaluation.memorization %}| {{ row | join(" | ") }} |
+{% endfor %}{% if evaluation.privacy %}
+Privacy: trained with DP-SGD, {{ evaluation.privacy }}.
+{% endif %}{% else %}Not evaluated: no `medaug evaluate` report was given. Run `medaug evaluate` on a bank drawn from \
+this generator and write this card again before relying on it.
+{% endif %}
+## Intended use and limitations
+
+{{ intended_use }}
+
+* Not for diagnosis, treatment or any clinical decision, and not a substitute for real patient images in \
+validation or testing.
+* Synthetic images may reproduce training images. {{ copy_sentence }}
+* Generators trained on small sets can collapse to a few images per class; check diversity (precision/recall \
+above) before using samples.
+* Samples inherit the biases and the acquisition protocol of the training data described above.
+
+## Licence
+
+Weights: {{ license }}. Check that the training data's own licence allows sharing a model trained on it \
+({{ data_attribution }}).
+
+## How to load
+
+```python
+import torch
+from lightning_medaug.hub import load_pretrained
+
+model = load_pretrained("{{ load_source }}")  # a folder, its .zip, a URL of the zip or a named weight
+images = model.sample(16{{ sample_args }}, generator=torch.Generator().manual_seed(0))  # in [-1, 1]
+```
+"""
+
+
+# -- what the card reads ----------------------------------------------------------------------
+def _fmt(value: Any, missing: str = NOT_RECORDED) -> str:
+    """A table cell: floats to 4 significant digits, mappings inline, ``|`` escaped."""
+    if value is None or value == "":
+        return missing
+    if isinstance(value, float):
+        text = f"{value:.4g}" if math.isfinite(value) else str(value)
+    elif isinstance(value, Mapping):
+        text = ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        text = ", ".join(_fmt(v) for v in value)
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def training_environment() -> dict[str, Any]:
+    """This machine's CPU model, GPU name and library versions, for a card written where it trained."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    versions = {"python": platform.python_version()}
+    for package in _VERSIONED:
+        try:
+            versions[package] = version(package.replace("_", "-"))
+        except PackageNotFoundError:
+            continue
+    versions["torch"] = torch.__version__  # names the CUDA build, which the package metadata may not
+    if torch.version.cuda:
+        versions["cuda"] = torch.version.cuda
+    return {"hardware": {"cpu": cpu, "gpu": gpu or "none"}, "versions": versions}
+
+
+def read_evaluation(evaluation: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+    """The ``metrics.json`` of ``medaug evaluate`` (a mapping, the file, or its folder)."""
+    if not isinstance(evaluation, Mapping):
+        path = Path(evaluation)
+        path = path / "metrics.json" if path.is_dir() else path
+        try:
+            evaluation = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read the evaluation {path} ({err}); pass the metrics.json of `medaug evaluate`") \
+                from None
+    if not isinstance(evaluation, Mapping) or evaluation.get("kind") != REPORT_KIND:
+        raise ValueError("the evaluation is not a metrics.json written by `medaug evaluate` (its \"kind\" is not "
+                         f"{REPORT_KIND!r}); a run's own metrics.json goes to --training-log")
+    return dict(evaluation)
+
+
+def _evaluation_context(result: Mapping[str, Any]) -> dict[str, Any]:
+    fidelity, memo = result.get("fidelity") or {}, result.get("memorization") or {}
+    rows = [(name, better, _fmt(fidelity.get("synthetic", {}).get(key)), _fmt(fidelity.get("floor", {}).get(key)))
+            for key, name, better in _FIDELITY_ROWS]
+    memo_rows = [(space, _percent(memo[space].get("copy_rate")), _fmt(memo[space].get("median_ratio")))
+                 for space in ("pixel", "feature") if space in memo]
+    privacy = result.get("privacy")
+    percentile = memo.get("percentile", NOT_RECORDED)
+    return {
+        "created": result.get("created", NOT_RECORDED), "num_samples": fidelity.get("num_samples", NOT_RECORDED),
+        "features": str((result.get("extractor") or {}).get("name") or "none").replace("none", "pixel"),
+        "feature_dim": fidelity.get("feature_dim", NOT_RECORDED), "fidelity": rows, "memorization": memo_rows,
+        "percentile": _fmt(percentile), "fresh_rate": _fmt(percentile / 100) if isinstance(percentile, float | int)
+        else NOT_RECORDED,
+        "privacy": _fmt({k: privacy.get(k) for k in ("epsilon", "delta") if k in privacy}) if privacy else None,
+    }
+
+
+def _percent(value: Any) -> str:
+    return f"{value:.1%}" if isinstance(value, float | int) else NOT_RECORDED
+
+
+def _copy_sentence(result: Mapping[str, Any] | None) -> str:
+    if result is None:
+        return ("The copy rate was not measured: run `medaug evaluate` on a bank of this generator before sharing "
+                "its samples.")
+    memo = result.get("memorization") or {}
+    parts = [f"{memo[s]['copy_rate']:.1%} in {s} space" for s in ("pixel", "feature")
+             if isinstance((memo.get(s) or {}).get("copy_rate"), float | int)]
+    if not parts:
+        return "The evaluation holds no copy rate."
+    return (f"In the evaluation, the copy rate of {memo.get('num_synthetic', 'the')} synthetic images was "
+            f"{' and '.join(parts)} (fresh samples score about {memo.get('percentile', 1.0) / 100:g}); inspect the "
+            "closest pairs of the evaluation report before sharing samples.")
+
+
+# -- the card ---------------------------------------------------------------------------------
+def write_model_card(folder: str | Path, *, data: Mapping[str, Any], training: Mapping[str, Any],
+                     evaluation: Mapping[str, Any] | str | Path | None = None,
+                     intended_use: str = DEFAULT_INTENDED_USE, license: str = "Apache-2.0",
+                     load_source: str | None = None) -> Path:
+    """Write ``MODEL_CARD.md`` into a ``save_pretrained`` folder; returns its path.
+
+    Args:
+        folder: the generator folder (``config.json`` + ``model.safetensors``).
+        data: at least ``name``; also ``split``, ``size``, ``subset``, ``attribution`` and any
+            other facts, shown as given.
+        training: ``epochs``, ``steps``, ``wall_time_s``, ``hardware`` (e.g. from
+            :func:`training_environment`), ``precision``, ``versions`` and any other facts.
+        evaluation: the ``metrics.json`` of ``medaug evaluate`` (mapping, file or folder);
+            ``None`` writes "not evaluated".
+        intended_use: the intended use paragraph; the limitations are always written.
+        license: the weights' licence.
+        load_source: what the loading example passes to ``load_pretrained`` (default: the folder).
+    """
+    folder = Path(folder)
+    if not data.get("name"):
+        raise ValueError("data needs a 'name' (the training data set, e.g. 'pneumoniamnist')")
+    model = load_generator(folder)  # validates the folder and counts the parameters of what was saved
+    config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    result = read_evaluation(evaluation) if evaluation is not None else None
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    data_rows = [(k, _fmt(data.get(k))) for k in ("name", "split", "size", "subset", "attribution")]
+    data_rows += [(str(k), _fmt(v)) for k, v in data.items() if k not in dict(data_rows)]
+    wall = training.get("wall_time_s")
+    train_rows = [("epochs", _fmt(training.get("epochs"))), ("optimizer steps", _fmt(training.get("steps"))),
+                  ("wall time", f"{wall / 60:.1f} min" if isinstance(wall, float | int) else NOT_RECORDED),
+                  ("hardware", _fmt(training.get("hardware"))), ("precision", _fmt(training.get("precision"))),
+                  ("library versions", _fmt(training.get("versions")))]
+    known = {"epochs", "steps", "wall_time_s", "hardware", "precision", "versions"}
+    train_rows += [(str(k), _fmt(v)) for k, v in training.items() if k not in known]
+    num_classes = config["init_args"].get("num_classes", 0)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    text = env.from_string(_TEMPLATE).render(
+        title=f"{config['generator']} on {data['name']}", generator=config["generator"],
+        class_path=f"{type(model).__module__}.{type(model).__qualname__}",
+        num_parameters=f"{total:,} ({trainable:,} trainable; EMA copies are not trained)"
+        if total != trainable else f"{total:,}",
+        library_version=config.get("library_version", NOT_RECORDED),
+        init_args=[(k, _fmt(v, missing="None")) for k, v in sorted(config["init_args"].items())], data=data_rows,
+        training=train_rows, evaluation=_evaluation_context(result) if result else None,
+        intended_use=intended_use.strip(), copy_sentence=_copy_sentence(result), license=license,
+        data_attribution=_fmt(data.get("attribution")) if data.get("attribution") else "attribution not recorded",
+        load_source=load_source or folder.as_posix(),
+        sample_args=", labels=torch.tensor([0, 1] * 8)" if num_classes >= 2 else "",
+    )
+    path = folder / CARD_NAME
+    tmp = path.with_name(CARD_NAME + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+# -- command line -----------------------------------------------------------------------------
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read the run config {path} ({err})") from None
+
+
+def _medmnist_facts(name: str, split: str, subset: Any) -> dict[str, Any]:
+    """Attribution and split size of a MedMNIST set, from ``medmnist.info``; empty for other data."""
+    from medmnist.info import HOMEPAGE, INFO
+
+    info = INFO.get(str(name).lower())
+    if info is None:
+        return {}
+    facts: dict[str, Any] = {"attribution": f"{info['python_class']} of MedMNIST v2 (Yang et al., Scientific Data "
+                                            f"2023, {HOMEPAGE}), licence {info['license']}"}
+    if subset is None:
+        facts["size"] = info["n_samples"].get(split)
+    elif isinstance(subset, int) and not isinstance(subset, bool):
+        facts["size"] = subset * len(info["label"])  # an int subset is that many samples per class
+    return facts
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medaug card", description="Write MODEL_CARD.md into a save_pretrained folder.")
+    p.add_argument("folder", type=Path, help="generator folder (config.json + model.safetensors)")
+    p.add_argument("--data-name", help="training data set (default: data.init_args.name of the run config)")
+    p.add_argument("--data-split", default="train")
+    p.add_argument("--data-size", type=int, help="number of training images")
+    p.add_argument("--data-subset", help="subset of the split that was used")
+    p.add_argument("--attribution", help="data source and its licence (MedMNIST sets are filled in)")
+    p.add_argument("--metrics", type=Path, help="metrics.json (or folder) of `medaug evaluate`")
+    p.add_argument("--training-log", type=Path, help="the run's metrics.json (default: FOLDER/../metrics.json)")
+    p.add_argument("--config", type=Path, help="the run's config.yaml (default: FOLDER/../config.yaml)")
+    p.add_argument("--wall-time", type=float, help="training wall time in seconds")
+    p.add_argument("--record-environment", action="store_true",
+                   help="record this machine's CPU/GPU and library versions (write the card where it trained)")
+    p.add_argument("--intended-use", default=DEFAULT_INTENDED_USE)
+    p.add_argument("--license", default="Apache-2.0")
+    p.add_argument("--load-source", help="what the loading example passes to load_pretrained")
+    return p
+
+
+def card_main(argv: Sequence[str] | None = None) -> int:
+    """``medaug card FOLDER ...``: write the card, print its path; returns the exit code."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    run = args.folder.resolve().parent
+    config_path = args.config or (run / "config.yaml" if (run / "config.yaml").is_file() else None)
+    config = _read_yaml(config_path) if config_path else {}
+    log_path = args.training_log
+    if log_path is None and (run / "metrics.json").is_file():
+        candidate = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        log_path = run / "metrics.json" if candidate.get("kind") != REPORT_KIND else None
+    log = json.loads(log_path.read_text(encoding="utf-8")) if log_path else {}
+    data_args = ((config.get("data") or {}).get("init_args") or {}) if isinstance(config.get("data"), Mapping) else {}
+    name = args.data_name or data_args.get("name")
+    if not name:
+        raise ValueError("pass --data-name: no run config.yaml with data.init_args.name was found next to the folder")
+    subset = args.data_subset if args.data_subset is not None else data_args.get("subset")
+    data = {"name": name, "split": args.data_split, "size": args.data_size, "subset": subset,
+            "attribution": args.attribution}
+    for key, value in _medmnist_facts(name, args.data_split, data_args.get("subset")).items():
+        data[key] = data[key] if data[key] is not None else value
+    if data_args.get("size"):
+        data["image size"] = data_args["size"]
+    fit = log.get("fit") or {}
+    trainer = config.get("trainer") or {}
+    training: dict[str, Any] = {"epochs": log.get("epochs", fit.get("epochs")),
+                                "steps": log.get("steps", fit.get("global_step")),
+                                "wall_time_s": args.wall_time or log.get("wall_time_s"),
+                                "precision": log.get("precision", trainer.get("precision"))}
+    for key in ("hardware", "versions"):
+        if key in log:
+            training[key] = log[key]
+    if args.record_environment:
+        training.update(training_environment())
+    if config.get("seed_everything") is not None:
+        training["seed"] = config["seed_everything"]
+    path = write_model_card(args.folder, data=data, training=training, evaluation=args.metrics,
+                            intended_use=args.intended_use, license=args.license, load_source=args.load_source)
+    used = ", ".join(str(p) for p in (config_path, log_path, args.metrics) if p) or "no run files"
+    print(f"model card written to {path} (from {used})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(card_main())
