@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.generative.diffaugment import DiffAugment
 from lightning_medaug.generative.gan import manual_step
 from lightning_medaug.generative.gan_networks import DCGANDiscriminator
@@ -96,15 +95,6 @@ class AdversarialVAE(VAE):
                 self._adam(self.decoder_parameters(), self.hparams.lr)]
 
     # -- training -----------------------------------------------------------------------------------
-    def _read_batch(self, batch: Any) -> tuple[Tensor, Tensor | None]:
-        image, label, _ = unpack_batch(batch)
-        if tuple(image.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"{type(self).__name__} expects images of shape (N, {', '.join(map(str, self.image_shape))}), "
-                f"got {tuple(image.shape)}: set spatial_dims, in_channels and image_size to match the data"
-            )
-        return image, self._labels_for(label)
-
     def _reparameterise(self, image: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
         """A posterior sample ``z`` (gradients reach the encoder) and each image's KL, shape (n,)."""
         mu, sigma = self.posterior(image, labels)
@@ -126,7 +116,7 @@ class AdversarialVAE(VAE):
         raise NotImplementedError
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        image, labels = self._read_batch(batch)
+        image, labels = self.read_batch(batch)
         figures = self.adversarial_step(image, labels)
         self.log_dict({f"train/{k}": v for k, v in figures.items()}, batch_size=image.shape[0])
         # ``train/loss`` is the generator's loss, as for the GANs: what FiniteLossGuard watches.

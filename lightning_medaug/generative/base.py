@@ -116,6 +116,24 @@ class GenerativeModule(L.LightningModule):
             raise ValueError(f"{type(self).__name__} is mask-conditional: pass masks of shape {(n,) + self.mask_shape}")
         return labels, masks
 
+    def read_batch(self, batch: Any) -> tuple[Tensor, Tensor | None]:
+        """Images and, for class-conditional models, labels of a training batch (any layout
+        :func:`~lightning_medaug.data.batch.unpack_batch` reads), checked against this model's shape."""
+        from lightning_medaug.data.batch import unpack_batch
+
+        images, labels, _ = unpack_batch(batch)
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"{type(self).__name__} expects images of shape (N, {', '.join(map(str, self.image_shape))}), "
+                f"got {tuple(images.shape)}: set spatial_dims, in_channels and image_size to match the data"
+            )
+        if self.num_classes == 0:
+            return images, None
+        if labels is None:
+            raise ValueError(f"{type(self).__name__} has num_classes={self.num_classes} and needs a 'label' in every "
+                             "batch; use a data module with labels or set num_classes=0")
+        return images, labels.to(images.device)
+
     # -- saving and loading --------------------------------------------------------------------
     def generator_config(self) -> dict[str, Any]:
         """What ``config.json`` holds: the registered name and the init arguments."""

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.generative.diffaugment import DiffAugment
 from lightning_medaug.generative.ema import EMA
@@ -148,19 +147,6 @@ class GAN(GenerativeModule):
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr_d, betas=betas)
         return [opt_g, opt_d]
 
-    def _read_batch(self, batch: Any) -> tuple[Tensor, Tensor | None]:
-        images, labels, _ = unpack_batch(batch)
-        if tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"{type(self).__name__} expects images of shape (N, {', '.join(map(str, self.image_shape))}), "
-                f"got {tuple(images.shape)}: set spatial_dims, in_channels and image_size to match the data"
-            )
-        if self.num_classes == 0:
-            return images, None
-        if labels is None:
-            raise ValueError(f"{type(self).__name__} is class-conditional: the batches need a 'label' entry")
-        return images, labels.to(images.device)
-
     def _latent(self, n: int) -> Tensor:
         return torch.randn(n, self.hparams.latent_dim, device=self.device)
 
@@ -194,7 +180,7 @@ class GAN(GenerativeModule):
         return loss.detach()
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        images, labels = self._read_batch(batch)
+        images, labels = self.read_batch(batch)
         loss_d = self.discriminator_step(images, labels)
         self.log("train/loss_d", loss_d, prog_bar=True)
         self._critic_steps += 1

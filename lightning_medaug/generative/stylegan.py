@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.generative.ada import AdaptiveAugment
 from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.generative.ema import EMA
@@ -127,19 +126,6 @@ class StyleGAN2(GenerativeModule):
                 self._adam(self.discriminator.parameters(), hp.lr_d, d_interval)]
 
     # -- pieces of a step --------------------------------------------------------------------------
-    def _read_batch(self, batch: Any) -> tuple[Tensor, Tensor | None]:
-        images, labels, _ = unpack_batch(batch)
-        if tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"StyleGAN2 expects images of shape (N, {', '.join(map(str, self.image_shape))}), got "
-                f"{tuple(images.shape)}: set spatial_dims, in_channels and image_size to match the data"
-            )
-        if self.num_classes == 0:
-            return images, None
-        if labels is None:
-            raise ValueError("StyleGAN2 with num_classes > 0 is class-conditional: the batches need a 'label' entry")
-        return images, labels.to(images.device)
-
     def mixed_styles(self, n: int, labels: Tensor | None) -> Tensor:
         """ws for ``n`` fresh latents; with ``style_mixing_prob`` the layers from a random cutoff on
         take the w of a second latent (Karras et al. 2019, mixing regularisation)."""
@@ -212,7 +198,7 @@ class StyleGAN2(GenerativeModule):
         return logs
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        images, labels = self._read_batch(batch)
+        images, labels = self.read_batch(batch)
         # global_step counts two optimiser steps per batch and is checkpointed, so the lazy
         # regularisers keep their rhythm across a resumed run.
         batch_number = self.global_step // 2 + 1
