@@ -132,11 +132,11 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real definitions
     from lightning_medaug.evaluation import evaluate_bank
     from lightning_medaug.generative import GenerativeModule, load_generator
     from lightning_medaug.generative.finetune import FineTuneFrom
-    from lightning_medaug.hub import load_pretrained, package_pretrained
     from lightning_medaug.generative.privacy import (
         DifferentialPrivacy,
         load_privacy_report,
     )
+    from lightning_medaug.hub import load_pretrained, package_pretrained
     from lightning_medaug.metrics import (
         DomainFeatureExtractor,
         FrechetDistance,

@@ -82,7 +82,12 @@ def read_mask_folder(folder: str | Path, spatial_dims: int, image_size: int,
     Read like :class:`~lightning_medaug.data.FolderDataModule` reads masks: SimpleITK, one channel,
     foreground where ``value > threshold * max``, resized (nearest) to ``image_size``.
     """
-    from lightning_medaug.data.imageio import image_to_array, read_image, resize, scan_folder
+    from lightning_medaug.data.imageio import (
+        image_to_array,
+        read_image,
+        resize,
+        scan_folder,
+    )
 
     files = scan_folder(Path(folder))
     if not files:

@@ -24,8 +24,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor

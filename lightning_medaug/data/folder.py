@@ -42,6 +42,7 @@ from lightning_medaug.data.medmnist import DATA_ENV_VAR, shipped_datasets_dir
 from lightning_medaug.data.split_module import SplitDataModule
 from lightning_medaug.data.splits import check_subset, holdout_split, stratified_subset
 from lightning_medaug.hparams import save_own_hyperparameters
+from lightning_medaug.validation import check_loader_args
 
 __all__ = ["Geometry", "FolderDataset", "FolderDataModule", "read_image"]
 
@@ -114,12 +115,7 @@ class FolderDataModule(SplitDataModule):
             if frac is not None and not 0.0 <= frac < 1.0:
                 raise ValueError(f"{name}_fraction must be in [0, 1), got {frac}")
         subset = check_subset(subset)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        if train_transforms is not None and not callable(train_transforms):
-            raise ValueError(f"train_transforms must be callable, got {type(train_transforms).__name__}")
+        check_loader_args(batch_size, num_workers, train_transforms)
         save_own_hyperparameters(self, ignore=["train_transforms"])
         env = os.environ.get(DATA_ENV_VAR)
         default = Path(env).expanduser() / "isbi2012-em" if env else shipped_datasets_dir() / "isbi2012_em"

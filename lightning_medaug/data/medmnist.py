@@ -36,6 +36,7 @@ from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY
 from lightning_medaug.data.split_module import SplitDataModule
 from lightning_medaug.data.splits import check_subset, stratified_subset
 from lightning_medaug.hparams import save_own_hyperparameters
+from lightning_medaug.validation import check_loader_args
 
 __all__ = ["MEDMNIST_SIZES", "MedMNISTInfo", "medmnist_info", "MedMNISTDataset", "MedMNISTDataModule", "download_file"]
 
@@ -206,12 +207,7 @@ class MedMNISTDataModule(SplitDataModule):
         if subset is not None:
             if isinstance(subset, int) and info.task == _MULTI_LABEL:
                 raise ValueError(f"{name} is multi-label: samples per class is undefined, pass subset as a fraction")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        if train_transforms is not None and not callable(train_transforms):
-            raise ValueError(f"train_transforms must be callable, got {type(train_transforms).__name__}")
+        check_loader_args(batch_size, num_workers, train_transforms)
         save_own_hyperparameters(self, ignore=["train_transforms"])
         self.info = info
         self.url, self.md5 = url or info.url, md5 or info.md5

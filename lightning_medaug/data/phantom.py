@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY, MASK_KEY
 from lightning_medaug.data.split_module import SplitDataModule
 from lightning_medaug.hparams import save_own_hyperparameters
+from lightning_medaug.validation import check_at_least, check_loader_args
 
 __all__ = ["PhantomDataset", "PhantomDataModule", "make_phantoms"]
 
@@ -124,13 +125,9 @@ class PhantomDataModule(SplitDataModule):
                  num_val: int = 64, num_test: int = 64, batch_size: int = 32, num_workers: int = 0, seed: int = 0,
                  style: str = "mr", with_masks: bool = True):
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        for split, count in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
-            if count < 1:  # checked here, not first at setup(), so a bad recipe fails when it is built
-                raise ValueError(f"{split} must be at least 1, got {count}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        check_loader_args(batch_size, num_workers, None)
+        # checked here, not first at setup(), so a bad recipe fails when it is built
+        check_at_least(1, num_train=num_train, num_val=num_val, num_test=num_test)
         make_phantoms(1, spatial_dims, image_size, num_classes, seed, style)  # validates the arguments
         save_own_hyperparameters(self)
         self.spatial_dims, self.image_size, self.num_classes = spatial_dims, image_size, num_classes

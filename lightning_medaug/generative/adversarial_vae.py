@@ -32,6 +32,7 @@ from lightning_medaug.generative.gan import manual_step
 from lightning_medaug.generative.gan_networks import DCGANDiscriminator
 from lightning_medaug.generative.vae import VAE, reconstruction_loss
 from lightning_medaug.registry import register_generator
+from lightning_medaug.validation import check_adam_betas
 
 __all__ = ["VAEGAN", "AdversarialVAE", "IntroVAE", "kl_per_sample"]
 
@@ -69,8 +70,7 @@ class AdversarialVAE(VAE):
     def __init__(self, beta1: float = 0.5, beta2: float = 0.999, gradient_clip_val: float | None = None,
                  **kwargs: Any):
         super().__init__(**kwargs)
-        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
-            raise ValueError(f"Adam betas must lie in [0, 1), got beta1={beta1}, beta2={beta2}")
+        check_adam_betas(beta1, beta2)
         if gradient_clip_val is not None and gradient_clip_val <= 0:
             raise ValueError(f"gradient_clip_val must be positive or None, got {gradient_clip_val}")
         self.automatic_optimization = False

@@ -29,6 +29,7 @@ from lightning_medaug.generative.diffaugment import DiffAugment
 from lightning_medaug.generative.ema import EMA
 from lightning_medaug.generative.gan_networks import DCGANDiscriminator, DCGANGenerator
 from lightning_medaug.registry import register_generator
+from lightning_medaug.validation import check_adam_betas, check_at_least, check_positive
 
 __all__ = ["DCGAN", "GAN", "WGANGP", "ConditionalGAN", "input_gradients", "manual_step"]
 
@@ -96,16 +97,10 @@ class GAN(GenerativeModule):
                  gradient_clip_val: float | None = None):
         super().__init__(spatial_dims, in_channels, image_size, num_classes)
         self.save_hyperparameters()
-        for name, value in (("latent_dim", latent_dim), ("generator_channels", generator_channels),
-                            ("discriminator_channels", discriminator_channels), ("embed_dim", embed_dim),
-                            ("n_critic", n_critic)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        for name, value in (("lr_g", lr_g), ("lr_d", lr_d)):
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
-            raise ValueError(f"Adam betas must lie in [0, 1), got beta1={beta1}, beta2={beta2}")
+        check_at_least(1, latent_dim=latent_dim, generator_channels=generator_channels,
+                       discriminator_channels=discriminator_channels, embed_dim=embed_dim, n_critic=n_critic)
+        check_positive(lr_g=lr_g, lr_d=lr_d)
+        check_adam_betas(beta1, beta2)
         if r1_gamma < 0:
             raise ValueError(f"r1_gamma must be 0 (off) or positive, got {r1_gamma}")
         if not 0.0 <= label_smoothing < 0.5:

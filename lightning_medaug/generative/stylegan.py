@@ -31,6 +31,7 @@ from lightning_medaug.generative.stylegan_networks import (
     StyleGAN2Generator,
 )
 from lightning_medaug.registry import register_generator
+from lightning_medaug.validation import check_adam_betas, check_at_least, check_positive
 
 __all__ = ["StyleGAN2"]
 
@@ -81,17 +82,11 @@ class StyleGAN2(GenerativeModule):
                  gradient_clip_val: float | None = None):
         super().__init__(spatial_dims, in_channels, image_size, num_classes)
         self.save_hyperparameters()
-        for name, value in (("latent_dim", latent_dim), ("w_dim", w_dim), ("mapping_layers", mapping_layers),
-                            ("embed_dim", embed_dim), ("channel_base", channel_base), ("channel_max", channel_max),
-                            ("r1_interval", r1_interval), ("pl_interval", pl_interval),
-                            ("pl_batch_shrink", pl_batch_shrink), ("mbstd_group_size", mbstd_group_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        for name, value in (("lr_g", lr_g), ("lr_d", lr_d)):
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
-            raise ValueError(f"Adam betas must lie in [0, 1), got beta1={beta1}, beta2={beta2}")
+        check_at_least(1, latent_dim=latent_dim, w_dim=w_dim, mapping_layers=mapping_layers, embed_dim=embed_dim,
+                       channel_base=channel_base, channel_max=channel_max, r1_interval=r1_interval,
+                       pl_interval=pl_interval, pl_batch_shrink=pl_batch_shrink, mbstd_group_size=mbstd_group_size)
+        check_positive(lr_g=lr_g, lr_d=lr_d)
+        check_adam_betas(beta1, beta2)
         for name, value in (("r1_gamma", r1_gamma), ("pl_weight", pl_weight)):
             if value < 0:
                 raise ValueError(f"{name} must be 0 (off) or positive, got {value}")
