@@ -244,3 +244,27 @@ def test_bad_input_is_one_line_and_exit_code_2(dp_bank, tmp_path, capsys):
     assert {p.name for p in tmp_path.iterdir()} == {"file", "other"}  # no report, whole or half, was written
     with pytest.raises(ValueError, match="empty"):
         evaluate_bank([], PhantomDataModule(**DATA["init_args"]).train_dataset, [], tmp_path / "o10")
+
+
+def _browser():
+    import shutil
+
+    return next((p for n in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(n))), None)
+
+
+@pytest.mark.skipif(_browser() is None, reason="needs a Chromium/Chrome binary (apt-get install chromium)")
+def test_report_renders_in_a_headless_browser(dp_bank, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "report"
+    assert _evaluate("--bank", str(dp_bank["bank"]), "--data", str(dp_bank["data"]), "--extractor", "none",
+                     "--out", str(out)) == 0
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "report_screenshot.py"
+    done = subprocess.run([sys.executable, str(script), str(out), "--out", str(tmp_path / "shot.png"),
+                           "--height", "3000"], capture_output=True, text=True, encoding="utf-8", errors="replace",
+                          timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-1500:] + done.stdout[-500:]
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    # the page shows its tables and inlined figures: well above a blank page's share of ink
+    assert record["renders"] and record["content_fraction"] > 0.05, record
