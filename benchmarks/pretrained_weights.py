@@ -6,7 +6,7 @@ For each recipe named on the command line (``recipes/<name>.yaml``), in order an
 1. ``medaug fit`` the recipe (its run lands in ``OUT/runs/``; the wall time is recorded);
 2. ``medaug generate`` a bank from the exported generator, with the training split's class
    shares (``--labels proportional``);
-3. ``medaug evaluate`` the bank against the recipe's data: Frechet distance / KID /
+3. ``medaug evaluate`` the bank against the recipe's data (its whole training split): Frechet distance / KID /
    precision / recall on the domain feature extractor beside the real-vs-real floor, and the
    copy rate of the memorization check;
 4. ``medaug card`` writes ``MODEL_CARD.md`` into the generator folder from those figures;
@@ -70,6 +70,18 @@ def class_shares(recipe: Path, root: str | None) -> str | None:
     return ",".join(f"{k}:{c / counts.sum():.4f}" for k, c in enumerate(counts))
 
 
+def evaluation_data(recipe: Path) -> str:
+    """The recipe's data module on its whole training split (inline YAML): generators trained on a
+    subset (few-shot, single-image) are still compared with the whole real distribution, and the
+    domain feature extractor, cached by data, is trained once for every recipe."""
+    import yaml
+
+    data = dict(yaml.safe_load(recipe.read_text(encoding="utf-8"))["data"])
+    init = {k: v for k, v in (data.get("init_args") or {}).items() if k not in ("subset", "subset_seed")}
+    init["batch_size"] = max(int(init.get("batch_size", 128)), 128)
+    return json.dumps({"class_path": data["class_path"], "init_args": init})
+
+
 def produce(name: str, args: argparse.Namespace) -> dict[str, Any]:
     recipe = REPO / "recipes" / f"{name}.yaml"
     if not recipe.is_file():
@@ -99,7 +111,8 @@ def produce(name: str, args: argparse.Namespace) -> dict[str, Any]:
         medaug("generate", "--model", str(generator), "--num-samples", str(args.num_samples), *labels,
                "--out", str(bank), "--no-progress")
     if not (report / "metrics.json").is_file():
-        medaug("evaluate", "--bank", str(bank), "--data", str(recipe), "--out", str(report), "--no-progress")
+        medaug("evaluate", "--bank", str(bank), "--data", evaluation_data(recipe), "--out", str(report),
+               "--no-progress")
     card = ["card", str(generator), "--metrics", str(report / "metrics.json"), "--record-environment",
             "--load-source", f"{name}.zip"]
     medaug(*card, *(["--wall-time", f"{seconds:.0f}"] if seconds else []))

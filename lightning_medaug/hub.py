@@ -15,18 +15,19 @@ and weights are read with safetensors, so loading never runs code from the file.
 
 Adding a named weight:
 
-1. train it and write its folder (``medaug fit`` does, into ``<run>/generator``), evaluate a bank
-   of it (``medaug evaluate``) and write its card (``medaug card <folder> ...``);
-2. ``sha = package_pretrained(folder, "<name>.zip")`` and publish the zip at a stable URL
-   (e.g. a GitHub release asset);
+1. ``python benchmarks/pretrained_weights.py <recipe>`` trains the recipe, evaluates a bank of
+   its generator, writes the model card and packages the folder (``package_pretrained``) into a
+   zip, printing its SHA-256;
+2. ship the zip: small ones (a few MB) go into ``lightning_medaug/pretrained/`` and the entry
+   names it with ``"file"`` (relative to the index); larger ones are published at a stable URL
+   (e.g. a release asset) and named with ``"url"``;
 3. add an entry to ``pretrained_index.json`` under ``"weights"``::
 
-       "cgan-pneumoniamnist-28": {"url": "https://.../cgan-pneumoniamnist-28.zip", "sha256": "<sha>",
-                                  "generator": "cgan", "card": "one line: data, size, what it is for"}
+       "cvae-pneumoniamnist-28": {"file": "pretrained/cvae-pneumoniamnist-28.zip", "sha256": "<sha>",
+                                  "generator": "cvae", "card": "one line: data, size, what it is for"}
 
-   ``sha256`` may stay ``null`` while the file is not published yet; such an entry loads without
-   verification (and warns) once its URL answers. ``generator`` must be the registered name in
-   the zip's ``config.json``.
+   ``generator`` must be the registered name in the zip's ``config.json``; an entry without
+   ``sha256`` loads with a warning and no verification.
 """
 
 from __future__ import annotations
@@ -110,10 +111,15 @@ def pretrained_index(index: str | Path | Mapping[str, Any] | None = None) -> dic
     weights = index.get("weights") if isinstance(index, Mapping) else None
     if not isinstance(weights, Mapping):
         raise ValueError(f"{where} has no \"weights\" mapping; see lightning_medaug/hub.py for the layout")
+    folder = Path.cwd() if isinstance(index, Mapping) and where == "the index" else Path(where).parent
+    resolved = {}
     for name, entry in weights.items():
-        if not isinstance(entry, Mapping) or not {"url", "generator"} <= set(entry):
-            raise ValueError(f"{where}: entry {name!r} needs at least \"url\" and \"generator\"")
-    return {name: dict(entry) for name, entry in weights.items()}
+        if not isinstance(entry, Mapping) or "generator" not in entry or not ({"url", "file"} & set(entry)):
+            raise ValueError(f"{where}: entry {name!r} needs \"generator\" and a \"url\" or a \"file\"")
+        resolved[name] = dict(entry)
+        if "file" in entry:  # a zip shipped beside the index (inside the package), no download
+            resolved[name]["file"] = str(folder / entry["file"])
+    return resolved
 
 
 def list_pretrained(index: str | Path | Mapping[str, Any] | None = None) -> list[str]:
@@ -303,6 +309,9 @@ def resolve_pretrained(source: str | Path, *, sha256: str | None = None, cache_d
         if expected is None:
             warnings.warn(f"named weights {text!r} have no sha256 in the index yet: loading without verification",
                           UserWarning, stacklevel=3)
+        if "file" in entry:
+            _check_sha256(Path(entry["file"]), expected, text, delete=False)
+            return extract_pretrained(Path(entry["file"]), cache_dir)
         return extract_pretrained(download_pretrained(entry["url"], cache_dir, expected), cache_dir)
     if "/" in text or os.sep in text or text.endswith(".zip"):
         raise FileNotFoundError(f"{text} not found: pass a folder written by save_pretrained() (`medaug fit` exports "

@@ -188,16 +188,28 @@ def test_named_weights_from_an_index(pretrained, tmp_path):
         load_pretrained("vae-offline", cache_dir=tmp_path, index=index)
     with pytest.raises(FileNotFoundError, match="Did you mean 'vae-tiny'"):
         load_pretrained("vae-tiyn", cache_dir=tmp_path, index=index)
-    with pytest.raises(ValueError, match="needs at least"):
+    with pytest.raises(ValueError, match='needs "generator" and a "url" or a "file"'):
         pretrained_index({"weights": {"x": {"url": "https://x"}}})
+    # a zip shipped beside the index: no download, same SHA-256 check
+    shipped = {"weights": {"vae-file": {"file": str(zip_path.resolve()), "sha256": sha, "generator": "vae"},
+                           "vae-file-bad": {"file": str(zip_path.resolve()), "sha256": "0" * 64, "generator": "vae"}}}
+    assert torch.equal(samples(load_pretrained("vae-file", cache_dir=tmp_path, index=shipped)), samples(model))
+    with pytest.raises(ValueError, match="SHA-256 mismatch for vae-file-bad"):
+        load_pretrained("vae-file-bad", cache_dir=tmp_path, index=shipped)
+    assert zip_path.is_file()  # a shipped file is never deleted
 
 
-def test_shipped_index_is_well_formed():
+def test_shipped_index_is_well_formed(tmp_path):
     raw = json.loads(Path(__file__).parents[1].joinpath("lightning_medaug", "pretrained_index.json").read_text(encoding="utf-8"))
     names = list_pretrained()
     assert names and names == sorted(raw["weights"])
     for name, entry in pretrained_index().items():
-        assert entry["url"].startswith("https://") and entry["url"].endswith(".zip"), name
         assert entry["generator"] in GENERATORS, name
         assert entry["card"].strip(), name
-        assert entry["sha256"] is None or len(entry["sha256"]) == 64, name
+        if "file" in entry:  # shipped in the package: present, verified, and it loads
+            assert Path(entry["file"]).is_file() and entry["sha256"] == file_sha256(Path(entry["file"])), name
+            model = load_pretrained(name, cache_dir=tmp_path)
+            assert GENERATORS.name_of(model) == entry["generator"], name
+        else:
+            assert entry["url"].startswith("https://") and entry["url"].endswith(".zip"), name
+            assert entry["sha256"] is None or len(entry["sha256"]) == 64, name
