@@ -63,6 +63,12 @@ def median_ms_per_sample(run: Callable[[], object], n: int, repeats: int) -> flo
 
 def ddim_vs_pipeline(image_size: int, batch: int, steps: int, repeats: int, channels: tuple[int, ...]) -> dict:
     model = DDPM(image_size=image_size, channels=channels).eval()
+    # A fresh UNet's last convolution is zero (it predicts 0 whatever it gets), which would make the
+    # same-images check below pass for any network: give every weight small random values first.
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.02 * torch.randn(param.shape, generator=generator))
     wrapped = WrappedUNet(sample_size=image_size, in_channels=1)
     wrapped.ddpm = model
     pipe = DDIMPipeline(unet=wrapped, scheduler=build_sampler("ddim", model.schedule))

@@ -167,6 +167,8 @@ class DiffusionGenerator(GenerativeModule):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         net = self.ema.module if self.ema is not None else self.unet
+        # prepared once for the whole loop (channels-last on the CPU), see TimestepUNet.for_sampling
+        net = net.for_sampling() if isinstance(net, TimestepUNet) else net
         chunks = []
         with torch.inference_mode():
             for start in range(0, n, batch_size):
@@ -176,7 +178,8 @@ class DiffusionGenerator(GenerativeModule):
                     self.sample_condition(None if masks is None else masks[part]), generator, sampler, steps, scale,
                 ))
             out = torch.cat(chunks)
-        return out.clone()  # leaves inference mode: usable in autograd graphs downstream
+        # leaves inference mode (usable in autograd graphs downstream), in the usual NCHW layout
+        return out.clone(memory_format=torch.contiguous_format)
 
     def _sample_batch(self, net: nn.Module, n: int, labels: Tensor | None, cond: Tensor | None,
                       generator: torch.Generator | None, sampler: str, steps: int, scale: float) -> Tensor:
