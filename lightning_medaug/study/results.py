@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lightning_medaug.study.runner import Study
 
-__all__ = ["summarize", "write_results"]
+__all__ = ["compare_arms", "summarize", "write_results"]
 
 
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -85,6 +85,47 @@ def _plot_ratio(rows: list[dict[str, Any]], metric: str, path: Path) -> bool:
     return True
 
 
+def compare_arms(results: list[dict[str, Any]], targets: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Per fraction: the best arm with synthetic data against ``real``, and the best ``classic_mix``
+    arm against ``classic``, as differences of means and per-seed paired differences (same subset,
+    same seed). ``targets`` (``{"over_real": 0.03, "over_classic": 0.01}``) marks each met or missed."""
+    by_cell = {(r["fraction"], r["arm"], r["seed"]): r["value"] for r in results}
+    rows = summarize(results)
+    out = []
+    for fraction in sorted({r["fraction"] for r in rows}):
+        here = [r for r in rows if r["fraction"] == fraction]
+        for baseline, pool, key in (("real", [r for r in here if r["generator"]], "over_real"),
+                                    ("classic", [r for r in here if r["arm"].startswith("classic_mix_")],
+                                     "over_classic")):
+            base = next((r for r in here if r["arm"] == baseline), None)
+            if base is None or not pool:
+                continue
+            best = max(pool, key=lambda r: r["mean"])
+            seeds = sorted(s for (f, a, s) in by_cell if f == fraction and a == best["arm"]
+                           and (f, baseline, s) in by_cell)
+            paired = [by_cell[(fraction, best["arm"], s)] - by_cell[(fraction, baseline, s)] for s in seeds]
+            delta = best["mean"] - base["mean"]
+            target = (targets or {}).get(key)
+            out.append({"fraction": fraction, "baseline": baseline, "best_arm": best["arm"], "delta": delta,
+                        "paired": dict(zip(seeds, paired)), "wins": sum(d > 0 for d in paired), "target": target,
+                        "met": None if target is None else delta >= target})
+    return out
+
+
+def _comparison_table(comparisons: list[dict[str, Any]]) -> str:
+    if not comparisons:
+        return "No arm with synthetic data has finished beside its baseline yet."
+    lines = ["| fraction | best arm with synthetic data | vs | difference of means | per seed (paired) | "
+             "target | met |", "|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        paired = ", ".join(f"s{s}: {d:+.4f}" for s, d in c["paired"].items())
+        target = "-" if c["target"] is None else f">= {c['target']:+.3f}"
+        met = "-" if c["met"] is None else ("yes" if c["met"] else "**no**")
+        lines.append(f"| {c['fraction']:g} | {c['best_arm']} | {c['baseline']} | {c['delta']:+.4f} | {paired} | "
+                     f"{target} | {met} |")
+    return "\n".join(lines)
+
+
 def _versions() -> dict[str, str]:
     import lightning
     import torch
@@ -104,9 +145,12 @@ def write_results(study: Study, results: list[dict[str, Any]]) -> dict[str, Path
     settings = {"task": study.task, "metric": study.metric, "fractions": study.fractions, "seeds": study.seeds,
                 "epochs": study.epochs, "ratios": study.ratios, "generators": study.generators,
                 "classic_augmentation": bool(study.classic_augmentation), "synthetic_only": study.synthetic_only,
-                "bank_factor": study.bank_factor, "overrides": study.overrides}
+                "bank_factor": study.bank_factor, "overrides": study.overrides,
+                "classic_with_synthetic": study.classic_with_synthetic, "targets": study.targets}
+    comparisons = compare_arms(results, study.targets)
     files = {"json": out / "results.json", "csv": out / "results.csv", "report": out / "report.md"}
-    files["json"].write_text(json.dumps({"settings": settings, "summary": rows, "cells": results,
+    files["json"].write_text(json.dumps({"settings": settings, "summary": rows, "comparisons": comparisons,
+                                         "cells": results,
                                          "complete": len(results) == total, "versions": _versions()},
                                         indent=2, sort_keys=True), encoding="utf-8")
     with open(files["csv"], "w", newline="", encoding="utf-8") as fh:
@@ -141,10 +185,19 @@ each cell's real subset only. Downstream epochs: {study.epochs or "the recipe's"
 |---|---|---|---|---|---|
 {table}
 
+## Does synthetic data help?
+
+Best arm with synthetic data per fraction against real-only, and best synthetic + classic
+augmentation arm against classic augmentation alone (selected by mean over seeds; with one seed
+the difference is one paired run, not evidence).
+
+{_comparison_table(comparisons)}
+
 {pictures}
 
 Arms: `real` (real subset only), `classic` (classic augmentation), `mix_<generator>_r<ratio>`
-(real + synthetic, add mode), `tstr_<generator>` (synthetic only, tested on real).
+(real + synthetic, add mode), `tstr_<generator>` (synthetic only, tested on real),
+`classic_mix_<generator>_r<ratio>` (classic augmentation of real and synthetic samples).
 Per-cell results, configs and logs: `cells/<arm>_f<fraction>_s<seed>/`.
 """, encoding="utf-8")
     return files

@@ -6,7 +6,10 @@ For every training fraction and seed, the study trains the downstream recipe in 
 * ``classic``: the same with :class:`~lightning_medaug.data.ClassicAugmentation`;
 * ``mix_<generator>_r<ratio>``: real + synthetic at each ratio (``add`` mode), the bank drawn from a
   generator trained **only on that cell's real subset** (never on data the classifier may not see);
-* ``tstr_<generator>``: synthetic only (train on synthetic, test on real; ``replace`` mode, ratio 1).
+* ``tstr_<generator>``: synthetic only (train on synthetic, test on real; ``replace`` mode, ratio 1);
+* ``classic_mix_<generator>_r<ratio>``: classic augmentation *and* synthetic mixing (the synthetic
+  samples pass through the same augmentation), the arm that answers whether synthetic data adds
+  anything on top of classic augmentation.
 
 Checkpoints are selected on validation, figures are on the test split. Every finished cell leaves
 ``result.json``; a rerun skips it, so a long study runs across several invocations. An interrupted
@@ -85,6 +88,11 @@ class Study:
             "sample_kwargs": {...}}}``; each is trained per fraction and seed on that subset.
         ratios: synthetic fractions of the ``mix`` arms (``add`` mode).
         synthetic_only: add the ``tstr`` arm per generator.
+        classic_with_synthetic: add the ``classic_mix`` arms (needs ``classic_augmentation``); at
+            ``ratios`` given here, or at every ratio when ``True``.
+        targets: ``{"over_real": d, "over_classic": d}``: the report marks whether the best arm with
+            synthetic data beats real-only (and the best ``classic_mix`` arm beats ``classic``) by
+            at least ``d`` in the mean of ``metric``.
         bank_factor: bank size as a multiple of the synthetic samples one epoch of the largest
             ratio draws (1 = every synthetic sample of an epoch is distinct).
         overrides: ``{dotted.key: value}`` applied to the task recipe in every cell, e.g.
@@ -95,7 +103,8 @@ class Study:
                  fractions: Sequence[float] = (0.05, 0.1, 0.25, 1.0), seeds: Sequence[int] = (0, 1, 2),
                  epochs: int | dict[float, int] | None = None, classic_augmentation: bool | dict[str, Any] = True,
                  generators: dict[str, dict[str, Any]] | None = None, ratios: Sequence[float] = (0.25, 0.5, 0.75),
-                 synthetic_only: bool = True, bank_factor: float = 1.0, overrides: dict[str, Any] | None = None):
+                 synthetic_only: bool = True, bank_factor: float = 1.0, overrides: dict[str, Any] | None = None,
+                 classic_with_synthetic: bool | Sequence[float] = False, targets: dict[str, float] | None = None):
         if not fractions or any(not 0 < f <= 1 for f in fractions):
             raise ValueError(f"fractions must be non-empty values in (0, 1], got {list(fractions)}")
         if not seeds:
@@ -104,6 +113,11 @@ class Study:
             raise ValueError(f"ratios must lie in (0, 1) for 'add' mixing, got {list(ratios)}")
         if bank_factor <= 0:
             raise ValueError(f"bank_factor must be positive, got {bank_factor}")
+        if classic_with_synthetic and not classic_augmentation:
+            raise ValueError("classic_with_synthetic needs classic_augmentation (the augmentation it adds)")
+        combined = list(ratios) if classic_with_synthetic is True else list(classic_with_synthetic or [])
+        if any(not 0 < r < 1 for r in combined):
+            raise ValueError(f"classic_with_synthetic ratios must lie in (0, 1), got {combined}")
         for fraction in fractions:
             _per_fraction(epochs, fraction, "epochs")
         self.generators = dict(generators or {})
@@ -127,6 +141,11 @@ class Study:
         self.fractions, self.seeds = [float(f) for f in fractions], [int(s) for s in seeds]
         self.epochs, self.classic_augmentation = epochs, classic_augmentation
         self.ratios, self.synthetic_only, self.bank_factor = [float(r) for r in ratios], synthetic_only, bank_factor
+        self.classic_with_synthetic = [float(r) for r in combined]
+        unknown = set(targets or {}) - {"over_real", "over_classic"}
+        if unknown:
+            raise ValueError(f"targets has unknown keys {sorted(unknown)}; use over_real, over_classic")
+        self.targets = {k: float(v) for k, v in (targets or {}).items()}
         self.console = Console()
 
     # -- the grid -----------------------------------------------------------------------------
@@ -142,6 +161,7 @@ class Study:
                     cells += [Cell(fraction, seed, f"mix_{g}_r{r:g}", g, r) for r in self.ratios]
                     if self.synthetic_only:
                         cells.append(Cell(fraction, seed, f"tstr_{g}", g, 1.0))
+                    cells += [Cell(fraction, seed, f"classic_mix_{g}_r{r:g}", g, r) for r in self.classic_with_synthetic]
         return cells
 
     def epochs_for(self, fraction: float) -> int | None:
@@ -182,11 +202,11 @@ class Study:
         epochs = self.epochs_for(cell.fraction)
         config = with_trainer(with_subset(self.task_recipe, cell.fraction, cell.seed), seed=cell.seed,
                               **({"max_epochs": epochs} if epochs else {}))
-        if cell.arm == "classic":
+        if cell.arm.startswith("classic"):
             spec = self.classic_augmentation if isinstance(self.classic_augmentation, dict) else {}
             dims = config["model"].get("init_args", {}).get("spatial_dims", 2)
             config = with_classic_augmentation(config, **{"spatial_dims": dims, **spec})
-        elif cell.generator is not None:
+        if cell.generator is not None:
             bank = self.bank(cell.generator, cell.fraction, cell.seed)
             mode = "replace" if cell.arm.startswith("tstr_") else "add"
             config = with_mixing(config, bank, cell.ratio, mode=mode, seed=cell.seed)

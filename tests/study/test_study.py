@@ -15,6 +15,7 @@ from lightning_medaug.study import (
     write_results,
 )
 from lightning_medaug.study.recipe import real_data
+from lightning_medaug.study.results import compare_arms
 
 GENERATORS = {"cgan": {"recipe": "cgan_pneumonia.yaml", "epochs": 1}}
 
@@ -142,3 +143,30 @@ def test_mask_layouts_are_seeded_flips_and_turns():
     assert (layouts == mask_layouts(masks, 20, seed=1)).all()
     sums = sorted(masks.sum((1, 2, 3)).tolist())
     assert all(float(m.sum()) in sums for m in layouts)  # flips and turns keep the foreground area
+
+
+def test_classic_mix_arms_and_paired_comparisons_against_targets(tmp_path):
+    study = Study("classify_pneumonia.yaml", out=str(tmp_path), fractions=[0.1], seeds=[0, 1], generators=GENERATORS,
+                  ratios=[0.25, 0.5], synthetic_only=False, classic_with_synthetic=[0.5],
+                  targets={"over_real": 0.03, "over_classic": 0.01})
+    names = [c.name for c in study.cells()]
+    assert "classic_mix_cgan_r0.5_f0.1_s0" in names and "classic_mix_cgan_r0.25_f0.1_s0" not in names
+    # synthetic data adds 0.04 to real-only, and only 0.005 (s0) / 0.015 (s1) on top of classic augmentation
+    value = {"real": 0.80, "classic": 0.90, "mix_cgan_r0.25": 0.82, "mix_cgan_r0.5": 0.84}
+    results = []
+    for cell in study.cells():
+        v = value.get(cell.arm, 0.905 + 0.01 * cell.seed)
+        results.append({"fraction": cell.fraction, "seed": cell.seed, "arm": cell.arm, "generator": cell.generator,
+                        "ratio": cell.ratio, "value": v, "seconds": 1.0, "test": {"test/auc": v}})
+    over_real, over_classic = compare_arms(results, study.targets)
+    # the best arm with synthetic data is the classic_mix one (0.91 mean), 0.11 above real-only
+    assert over_real["best_arm"] == "classic_mix_cgan_r0.5" and over_real["met"] is True
+    assert over_real["delta"] == pytest.approx(0.11) and over_real["wins"] == 2
+    assert over_classic["baseline"] == "classic" and over_classic["delta"] == pytest.approx(0.01)
+    assert over_classic["paired"] == {0: pytest.approx(0.005), 1: pytest.approx(0.015)} and over_classic["met"]
+    report = write_results(study, results)["report"].read_text(encoding="utf-8")
+    assert "Does synthetic data help?" in report and "s0: +0.0050" in report
+    with pytest.raises(ValueError, match="needs classic_augmentation"):
+        Study("classify_pneumonia.yaml", classic_augmentation=False, classic_with_synthetic=True)
+    with pytest.raises(ValueError, match="unknown keys"):
+        Study("classify_pneumonia.yaml", targets={"over_baseline": 0.01})
