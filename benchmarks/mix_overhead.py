@@ -6,7 +6,8 @@ Prints one JSON line:
   measured alternately in the same process (target >= 0.98).
 - ``extra_rss_mb``: peak RSS of a process iterating the mixed loader with a bank of
   ``--bank-size`` samples (default 1,000,000 at 28x28) minus that of a process iterating the
-  real-only loader (target < 500 MB).
+  real-only loader (target < 500 MB); each side runs in a fresh child process that only builds
+  and iterates its loader.
 
     python benchmarks/mix_overhead.py                       # writes the bank once under --bank-dir
     python benchmarks/mix_overhead.py --bank-size 20000     # quicker
@@ -57,12 +58,39 @@ def epoch_rate(loader) -> float:
     return count / (time.perf_counter() - start)
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MB.
+
+    ``VmHWM`` of ``/proc/self/status``, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over from
+    the parent through fork and exec, so a child started by this (big) benchmark process would
+    report the parent's peak, the same figure on both sides. ``VmHWM`` belongs to the child's own
+    address space, created by exec. Elsewhere ``ru_maxrss`` is the fallback (kB on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
 def measure_rss(args: argparse.Namespace, which: str) -> None:
+    """Child process: build both modules as the main process does, iterate one epoch of ``which``."""
     real, mixed = build_loaders(args)
     loader = (real if which == "real" else mixed).train_dataloader()
     for _ in loader:
         pass
-    print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"maxrss_mb": peak_rss_mb()}))
+
+
+def child_rss(base: list[str], which: str) -> float:
+    # A fresh interpreter per side, so each figure is the peak of that side's loading work alone.
+    out = subprocess.run(base + ["--measure-rss", which], check=True, capture_output=True, text=True,
+                         encoding="utf-8", errors="replace").stdout
+    return json.loads(out.strip().splitlines()[-1])["maxrss_mb"]
 
 
 def main() -> None:
@@ -95,9 +123,7 @@ def main() -> None:
             "--dtype", args.dtype, "--batch-size", str(args.batch_size)]
     if args.data_root:
         base += ["--data-root", args.data_root]
-    rss = {which: json.loads(subprocess.run(base + ["--measure-rss", which], check=True, capture_output=True,
-                                            text=True, encoding="utf-8", errors="replace").stdout.strip().splitlines()[-1])["maxrss_mb"]
-           for which in ("real", "mixed")}
+    rss = {which: child_rss(base, which) for which in ("real", "mixed")}
     emit({
         "benchmark": "mix_overhead", "bank_size": args.bank_size, "dtype": args.dtype, "batch_size": args.batch_size,
         "real_samples_per_s": real_rate, "mixed_samples_per_s": mixed_rate,

@@ -18,11 +18,12 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_medaug.hparams import save_own_hyperparameters
 from lightning_medaug.mixing.adapter import (
     FlaggedReal,
+    MixedDataset,
     SampleTemplate,
     SyntheticAdapter,
 )
@@ -39,7 +40,7 @@ class SyntheticMixDataModule(L.LightningDataModule):
 
     Args:
         datamodule: the user's data module, used unchanged.
-        bank: folder written by ``medaug generate`` (read lazily, memory-mapped).
+        bank: folder written by ``medaug generate`` (read lazily from its shard files).
         generator: instead of a bank, a generator (a ``GenerativeModule`` or a ``save_pretrained``
             folder) sampled at the start of training, on its own device (GPU users).
         ratio: synthetic fraction of each training epoch, in [0, 1].
@@ -146,7 +147,7 @@ class SyntheticMixDataModule(L.LightningDataModule):
         batch_size = real_loader.batch_size or getattr(real_loader.batch_sampler, "batch_size", None)
         if batch_size is None:
             raise ValueError("the wrapped train_dataloader() has no batch_size to reuse")
-        return DataLoader(ConcatDataset([real_part, synthetic]), batch_size=batch_size, sampler=self.sampler,
+        return DataLoader(MixedDataset(real_part, synthetic), batch_size=batch_size, sampler=self.sampler,
                           num_workers=real_loader.num_workers, collate_fn=real_loader.collate_fn,
                           pin_memory=real_loader.pin_memory, drop_last=real_loader.drop_last,
                           worker_init_fn=real_loader.worker_init_fn,

@@ -57,6 +57,16 @@ class GeneratedPool(Dataset):
             item[MASK_KEY] = self.masks[index]
         return item
 
+    def read(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        """Many samples at once, stacked (the batched counterpart of ``__getitem__``)."""
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        batch = {IMAGE_KEY: self.images[index]}
+        if self.label_tensor is not None:
+            batch[LABEL_KEY] = self.label_tensor[index]
+        if self.masks is not None:
+            batch[MASK_KEY] = self.masks[index]
+        return batch
+
 
 @torch.inference_mode()
 def generate_pool(model: Any, num_samples: int, seed: int, batch_size: int = 256,

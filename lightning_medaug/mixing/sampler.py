@@ -7,6 +7,7 @@ run replays the same epochs, and each DDP rank takes a disjoint, equal share of 
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -114,6 +115,7 @@ class MixSampler(DistributedSampler):
         self.num_replicas, self.rank, self.shuffle, self.epoch = num_replicas, rank, shuffle, 0
         self.drop_last = True  # shares are truncated, never padded: no sample twice in an epoch
         self._warned = False
+        self._pools: list[np.ndarray] | None = None
 
     def counts(self, epoch: int | None = None) -> tuple[int, int]:
         """``(real, synthetic)`` counts of the whole epoch (all ranks together)."""
@@ -142,15 +144,17 @@ class MixSampler(DistributedSampler):
                           "some are repeated within the epoch; write a larger bank", stacklevel=2)
             self._warned = True
         if not self.class_balance:
-            return _cycle(np.random.default_rng([self.seed, 0, 1]).permutation(pool), epoch * n_syn, n_syn)
+            return _cycle(_permutation((self.seed, 0, 1), pool), epoch * n_syn, n_syn)
         classes = int(max(self.synthetic_labels.max(initial=0), self.real_labels.max(initial=0))) + 1
         real_counts = np.bincount(self.real_labels[real], minlength=classes)
-        pools = [np.flatnonzero(self.synthetic_labels == c) for c in range(classes)]
+        if self._pools is None or len(self._pools) != classes:  # the labels are fixed: group them once
+            self._pools = [np.flatnonzero(self.synthetic_labels == c) for c in range(classes)]
+        pools = self._pools
         alloc = balance_allocation(real_counts, n_syn, [len(p) for p in pools])
         picks = []
         for c, (members, k) in enumerate(zip(pools, alloc)):
             if k:
-                perm = members[np.random.default_rng([self.seed, c, 2]).permutation(len(members))]
+                perm = members[_permutation((self.seed, c, 2), len(members))]
                 picks.append(_cycle(perm, epoch * int(k), int(k)))
         return np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
 
@@ -169,6 +173,15 @@ class MixSampler(DistributedSampler):
         """Share of synthetic samples in the epoch (all ranks)."""
         n_real, n_syn = self.counts(epoch)
         return n_syn / max(1, n_real + n_syn)
+
+
+@functools.lru_cache(maxsize=8)
+def _permutation(seed: tuple[int, ...], size: int) -> np.ndarray:
+    """``default_rng(list(seed)).permutation(size)``, cached read-only: a pool's order is the same in
+    every epoch and every loader, and shuffling a million-sample bank anew costs ~10 ms each time."""
+    perm = np.random.default_rng(list(seed)).permutation(size)
+    perm.flags.writeable = False
+    return perm
 
 
 def _cycle(perm: np.ndarray, start: int, count: int) -> np.ndarray:
