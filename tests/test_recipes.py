@@ -45,8 +45,10 @@ def test_study_recipe_builds_its_grid(recipe, capsys):
     assert main(["study", "--config", str(recipe), "--list"]) == 0
     cells = capsys.readouterr().out.split()[1::2]
     config = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    combined = config.get("classic_with_synthetic") or []
+    combined = config.get("ratios", []) if combined is True else combined
     per_seed = 1 + bool(config.get("classic_augmentation")) + len(config.get("generators", {})) * (
-        len(config.get("ratios", [])) + bool(config.get("synthetic_only")))
+        len(config.get("ratios", [])) + bool(config.get("synthetic_only")) + len(combined))
     assert len(cells) == len(config["fractions"]) * len(config["seeds"]) * per_seed
 
 
