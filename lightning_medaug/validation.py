@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["check_adam_betas", "check_at_least", "check_loader_args", "check_positive"]
+__all__ = ["check_adam_betas", "check_at_least", "check_channels", "check_choice", "check_loader_args",
+           "check_non_negative", "check_positive"]
 
 
 def check_at_least(minimum: int, **values: int) -> None:
@@ -17,6 +18,25 @@ def check_at_least(minimum: int, **values: int) -> None:
     for name, value in values.items():
         if value < minimum:
             raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def check_non_negative(**values: float) -> None:
+    """Every named value is ``>= 0`` (loss weights, warm-up lengths)."""
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def check_channels(channels: tuple[int, ...]) -> None:
+    """A non-empty sequence of positive channel counts (one per resolution level)."""
+    if not channels or min(channels) < 1:
+        raise ValueError(f"channels must be a non-empty list of positive ints, got {list(channels)}")
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def check_positive(**values: float) -> None:

@@ -28,6 +28,13 @@ from torch import Tensor, nn
 from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.registry import register_generator
+from lightning_medaug.validation import (
+    check_at_least,
+    check_channels,
+    check_choice,
+    check_non_negative,
+    check_positive,
+)
 
 __all__ = ["RECON_LOSSES", "VAE", "AutoencoderModule", "BetaVAE", "ConditionalVAE", "check_divisible"]
 
@@ -260,19 +267,10 @@ class BetaVAE(VAE):
 
 def _check_vae_args(channels: tuple[int, ...], latent_channels: int, num_res_blocks: int, norm_num_groups: int,
                     cond_channels: int, beta: float, kl_warmup_steps: int, recon_loss: str, lr: float) -> None:
-    if not channels or min(channels) < 1:
-        raise ValueError(f"channels must be a non-empty list of positive ints, got {list(channels)}")
+    check_channels(channels)
     if norm_num_groups < 1 or any(c % norm_num_groups for c in channels):
         raise ValueError(f"every entry of channels={list(channels)} must be divisible by norm_num_groups={norm_num_groups}")
-    for name, value in (("latent_channels", latent_channels), ("num_res_blocks", num_res_blocks),
-                        ("cond_channels", cond_channels)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
-    if kl_warmup_steps < 0:
-        raise ValueError(f"kl_warmup_steps must be >= 0, got {kl_warmup_steps}")
-    if recon_loss not in RECON_LOSSES:
-        raise ValueError(f"recon_loss must be one of {RECON_LOSSES}, got {recon_loss!r}")
-    if lr <= 0:
-        raise ValueError(f"lr must be positive, got {lr}")
+    check_at_least(1, latent_channels=latent_channels, num_res_blocks=num_res_blocks, cond_channels=cond_channels)
+    check_non_negative(beta=beta, kl_warmup_steps=kl_warmup_steps)
+    check_choice("recon_loss", recon_loss, RECON_LOSSES)
+    check_positive(lr=lr)

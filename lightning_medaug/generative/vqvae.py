@@ -32,6 +32,13 @@ from lightning_medaug.generative.vae import (
     reconstruction_loss,
 )
 from lightning_medaug.registry import register_generator
+from lightning_medaug.validation import (
+    check_at_least,
+    check_channels,
+    check_choice,
+    check_non_negative,
+    check_positive,
+)
 
 __all__ = ["VQVAE"]
 
@@ -197,21 +204,14 @@ class VQVAE(AutoencoderModule):
 def _check_vqvae_args(channels: tuple[int, ...], latent_channels: int, num_embeddings: int, num_res_layers: int,
                       commitment_cost: float, codebook_decay: float, dead_code_threshold: float, recon_loss: str,
                       lr: float) -> None:
-    if not channels or min(channels) < 1:
-        raise ValueError(f"channels must be a non-empty list of positive ints, got {list(channels)}")
-    if latent_channels < 1:
-        raise ValueError(f"latent_channels must be at least 1, got {latent_channels}")
+    check_channels(channels)
+    check_at_least(1, latent_channels=latent_channels)
     if num_embeddings < 2:
         raise ValueError(f"num_embeddings (codebook size) must be at least 2, got {num_embeddings}")
-    if num_res_layers < 0:
-        raise ValueError(f"num_res_layers must be >= 0, got {num_res_layers}")
-    if commitment_cost < 0:
-        raise ValueError(f"commitment_cost must be >= 0, got {commitment_cost}")
+    check_non_negative(num_res_layers=num_res_layers, commitment_cost=commitment_cost)
     if not 0.0 <= codebook_decay < 1.0:
         raise ValueError(f"codebook_decay must be in [0, 1), got {codebook_decay}")
     if dead_code_threshold < 0:
         raise ValueError(f"dead_code_threshold must be >= 0 (0 disables restarts), got {dead_code_threshold}")
-    if recon_loss not in RECON_LOSSES:
-        raise ValueError(f"recon_loss must be one of {RECON_LOSSES}, got {recon_loss!r}")
-    if lr <= 0:
-        raise ValueError(f"lr must be positive, got {lr}")
+    check_choice("recon_loss", recon_loss, RECON_LOSSES)
+    check_positive(lr=lr)
