@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import io
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,7 +61,19 @@ def fails_cleanly(capsys, argv: list[str], match: str, root: Path) -> str:
     assert len(errors) == 1 and err[-1] == errors[0], err[-5:]
     assert match in errors[0], errors[0]
     assert snapshot(root) == before, "a failed command wrote or changed files"
+    _record(errors[0], root)
     return errors[0]
+
+
+def _record(message: str, root: Path) -> None:
+    """With ``MEDAUG_BAD_INPUT_LOG=FILE``, append the case and its message (paths shortened): the
+    material of docs/bad_input.md, so the catalogue quotes what users really see."""
+    log = os.environ.get("MEDAUG_BAD_INPUT_LOG")
+    if log:
+        case = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split(" ")[0]
+        text = message.replace(str(root.resolve()), "<dir>").replace(str(root), "<dir>")
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"case": case, "message": text}) + "\n")
 
 
 def instantiate(spec: Any) -> Any:
@@ -310,6 +323,7 @@ def test_bad_data(name, tmp_path, capsys, banks):
         instantiate(spec).setup("fit")
     assert case.match in str(err.value) and "\n" not in str(err.value), str(err.value)
     assert snapshot(tmp_path) == before
+    _record(str(err.value), tmp_path)
 
 
 # -- medaug generate ------------------------------------------------------------------------------------
@@ -433,3 +447,4 @@ def test_python_api_bad_arguments(call, match):
         call()
     assert "\n" not in str(err.value)
     assert not Path("unused").exists()
+    _record(str(err.value), Path.cwd())
