@@ -70,7 +70,7 @@ def test_pixel_space_report_is_complete_self_contained_and_path_free(dp_bank, tm
                      "--privacy", str(dp_bank["generator"]), "--out", str(out))
     assert code == 0, capsys.readouterr().err
     assert {p.name for p in out.iterdir()} == {"metrics.json", "report.html", "report.md", "real_vs_synthetic.png",
-                                               "closest_pairs.png"}
+                                               "closest_pairs.png", "feature_pca.png", "nn_distances.png"}
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["kind"] == "medaug-evaluate" and metrics["extractor"] == {"name": "none", "space": "pixel"}
 
@@ -99,7 +99,9 @@ def test_pixel_space_report_is_complete_self_contained_and_path_free(dp_bank, tm
 
     html = (out / "report.html").read_text(encoding="utf-8")
     sources = re.findall(r'src="([^"]*)"', html)
-    assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") for s in sources)
+    # samples, PCA map, nearest-neighbour histograms, closest pairs: all inlined
+    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "principal axes" in html and "copy threshold" in html
     assert "Privacy" in html and "real held-out vs real train (floor)" in html
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert all((out / link).is_file() for link in re.findall(r"\]\(([^)]+)\)", markdown))

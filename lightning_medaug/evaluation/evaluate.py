@@ -51,7 +51,8 @@ __all__ = ["FILES", "MAX_PIXEL_FEATURES", "check_compatible", "check_options", "
 #: Files of a report folder, by role.
 FILES = {"metrics": METRICS_FILE, "report_html": "report.html", "report_md": "report.md",
          "real_vs_synthetic": "real_vs_synthetic.png", "closest_pairs": "closest_pairs.png",
-         "closest_pairs_feature": "closest_pairs_feature.png", "paired_examples": "paired_examples.png"}
+         "closest_pairs_feature": "closest_pairs_feature.png", "paired_examples": "paired_examples.png",
+         "feature_pca": "feature_pca.png", "nn_histogram": "nn_distances.png"}
 #: Largest pixel count per sample for fidelity in pixel space (its covariance is D x D).
 MAX_PIXEL_FEATURES = 4096
 
@@ -154,12 +155,21 @@ def _notes(synthetic: Samples, paired: Any, privacy: Any) -> list[str]:
 
 
 def _figures(folder: Path, train: Samples, synthetic: Samples, memorization: Mapping[str, Any],
-             examples: tuple | None) -> dict[str, str]:
+             examples: tuple | None, features: Mapping[str, torch.Tensor], space: str) -> dict[str, str]:
     """Draw the report's pictures into ``folder``; returns the report's files by role."""
+    from lightning_medaug.evaluation.figures import (
+        save_distance_histograms,
+        save_feature_pca,
+    )
     from lightning_medaug.metrics import save_closest_pairs
 
-    files = {role: FILES[role] for role in ("metrics", "report_html", "report_md", "real_vs_synthetic")}
+    files = {role: FILES[role] for role in ("metrics", "report_html", "report_md", "real_vs_synthetic",
+                                            "feature_pca", "nn_histogram")}
     save_real_vs_synthetic(train, synthetic, folder / FILES["real_vs_synthetic"])
+    cpu = {name: f.cpu() for name, f in features.items()}
+    save_feature_pca(cpu, folder / FILES["feature_pca"])
+    save_distance_histograms(cpu["synthetic"], cpu["train"], cpu["test"], folder / FILES["nn_histogram"],
+                             threshold=memorization.get(space, {}).get("threshold"), space=space)
     for space, role in (("pixel", "closest_pairs"), ("feature", "closest_pairs_feature")):
         if memorization.get(space, {}).get("closest_pairs"):
             save_closest_pairs(synthetic.images, train.images, memorization[space]["closest_pairs"],
@@ -251,7 +261,8 @@ def evaluate_bank(synthetic: Dataset | str | Path, real_train: Dataset, real_tes
         "privacy": None if privacy is None else dict(privacy), "notes": _notes(syn, paired, privacy),
     }
     with staged_output(out, overwrite) as folder:
-        files = _figures(folder, train, syn, memorization, examples)
+        files = _figures(folder, train, syn, memorization, examples, features,
+                         "pixel" if extractor is None else "feature")
         if absolute_paths:
             files = {role: str(Path(out).resolve() / name) for role, name in files.items()}
         result["files"] = files

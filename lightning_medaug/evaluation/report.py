@@ -38,7 +38,7 @@ def _bank_section(result: Mapping[str, Any]) -> Section:
     return Section("Bank, data and features", tables=[Table(("", "value"), keep)])
 
 
-def _fidelity_section(fidelity: Mapping[str, Any]) -> Section:
+def _fidelity_section(fidelity: Mapping[str, Any], files: Mapping[str, str]) -> Section:
     text = (f"Each figure compares {fidelity['num_samples']} synthetic images with as many real training images, "
             f"beside the floor: {fidelity['num_samples']} held-out real images against the same training images, "
             f"in the same {fidelity['feature_dim']}-dimensional feature space. These estimators depend on the sample "
@@ -48,7 +48,10 @@ def _fidelity_section(fidelity: Mapping[str, Any]) -> Section:
             for key, name, better in _FIDELITY_ROWS]
     table = Table(("metric", "better", "synthetic vs real train", "real held-out vs real train (floor)"), rows,
                   caption=f"k={fidelity['k']}, KID subset size {fidelity['kid_subset_size']}, seed {fidelity['seed']}")
-    return Section("Fidelity", paragraphs=[text], tables=[table])
+    figures = [Figure(Path(files["feature_pca"]).name, "real training (grey), held-out real (blue) and synthetic "
+                      "(orange) features on the first two principal axes of the real training features")] \
+        if "feature_pca" in files else []
+    return Section("Fidelity", paragraphs=[text], tables=[table], figures=figures)
 
 
 def _memorization_section(memo: Mapping[str, Any], files: Mapping[str, str]) -> Section:
@@ -64,7 +67,9 @@ def _memorization_section(memo: Mapping[str, Any], files: Mapping[str, str]) -> 
     table = Table(("space", "copy rate", "threshold", "synthetic NN median", "held-out NN median", "median ratio"),
                   rows)
     figures = [Figure(Path(files[role]).name, caption)
-               for role, caption in (("closest_pairs", "closest synthetic / training pairs, pixel space"),
+               for role, caption in (("nn_histogram", "distance to the nearest training sample: synthetic vs "
+                                                      "held-out real, with the copy threshold"),
+                                     ("closest_pairs", "closest synthetic / training pairs, pixel space"),
                                      ("closest_pairs_feature", "closest synthetic / training pairs, feature space"))
                if role in files]
     return Section("Memorization", paragraphs=[text], tables=[table], figures=figures)
@@ -96,7 +101,7 @@ def evaluation_sections(result: Mapping[str, Any]) -> list[Section]:
     sections = [_bank_section(result),
                 Section("Samples", figures=[Figure(Path(files["real_vs_synthetic"]).name,
                                                    "real training images and synthetic images, per class")]),
-                _fidelity_section(result["fidelity"]), _memorization_section(result["memorization"], files)]
+                _fidelity_section(result["fidelity"], files), _memorization_section(result["memorization"], files)]
     if result.get("paired"):
         sections.append(_paired_section(result["paired"], files))
     if result.get("privacy"):
