@@ -103,6 +103,8 @@ def pretrained_index(index: str | Path | Mapping[str, Any] | None = None) -> dic
     shipped :data:`INDEX_FILE`.
     """
     where = "the index" if isinstance(index, Mapping) else str(index or INDEX_FILE)
+    # "file" entries are relative to the index file (to the working folder for a mapping)
+    folder = Path.cwd() if isinstance(index, Mapping) else Path(where).parent
     if not isinstance(index, Mapping):
         try:
             index = json.loads(Path(index or INDEX_FILE).read_text(encoding="utf-8"))
@@ -111,7 +113,6 @@ def pretrained_index(index: str | Path | Mapping[str, Any] | None = None) -> dic
     weights = index.get("weights") if isinstance(index, Mapping) else None
     if not isinstance(weights, Mapping):
         raise ValueError(f"{where} has no \"weights\" mapping; see lightning_medaug/hub.py for the layout")
-    folder = Path.cwd() if isinstance(index, Mapping) and where == "the index" else Path(where).parent
     resolved = {}
     for name, entry in weights.items():
         if not isinstance(entry, Mapping) or "generator" not in entry or not ({"url", "file"} & set(entry)):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import lightning as L
 import pytest
 import torch
+from generative_testing import quiet_trainer, seeded
 from lightning.pytorch.callbacks import LambdaCallback
 
 from lightning_medaug.data import PhantomDataModule
@@ -19,6 +21,9 @@ from lightning_medaug.generative.adversarial_vae import (
 )
 from lightning_medaug.generative.vae import VAE
 from lightning_medaug.registry import create_generator, list_generators
+
+trainer = partial(quiet_trainer, limit_val_batches=0)  # training only, unless a test asks
+
 
 FAMILIES = {"vaegan": VAEGAN, "introvae": IntroVAE}
 SIZE = {2: 16, 3: 8}
@@ -45,16 +50,6 @@ def tiny_kwargs(name: str, spatial_dims: int, **overrides) -> dict:
         kwargs.update(discriminator_channels=8, lr_d=3e-3)
     kwargs.update(overrides)
     return kwargs
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def trainer(max_steps: int, **kwargs) -> L.Trainer:
-    kwargs = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-              "enable_model_summary": False, "max_steps": max_steps, "limit_val_batches": 0, **kwargs}
-    return L.Trainer(**kwargs)
 
 
 def phantoms(spatial_dims: int) -> PhantomDataModule:

@@ -10,6 +10,8 @@ import sys
 import lightning as L
 import pytest
 import torch
+from generative_testing import quiet_trainer as trainer
+from generative_testing import seeded
 
 from lightning_medaug.data import PhantomDataModule
 from lightning_medaug.generative import load_generator
@@ -38,15 +40,6 @@ def tiny_kwargs(name: str, spatial_dims: int, **overrides) -> dict:
         kwargs["n_critic"] = 2
     kwargs.update(overrides)
     return kwargs
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def trainer(max_steps: int, **kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, max_steps=max_steps, **kwargs)
 
 
 def phantoms(spatial_dims: int) -> PhantomDataModule:

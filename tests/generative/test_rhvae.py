@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import lightning as L
+from functools import partial
+
 import pytest
 import torch
+from generative_testing import quiet_trainer, seeded
 from lightning.pytorch.callbacks import LambdaCallback
 
 from lightning_medaug.data import PhantomDataModule, make_phantoms
@@ -19,6 +21,9 @@ from lightning_medaug.generative.rhvae_metric import (
     tempering,
 )
 from lightning_medaug.registry import create_generator, list_generators
+
+tiny_trainer = partial(quiet_trainer, limit_val_batches=0)  # training only, unless a test asks
+
 
 SIZE = {2: 16, 3: 8}
 STEPS = {2: 25, 3: 20}
@@ -39,16 +44,6 @@ def tiny_kwargs(spatial_dims: int = 2, **overrides) -> dict:
               "n_lf": 2, "fixed_point_steps": 2, "lr": 3e-3}
     kwargs.update(overrides)
     return kwargs
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def tiny_trainer(max_steps: int, **kwargs) -> L.Trainer:
-    kwargs = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-              "enable_model_summary": False, "max_steps": max_steps, "limit_val_batches": 0, **kwargs}
-    return L.Trainer(**kwargs)
 
 
 def phantoms(spatial_dims: int) -> PhantomDataModule:

@@ -1,10 +1,11 @@
 """SinDDM: short real trainings on ONE phantom, then samples must be new images with its statistics."""
 
 import itertools
+from functools import partial
 
-import lightning as L
 import pytest
 import torch
+from generative_testing import quiet_trainer
 from lightning.pytorch.callbacks import LambdaCallback
 from torch.utils.data import DataLoader
 
@@ -17,6 +18,9 @@ from lightning_medaug.generative.sinddm import (
     resize,
 )
 from lightning_medaug.registry import create_generator
+
+tiny_trainer = partial(quiet_trainer, limit_val_batches=0)  # training only, unless a test asks
+
 
 TINY = {
     2: {"spatial_dims": 2, "image_size": 16, "coarsest_size": 8, "channels": (8, 16), "depthwise_kernel_size": 3,
@@ -34,12 +38,6 @@ def phantom_loader(spatial_dims: int, n: int = 4) -> tuple[DataLoader, torch.Ten
     # an untrained model are biased up); the bias was gone after 1000 steps, too long for a unit test.
     images = make_phantoms(n, spatial_dims, TINY[spatial_dims]["image_size"], seed=1, style="ct")[0]
     return DataLoader([{"image": image} for image in images], batch_size=n), images
-
-
-def tiny_trainer(max_steps: int, **kwargs) -> L.Trainer:
-    kwargs = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-              "enable_model_summary": False, "max_steps": max_steps, "limit_val_batches": 0, **kwargs}
-    return L.Trainer(**kwargs)
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["2d", "3d"])

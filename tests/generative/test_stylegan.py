@@ -6,6 +6,8 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from generative_testing import quiet_trainer as trainer
+from generative_testing import seeded
 
 from lightning_medaug.data import PhantomDataModule
 from lightning_medaug.generative import load_generator
@@ -36,15 +38,6 @@ def tiny_kwargs(spatial_dims: int, **overrides) -> dict:
               "r1_interval": 2, "pl_interval": 2, "ada_interval": 1, "ada_speed_kimg": 0.5}
     kwargs.update(overrides)
     return kwargs
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def trainer(max_steps: int, **kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, max_steps=max_steps, **kwargs)
 
 
 def phantoms(spatial_dims: int) -> PhantomDataModule:

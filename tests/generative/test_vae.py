@@ -1,14 +1,19 @@
 """VAE, conditional VAE and beta-VAE: training with a real Trainer, sampling, saving, validation."""
 
-import lightning as L
+from functools import partial
+
 import pytest
 import torch
+from generative_testing import quiet_trainer
 from lightning.pytorch.callbacks import LambdaCallback
 
 from lightning_medaug.data import PhantomDataModule, make_phantoms
 from lightning_medaug.generative import load_generator
 from lightning_medaug.generative.vae import VAE, BetaVAE, ConditionalVAE
 from lightning_medaug.registry import create_generator, list_generators
+
+tiny_trainer = partial(quiet_trainer, limit_val_batches=0)  # training only, unless a test asks
+
 
 SIZES = {2: 16, 3: 8}
 STEPS = {2: 30, 3: 15}
@@ -21,12 +26,6 @@ def tiny_kwargs(name: str, spatial_dims: int = 2) -> dict:
     if name == "cvae":
         kwargs.update(num_classes=2, cond_channels=2)
     return kwargs
-
-
-def tiny_trainer(max_steps: int, **kwargs) -> L.Trainer:
-    kwargs = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-              "enable_model_summary": False, "max_steps": max_steps, "limit_val_batches": 0, **kwargs}
-    return L.Trainer(**kwargs)
 
 
 def fit_fixed_batch(model, spatial_dims: int, steps: int, **trainer_kwargs):

@@ -1,0 +1,21 @@
+"""Pieces every generator test uses: a seeded ``torch.Generator`` and a quiet CPU ``Trainer``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+
+def seeded(seed: int) -> torch.Generator:
+    """A CPU generator: the same seed gives the same samples."""
+    return torch.Generator().manual_seed(seed)
+
+
+def quiet_trainer(max_steps: int, **kwargs: Any) -> L.Trainer:
+    """A CPU trainer for ``max_steps`` steps with no logger, checkpoints, progress bar or summary;
+    ``kwargs`` add or override Trainer arguments."""
+    defaults = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                "enable_model_summary": False, "max_steps": max_steps}
+    return L.Trainer(**{**defaults, **kwargs})
