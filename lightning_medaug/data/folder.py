@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from monai.utils import optional_import
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -43,6 +43,10 @@ from lightning_medaug.data.split_module import SplitDataModule
 from lightning_medaug.data.splits import check_subset, holdout_split, stratified_subset
 from lightning_medaug.hparams import save_own_hyperparameters
 from lightning_medaug.validation import check_loader_args
+
+# Optional at import: only file I/O needs SimpleITK; without it the generators and mixing still work and
+# reading or writing a file raises an error that names the missing package.
+sitk, _ = optional_import("SimpleITK")
 
 __all__ = ["Geometry", "FolderDataset", "FolderDataModule", "read_image"]
 

@@ -14,9 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch.nn.functional as F
+from monai.utils import optional_import
 from torch import Tensor
+
+# Optional at import: only file I/O needs SimpleITK; without it the generators and mixing still work and
+# reading or writing a file raises an error that names the missing package.
+sitk, _ = optional_import("SimpleITK")
 
 __all__ = ["IMAGE_SUFFIXES", "Geometry", "read_image", "scan_folder", "image_to_array", "rescale_intensity", "resize"]
 
