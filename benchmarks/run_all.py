@@ -72,7 +72,7 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "sample_speed": Benchmark("sample_speed.py", verdict=_sample_speed_meets),
+    "sample_speed": Benchmark("sample_speed.py", options=frozenset({"threads", "precision"}), verdict=_sample_speed_meets),
     "unet_efficiency": Benchmark("unet_efficiency.py", options=frozenset({"threads", "precision"})),
     "family_latency": Benchmark("family_latency.py", options=frozenset({"threads", "precision"})),
     "train_overhead": Benchmark("train_overhead.py", options=frozenset({"threads", "precision", "data_root"})),
