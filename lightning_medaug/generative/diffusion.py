@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from lightning_medaug.data.batch import IMAGE_KEY, MASK_KEY, unpack_batch
 from lightning_medaug.generative.base import GenerativeModule
+from lightning_medaug.generative.cuda_graphs import GraphedCall, use_cuda_graph
 from lightning_medaug.generative.diffusion_unet import TimestepUNet
 from lightning_medaug.generative.ema import EMA
 from lightning_medaug.generative.schedulers import (
@@ -148,13 +149,15 @@ class DiffusionGenerator(GenerativeModule):
     def sample(self, n: int, labels: Tensor | None = None, masks: Tensor | None = None,
                generator: torch.Generator | None = None, sampler: str | None = None,
                num_inference_steps: int | None = None, guidance_scale: float | None = None,
-               batch_size: int | None = None) -> Tensor:
+               batch_size: int | None = None, cuda_graph: bool | None = None) -> Tensor:
         """Draw ``n`` samples with the EMA network (see :class:`GenerativeModule.sample`).
 
         Args:
             sampler, num_inference_steps, guidance_scale: override the hyperparameters of the
                 same names for this call; ``guidance_scale`` 1 means no guidance.
             batch_size: samples denoised together (default: all ``n``).
+            cuda_graph: replay the network as a CUDA graph at every step (see
+                :mod:`.cuda_graphs`); default: on CUDA devices.
 
         Returns a normal tensor (not an inference tensor), safe to feed to a model in training.
         """
@@ -169,6 +172,7 @@ class DiffusionGenerator(GenerativeModule):
         net = self.ema.module if self.ema is not None else self.unet
         # prepared once for the whole loop (channels-last on the CPU), see TimestepUNet.for_sampling
         net = net.for_sampling() if isinstance(net, TimestepUNet) else net
+        graphed = use_cuda_graph(cuda_graph, self.device)
         chunks = []
         with torch.inference_mode():
             for start in range(0, n, batch_size):
@@ -176,13 +180,15 @@ class DiffusionGenerator(GenerativeModule):
                 chunks.append(self._sample_batch(
                     net, part.stop - part.start, None if labels is None else labels[part],
                     self.sample_condition(None if masks is None else masks[part]), generator, sampler, steps, scale,
+                    graphed,
                 ))
             out = torch.cat(chunks)
         # leaves inference mode (usable in autograd graphs downstream), in the usual NCHW layout
         return out.clone(memory_format=torch.contiguous_format)
 
     def _sample_batch(self, net: nn.Module, n: int, labels: Tensor | None, cond: Tensor | None,
-                      generator: torch.Generator | None, sampler: str, steps: int, scale: float) -> Tensor:
+                      generator: torch.Generator | None, sampler: str, steps: int, scale: float,
+                      graphed: bool = False) -> Tensor:
         scheduler = build_sampler(sampler, self.schedule)
         # Timesteps stay on the CPU, as in diffusers' pipelines: the schedulers index their CPU
         # tables with them, so a GPU timestep would cost a device->host sync at every step.
@@ -194,9 +200,15 @@ class DiffusionGenerator(GenerativeModule):
         if guided:  # cond and uncond in one batched forward pass
             net_labels = torch.cat([labels, torch.full_like(labels, self.num_classes)])
             cond = None if cond is None else torch.cat([cond, cond])
+
+        def call(x_in: Tensor, t: Tensor) -> Tensor:
+            return self.denoise(net, x_in, t, net_labels, cond)
+
+        graph = GraphedCall(call) if graphed else None
         for t in scheduler.timesteps:
             x_in = scheduler.scale_model_input(x, t)
-            out = self.denoise(net, torch.cat([x_in, x_in]) if guided else x_in, t.to(self.device), net_labels, cond)
+            x_in = torch.cat([x_in, x_in]) if guided else x_in
+            out = graph(x_in, t) if graph is not None else call(x_in, t.to(self.device))
             if guided:
                 out_cond, out_uncond = out.chunk(2)
                 out = out_uncond + scale * (out_cond - out_uncond)
