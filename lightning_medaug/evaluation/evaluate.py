@@ -108,18 +108,22 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _memorization(synthetic: Samples, train: Samples, test: Samples, extractor: nn.Module | None,
-                  device: torch.device, percentile: float, num_pairs: int, ids: Any) -> dict[str, Any]:
+def _memorization(synthetic: Samples, train: Samples, test: Samples, features: Mapping[str, torch.Tensor] | None,
+                  device: torch.device, percentile: float, num_pairs: int, ids: Any) -> tuple[dict[str, Any], dict]:
+    """The memorization report (on the fidelity step's features: nothing is extracted twice) and
+    each space's nearest-training distances, for the histograms."""
     from lightning_medaug.metrics import memorization_report
 
-    report = memorization_report(synthetic.images.to(device), train.images.to(device), test.images.to(device),
-                                 extractor, percentile=percentile, num_pairs=num_pairs)
+    feats = None if features is None else [features[name] for name in ("synthetic", "train", "test")]
+    report, neighbours = memorization_report(synthetic.images.to(device), train.images.to(device),
+                                             test.images.to(device), percentile=percentile, num_pairs=num_pairs,
+                                             features=feats, return_neighbours=True)
     for space in ("pixel", "feature"):
         for pair in report.get(space, {}).get("closest_pairs", []):
             row = int(synthetic.indices[pair["synthetic_index"]])
             pair["synthetic_id"] = int(ids[row]) if ids is not None else row
             pair["train_dataset_index"] = int(train.indices[pair["train_index"]])
-    return report
+    return report, neighbours
 
 
 def _paired(synthetic: Samples, reals: Mapping[str, Samples]) -> tuple[dict[str, Any] | None, tuple | None]:
@@ -155,7 +159,8 @@ def _notes(synthetic: Samples, paired: Any, privacy: Any) -> list[str]:
 
 
 def _figures(folder: Path, train: Samples, synthetic: Samples, memorization: Mapping[str, Any],
-             examples: tuple | None, features: Mapping[str, torch.Tensor], space: str) -> dict[str, str]:
+             neighbours: Mapping[str, Any], examples: tuple | None, features: Mapping[str, torch.Tensor],
+             space: str) -> dict[str, str]:
     """Draw the report's pictures into ``folder``; returns the report's files by role."""
     from lightning_medaug.evaluation.figures import (
         save_distance_histograms,
@@ -168,8 +173,8 @@ def _figures(folder: Path, train: Samples, synthetic: Samples, memorization: Map
     save_real_vs_synthetic(train, synthetic, folder / FILES["real_vs_synthetic"])
     cpu = {name: f.cpu() for name, f in features.items()}
     save_feature_pca(cpu, folder / FILES["feature_pca"])
-    save_distance_histograms(cpu["synthetic"], cpu["train"], cpu["test"], folder / FILES["nn_histogram"],
-                             threshold=memorization.get(space, {}).get("threshold"), space=space)
+    save_distance_histograms(neighbours[space], folder / FILES["nn_histogram"],
+                             threshold=memorization[space]["threshold"], space=space)
     for space, role in (("pixel", "closest_pairs"), ("feature", "closest_pairs_feature")):
         if memorization.get(space, {}).get("closest_pairs"):
             save_closest_pairs(synthetic.images, train.images, memorization[space]["closest_pairs"],
@@ -241,7 +246,8 @@ def evaluate_bank(synthetic: Dataset | str | Path, real_train: Dataset, real_tes
 
     stage("memorization")
     ids = getattr(bank, "ids", None)
-    memorization = _memorization(syn, train, test, extractor, device, percentile, num_pairs, ids)
+    memorization, neighbours = _memorization(syn, train, test, None if extractor is None else features, device,
+                                             percentile, num_pairs, ids)
 
     stage("paired metrics")
     paired, examples = _paired(syn, {floor_split: test, "train": train})
@@ -261,7 +267,7 @@ def evaluate_bank(synthetic: Dataset | str | Path, real_train: Dataset, real_tes
         "privacy": None if privacy is None else dict(privacy), "notes": _notes(syn, paired, privacy),
     }
     with staged_output(out, overwrite) as folder:
-        files = _figures(folder, train, syn, memorization, examples, features,
+        files = _figures(folder, train, syn, memorization, neighbours, examples, features,
                          "pixel" if extractor is None else "feature")
         if absolute_paths:
             files = {role: str(Path(out).resolve() / name) for role, name in files.items()}

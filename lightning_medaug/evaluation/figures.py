@@ -1,6 +1,7 @@
 """The evaluation report's feature-space pictures: a 2D PCA map and nearest-neighbour histograms.
 
-Both read the features the fidelity metrics used, so what a reader sees is what was measured:
+Both read what the metrics computed (the fidelity metrics' features, the memorization check's
+distances), so what a reader sees is what was measured:
 synthetic samples that cover the real cloud in the PCA map have high recall; a synthetic
 nearest-neighbour histogram shifted left of the held-out one is what memorization looks like.
 """
@@ -8,9 +9,13 @@ nearest-neighbour histogram shifted left of the held-out one is what memorizatio
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from lightning_medaug.metrics import NearestTrain
 
 __all__ = ["save_distance_histograms", "save_feature_pca"]
 
@@ -56,17 +61,12 @@ def save_feature_pca(features: dict[str, Tensor], path: str | Path, max_points: 
     return path
 
 
-def _nearest(queries: Tensor, reference: Tensor) -> Tensor:
-    from lightning_medaug.metrics import nearest_neighbours
-
-    return nearest_neighbours(queries, reference, 1)[0][:, 0].cpu()
-
-
-def save_distance_histograms(synthetic: Tensor, train: Tensor, test: Tensor, path: str | Path,
-                             threshold: float | None = None, space: str = "feature") -> Path:
-    """Histograms of nearest-training-sample distances of synthetic and held-out real samples,
-    with the copy threshold of the memorization check as a vertical line."""
-    syn, held_out = _nearest(synthetic, train).numpy(), _nearest(test, train).numpy()
+def save_distance_histograms(nearest: NearestTrain, path: str | Path, threshold: float | None = None,
+                             space: str = "feature") -> Path:
+    """Histograms of nearest-training-sample distances of synthetic and held-out real samples
+    (a :class:`~lightning_medaug.metrics.NearestTrain` of the memorization check), with its copy
+    threshold as a vertical line."""
+    syn, held_out = nearest.synthetic.cpu().numpy(), nearest.test.cpu().numpy()
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     top = float(max(syn.max(), held_out.max()))

@@ -26,6 +26,7 @@ from lightning_medaug.metrics.fidelity import (
     precision_recall,
 )
 from lightning_medaug.metrics.memorization import (
+    NearestTrain,
     memorization_report,
     nearest_neighbours,
     save_closest_pairs,
@@ -50,6 +51,7 @@ __all__ = [
     "frechet_distance",
     "kernel_distance",
     "load_feature_extractor",
+    "NearestTrain",
     "memorization_report",
     "ms_ssim_min_size",
     "nearest_neighbours",

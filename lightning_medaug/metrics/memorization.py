@@ -15,6 +15,7 @@ chunks so no matrix larger than ``chunk_size x chunk_size`` exists at once.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from torch.utils.data import Dataset
 from lightning_medaug.metrics.features import collect_images, extract_features
 from lightning_medaug.report.grid import save_image_grid
 
-__all__ = ["memorization_report", "nearest_neighbours", "save_closest_pairs"]
+__all__ = ["NearestTrain", "memorization_report", "nearest_neighbours", "save_closest_pairs"]
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -74,11 +75,23 @@ def _summary(distances: Tensor) -> dict[str, float]:
     return {"mean": float(d.mean()), "median": float(d.median()), "min": float(d.min()), "max": float(d.max())}
 
 
-def _space_report(synthetic: Tensor, train: Tensor, test: Tensor, percentile: float, num_pairs: int,
-                  chunk_size: int) -> dict[str, Any]:
-    syn_d, syn_i = nearest_neighbours(synthetic, train, 1, chunk_size)
-    test_d, _ = nearest_neighbours(test, train, 1, chunk_size)
-    syn_d, syn_i, test_d = syn_d[:, 0], syn_i[:, 0], test_d[:, 0]
+@dataclass(frozen=True)
+class NearestTrain:
+    """Distances from each synthetic and each held-out sample to its nearest training sample, in one space."""
+
+    synthetic: Tensor  #: (N_synthetic,) distances
+    synthetic_index: Tensor  #: (N_synthetic,) index of that training sample
+    test: Tensor  #: (N_test,) distances of held-out real samples: the reference
+
+    @classmethod
+    def compute(cls, synthetic: Tensor, train: Tensor, test: Tensor, chunk_size: int = 1024) -> NearestTrain:
+        syn_d, syn_i = nearest_neighbours(synthetic, train, 1, chunk_size)
+        test_d, _ = nearest_neighbours(test, train, 1, chunk_size)
+        return cls(syn_d[:, 0], syn_i[:, 0], test_d[:, 0])
+
+
+def _space_report(nearest: NearestTrain, percentile: float, num_pairs: int) -> dict[str, Any]:
+    syn_d, syn_i, test_d = nearest.synthetic, nearest.synthetic_index, nearest.test
     threshold = float(torch.quantile(test_d.double(), percentile / 100.0))
     order = syn_d.argsort()[:num_pairs]
     test_median = float(test_d.median())
@@ -97,7 +110,8 @@ def _space_report(synthetic: Tensor, train: Tensor, test: Tensor, percentile: fl
 def memorization_report(synthetic: Tensor | Dataset, train: Tensor | Dataset, test: Tensor | Dataset,
                         extractor: nn.Module | None = None,
                         percentile: float = 1.0, num_pairs: int = 16, batch_size: int = 256,
-                        chunk_size: int = 1024) -> dict[str, Any]:
+                        chunk_size: int = 1024, features: Sequence[Tensor] | None = None,
+                        return_neighbours: bool = False) -> dict[str, Any] | tuple[dict[str, Any], dict[str, NearestTrain]]:
     """Nearest-training-sample distances of synthetic vs real test samples, in pixel and feature space.
 
     Args:
@@ -109,6 +123,9 @@ def memorization_report(synthetic: Tensor | Dataset, train: Tensor | Dataset, te
         num_pairs: how many closest (synthetic, train) pairs to list.
         batch_size: images per extractor call.
         chunk_size: rows per distance block.
+        features: the extractor's features of ``(synthetic, train, test)`` when the caller has
+            them already (e.g. from the fidelity metrics): they are used instead of extracting again.
+        return_neighbours: also return each space's :class:`NearestTrain` distances (for plots).
 
     Returns:
         ``{"num_synthetic", "num_train", "num_test", "percentile", "pixel": {...}, "feature": {...}}``
@@ -116,7 +133,8 @@ def memorization_report(synthetic: Tensor | Dataset, train: Tensor | Dataset, te
         synthetic samples whose nearest-train distance is at most ``threshold``), ``threshold``,
         ``synthetic_nn`` and ``test_nn`` (mean/median/min/max of nearest-train distances),
         ``median_ratio`` (synthetic median / test median) and ``closest_pairs`` (a list of
-        ``{"synthetic_index", "train_index", "distance"}``, closest first).
+        ``{"synthetic_index", "train_index", "distance"}``, closest first). With
+        ``return_neighbours``, a pair ``(report, {space: NearestTrain})``.
     """
     synthetic, train, test = (collect_images(x) for x in (synthetic, train, test))
     shapes = {name: tuple(x.shape[1:]) for name, x in (("synthetic", synthetic), ("train", train), ("test", test))}
@@ -133,11 +151,21 @@ def memorization_report(synthetic: Tensor | Dataset, train: Tensor | Dataset, te
     report: dict[str, Any] = {"num_synthetic": synthetic.shape[0], "num_train": train.shape[0],
                               "num_test": test.shape[0], "percentile": percentile}
     device = train.device
-    report["pixel"] = _space_report(synthetic.to(device), train, test.to(device), percentile, num_pairs, chunk_size)
-    if extractor is not None:
+    neighbours = {"pixel": NearestTrain.compute(synthetic.to(device), train, test.to(device), chunk_size)}
+    if features is not None:
+        if len(features) != 3:
+            raise ValueError(f"features must be the (synthetic, train, test) features, got {len(features)} tensors")
+        if [f.shape[0] for f in features] != [x.shape[0] for x in (synthetic, train, test)]:
+            raise ValueError("features must have one row per synthetic, train and test sample, got "
+                             f"{[f.shape[0] for f in features]} rows for {report['num_synthetic']}, "
+                             f"{report['num_train']} and {report['num_test']} samples")
+        neighbours["feature"] = NearestTrain.compute(*features, chunk_size)
+    elif extractor is not None:
         feats = [extract_features(extractor, x, batch_size) for x in (synthetic, train, test)]
-        report["feature"] = _space_report(*feats, percentile, num_pairs, chunk_size)
-    return report
+        neighbours["feature"] = NearestTrain.compute(*feats, chunk_size)
+    for space, nearest in neighbours.items():
+        report[space] = _space_report(nearest, percentile, num_pairs)
+    return (report, neighbours) if return_neighbours else report
 
 
 def save_closest_pairs(synthetic: Tensor, train: Tensor, pairs: Sequence[Mapping[str, Any]], path: str | Path,

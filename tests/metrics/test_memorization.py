@@ -68,3 +68,21 @@ def test_3d_volumes_data_sets_and_input_checks(tmp_path):
         memorization_report(train[:, :, :4], train, test.images)
     with pytest.raises(ValueError, match="percentile"):
         memorization_report(train, train, test, percentile=0.0)
+
+
+def test_precomputed_features_give_the_extracted_report_and_the_distances():
+    torch.manual_seed(1)
+    train, test, synthetic = (torch.rand(n, 1, 8, 8) * 2 - 1 for n in (30, 20, 10))
+    extractor = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 6))
+    extracted = memorization_report(synthetic, train, test, extractor)
+    with torch.no_grad():
+        feats = [extractor(x) for x in (synthetic, train, test)]
+    given, neighbours = memorization_report(synthetic, train, test, features=feats, return_neighbours=True)
+    assert given["feature"]["copy_rate"] == extracted["feature"]["copy_rate"]
+    assert given["feature"]["threshold"] == pytest.approx(extracted["feature"]["threshold"], rel=1e-5)
+    assert set(neighbours) == {"pixel", "feature"}
+    assert neighbours["feature"].synthetic.shape == (10,) and neighbours["feature"].test.shape == (20,)
+    direct = torch.cdist(feats[0], feats[1]).min(dim=1).values
+    torch.testing.assert_close(neighbours["feature"].synthetic, direct, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="one row per synthetic"):
+        memorization_report(synthetic, train, test, features=[feats[0][:3], feats[1], feats[2]])
