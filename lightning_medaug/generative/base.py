@@ -87,6 +87,15 @@ class GenerativeModule(L.LightningModule):
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement sample()")
 
+    def noise_device(self, generator: torch.Generator | None) -> torch.device:
+        """Where to draw random numbers for ``sample``: a ``torch.Generator`` lives on one device, so
+        draw there and move the result, and the same seed gives the same samples on any device."""
+        return generator.device if generator is not None else self.device
+
+    def draw_noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
+        """Standard normal noise of ``shape`` from ``generator``, on this module's device (float32)."""
+        return torch.randn(shape, generator=generator, device=self.noise_device(generator)).to(self.device)
+
     def check_sample_args(self, n: int, labels: Tensor | None, masks: Tensor | None,
                           generator: torch.Generator | None = None) -> tuple[Tensor | None, Tensor | None]:
         """Validate ``sample`` arguments; returns labels and masks on this module's device.

@@ -195,8 +195,7 @@ class GAN(GenerativeModule):
                generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` images in [-1, 1]; ``labels`` for conditional models (uniform when ``None``)."""
         labels, _ = self.check_sample_args(n, labels, masks, generator)
-        z_device = generator.device if generator is not None else self.device
-        z = torch.randn(n, self.hparams.latent_dim, generator=generator, device=z_device).to(self.device)
+        z = self.draw_noise((n, self.hparams.latent_dim), generator)
         net = self.sampling_network
         was_training = net.training
         net.eval()  # batch norm on running statistics: a sample must not depend on its batch

@@ -29,9 +29,17 @@ from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.generative.diffaugment import DiffAugment
 from lightning_medaug.generative.ema import EMA
 from lightning_medaug.generative.gan import input_gradients, manual_step
-from lightning_medaug.generative.progan_networks import ProGANDiscriminator, ProGANGenerator
+from lightning_medaug.generative.progan_networks import (
+    ProGANDiscriminator,
+    ProGANGenerator,
+)
 from lightning_medaug.registry import register_generator
-from lightning_medaug.validation import check_adam_betas, check_at_least, check_non_negative, check_positive
+from lightning_medaug.validation import (
+    check_adam_betas,
+    check_at_least,
+    check_non_negative,
+    check_positive,
+)
 
 __all__ = ["ProGAN"]
 
@@ -186,8 +194,7 @@ class ProGAN(GenerativeModule):
         ``image_size`` when training stopped before the last level; ``labels`` for conditional
         models (uniform when ``None``)."""
         labels, _ = self.check_sample_args(n, labels, masks, generator)
-        z_device = generator.device if generator is not None else self.device
-        z = torch.randn(n, self.hparams.latent_dim, generator=generator, device=z_device).to(self.device)
+        z = self.draw_noise((n, self.hparams.latent_dim), generator)
         level, alpha = self.schedule()
         images = self.sampling_network(z, labels, level, alpha)
         if images.shape[-1] != self.image_size:

@@ -21,14 +21,18 @@ this paper); upsampling is nearest-neighbour, as in the paper.
 from __future__ import annotations
 
 import itertools
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_medaug.generative.gan_networks import num_resamplings
-from lightning_medaug.generative.stylegan_networks import EqualConv, EqualLinear, channels_at, minibatch_stddev
+from lightning_medaug.generative.stylegan_networks import (
+    EqualConv,
+    EqualLinear,
+    channels_at,
+    critic_head,
+)
 
 __all__ = ["ProGANDiscriminator", "ProGANGenerator", "pixel_norm"]
 
@@ -175,13 +179,4 @@ class ProGANDiscriminator(nn.Module):
                 h = torch.lerp(self.from_rgb[level - 1](_POOL[self.spatial_dims](x, 2)), h, alpha)
             for block in reversed(self.blocks[: level - 1]):
                 h = block(h)
-        if self.mbstd_group_size > 1:
-            h = minibatch_stddev(h, self.mbstd_group_size)
-        h = self.fc(self.conv(h).flatten(1))
-        out = self.out(h).squeeze(1)
-        if self.embed is not None:
-            if labels is None:
-                raise ValueError("this discriminator is class-conditional: pass labels")
-            y = self.embed(F.one_hot(labels, self.embed.weight.shape[1]).to(h.dtype))
-            out = out + (y * h).sum(1) / math.sqrt(h.shape[1])
-        return out
+        return critic_head(self, h, labels)

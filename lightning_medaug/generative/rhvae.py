@@ -278,7 +278,7 @@ class RHVAE(AutoencoderModule):
         targeting ``sqrt(det G^-1(z))`` (Chadebec et al., TPAMI 2022).
         """
         labels, _ = self.check_sample_args(n, labels, None, generator)
-        hp, noise_device = self.hparams, self._noise_device(generator)
+        hp, noise_device = self.hparams, self.noise_device(generator)
 
         def randn(shape: tuple[int, ...]) -> Tensor:
             return torch.randn(shape, generator=generator, device=noise_device).to(self.device)

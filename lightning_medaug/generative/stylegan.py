@@ -222,8 +222,7 @@ class StyleGAN2(GenerativeModule):
         if not 0.0 <= truncation_psi <= 1.0:
             raise ValueError(f"truncation_psi must be in [0, 1] (1 = no truncation), got {truncation_psi}")
         labels, _ = self.check_sample_args(n, labels, masks, generator)
-        z_device = generator.device if generator is not None else self.device
-        z = torch.randn(n, self.hparams.latent_dim, generator=generator, device=z_device).to(self.device)
+        z = self.draw_noise((n, self.hparams.latent_dim), generator)
         net = self.sampling_network
         was_training = net.training
         net.eval()  # no w_avg update while sampling

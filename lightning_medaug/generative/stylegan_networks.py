@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from lightning_medaug.generative.gan_networks import num_resamplings
 
 __all__ = ["EqualConv", "EqualLinear", "MappingNetwork", "ModulatedConv", "StyleGAN2Discriminator",
-           "StyleGAN2Generator", "channels_at", "minibatch_stddev"]
+           "StyleGAN2Generator", "channels_at", "critic_head", "minibatch_stddev"]
 
 _CONV = {2: F.conv2d, 3: F.conv3d}
 _POOL = {2: F.avg_pool2d, 3: F.avg_pool3d}
@@ -282,15 +282,21 @@ class StyleGAN2Discriminator(nn.Module):
         self.embed = EqualLinear(num_classes, c) if num_classes > 0 else None
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        h = self.blocks(self.from_rgb(x))
-        if self.mbstd_group_size > 1:
-            h = minibatch_stddev(h, self.mbstd_group_size)
-        h = self.fc(self.conv(h).flatten(1))
-        out = self.out(h).squeeze(1)
-        if self.embed is not None:
-            if labels is None:
-                raise ValueError("this discriminator is class-conditional: pass labels")
-            # Projection (Miyato & Koyama 2018), scaled by 1/sqrt(dim) as in StyleGAN2-ADA.
-            y = self.embed(F.one_hot(labels, self.embed.weight.shape[1]).to(h.dtype))
-            out = out + (y * h).sum(1) / math.sqrt(h.shape[1])
-        return out
+        return critic_head(self, self.blocks(self.from_rgb(x)), labels)
+
+
+def critic_head(net: nn.Module, h: Tensor, labels: Tensor | None) -> Tensor:
+    """One logit per sample from the coarsest features ``h``: minibatch stddev, a 3x3 convolution, a
+    dense layer, the output layer and, when conditional, the label projection (Miyato & Koyama
+    2018) scaled by 1/sqrt(dim) as in StyleGAN2-ADA. The head of the StyleGAN2 and ProGAN critics:
+    ``net`` holds ``mbstd_group_size``, ``conv``, ``fc``, ``out`` and ``embed`` (None: unconditional)."""
+    if net.mbstd_group_size > 1:
+        h = minibatch_stddev(h, net.mbstd_group_size)
+    h = net.fc(net.conv(h).flatten(1))
+    out = net.out(h).squeeze(1)
+    if net.embed is not None:
+        if labels is None:
+            raise ValueError("this discriminator is class-conditional: pass labels")
+        y = net.embed(F.one_hot(labels, net.embed.weight.shape[1]).to(h.dtype))
+        out = out + (y * h).sum(1) / math.sqrt(h.shape[1])
+    return out

@@ -118,10 +118,6 @@ class AutoencoderModule(GenerativeModule):
         """Images in [-1, 1] from latents ``z`` of shape ``(n, *latent_shape)``."""
         raise NotImplementedError
 
-    def _noise_device(self, generator: torch.Generator | None) -> torch.device:
-        # A torch.Generator lives on one device: draw there, then move to the module's device.
-        return generator.device if generator is not None else self.device
-
 
 @register_generator("vae")
 class VAE(AutoencoderModule):
@@ -233,8 +229,8 @@ class VAE(AutoencoderModule):
                generator: torch.Generator | None = None) -> Tensor:
         """Decode ``z ~ N(0, I)`` of :attr:`latent_shape`; images in [-1, 1]."""
         labels, _ = self.check_sample_args(n, labels, masks, generator)
-        z = torch.randn((n, *self.latent_shape), generator=generator, device=self._noise_device(generator))
-        return self.decode(z.to(self.device, self.dtype), labels).float()  # float32 even under autocast
+        z = self.draw_noise((n, *self.latent_shape), generator)
+        return self.decode(z.to(self.dtype), labels).float()  # float32 even under autocast
 
 
 @register_generator("cvae")

@@ -196,7 +196,7 @@ class VQVAE(AutoencoderModule):
         """Draw each latent position's code from the per-position (per-class) histogram prior, then decode."""
         labels, _ = self.check_sample_args(n, labels, masks, generator)
         probs = self.prior_probs(labels, n)
-        flat = probs.reshape(-1, probs.shape[-1]).to(self._noise_device(generator))
+        flat = probs.reshape(-1, probs.shape[-1]).to(self.noise_device(generator))
         indices = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
         return self.decode_indices(indices.to(self.device)).float()  # float32 even under autocast
 

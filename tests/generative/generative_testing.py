@@ -13,6 +13,14 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def phantom_data(spatial_dims: int, image_size: int, num_train: int = 64, batch_size: int = 16):
+    """A small phantom data module (labels 0/1, 8 validation and 8 test samples)."""
+    from lightning_medaug.data import PhantomDataModule
+
+    return PhantomDataModule(spatial_dims=spatial_dims, image_size=image_size, num_train=num_train, num_val=8,
+                             num_test=8, batch_size=batch_size)
+
+
 def quiet_trainer(max_steps: int, **kwargs: Any) -> L.Trainer:
     """A CPU trainer for ``max_steps`` steps with no logger, checkpoints, progress bar or summary;
     ``kwargs`` add or override Trainer arguments."""

@@ -10,8 +10,8 @@ import sys
 import lightning as L
 import pytest
 import torch
+from generative_testing import phantom_data, seeded
 from generative_testing import quiet_trainer as trainer
-from generative_testing import seeded
 
 from lightning_medaug.data import PhantomDataModule
 from lightning_medaug.generative import load_generator
@@ -43,8 +43,7 @@ def tiny_kwargs(name: str, spatial_dims: int, **overrides) -> dict:
 
 
 def phantoms(spatial_dims: int) -> PhantomDataModule:
-    return PhantomDataModule(spatial_dims=spatial_dims, image_size=SIZE[spatial_dims], num_train=64, num_val=8,
-                             num_test=8, batch_size=16)
+    return phantom_data(spatial_dims, SIZE[spatial_dims])
 
 
 @pytest.fixture(scope="module", params=[(n, d) for n in FAMILIES for d in (2, 3)], ids=lambda p: f"{p[0]}-{p[1]}d")

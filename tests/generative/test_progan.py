@@ -6,10 +6,9 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from generative_testing import phantom_data, seeded
 from generative_testing import quiet_trainer as trainer
-from generative_testing import seeded
 
-from lightning_medaug.data import PhantomDataModule
 from lightning_medaug.generative import load_generator
 from lightning_medaug.generative.progan import ProGAN
 from lightning_medaug.registry import create_generator, list_generators
@@ -24,11 +23,6 @@ def tiny_kwargs(spatial_dims: int, **overrides) -> dict:
     return kwargs
 
 
-def phantoms(spatial_dims: int) -> PhantomDataModule:
-    return PhantomDataModule(spatial_dims=spatial_dims, image_size=SIZE[spatial_dims], num_train=64, num_val=8,
-                             num_test=8, batch_size=16)
-
-
 @pytest.fixture(scope="module", params=[(2, 2), (3, 0)], ids=["2d-conditional", "3d-unconditional"])
 def trained(request):
     """A model grown through every level (two optimiser steps per batch) and its initial samples."""
@@ -37,7 +31,7 @@ def trained(request):
     model = ProGAN(**tiny_kwargs(spatial_dims, num_classes=num_classes))
     initial = model.sample(64, generator=seeded(0))
     fit = trainer(2 * (model.total_batches + 6))
-    data = phantoms(spatial_dims)
+    data = phantom_data(spatial_dims, SIZE[spatial_dims])
     fit.fit(model, data)
     return model, data, initial, fit
 
@@ -115,7 +109,7 @@ def test_an_early_model_samples_at_its_level_upsampled():
 def test_trains_under_bf16_mixed_precision_with_diffaugment():
     model = ProGAN(**tiny_kwargs(2, diffaugment="color,translation,cutout", n_critic=2))
     fit = trainer(6, precision="bf16-mixed")
-    fit.fit(model, phantoms(2))
+    fit.fit(model, phantom_data(2, SIZE[2]))
     assert int(model.batches_seen) == 4  # 4 critic steps + 2 generator steps
     for key in ("train/loss", "train/loss_d", "train/gp"):
         assert torch.isfinite(fit.callback_metrics[key]), key

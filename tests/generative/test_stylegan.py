@@ -6,8 +6,8 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from generative_testing import phantom_data, seeded
 from generative_testing import quiet_trainer as trainer
-from generative_testing import seeded
 
 from lightning_medaug.data import PhantomDataModule
 from lightning_medaug.generative import load_generator
@@ -41,8 +41,7 @@ def tiny_kwargs(spatial_dims: int, **overrides) -> dict:
 
 
 def phantoms(spatial_dims: int) -> PhantomDataModule:
-    return PhantomDataModule(spatial_dims=spatial_dims, image_size=SIZE[spatial_dims], num_train=64, num_val=8,
-                             num_test=8, batch_size=16)
+    return phantom_data(spatial_dims, SIZE[spatial_dims])
 
 
 @pytest.fixture(scope="module", params=[(2, 2), (3, 0)], ids=["2d-conditional", "3d-unconditional"])
