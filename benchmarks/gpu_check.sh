@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# GPU checks in one go, for a machine with a CUDA device: the GPU-only tests, a short bf16-mixed
+# fit and a bank written with CUDA-graph sampling through the CLI, then the GPU figures.
+#   bash benchmarks/gpu_check.sh [OUT_DIR]       # JSON lines and logs land in OUT_DIR (default gpu_check/)
+set -uo pipefail
+OUT=${1:-gpu_check}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute: the figures step runs from benchmarks/
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+ACCEL=${ACCEL:-gpu}     # ACCEL=cpu DEVICE=cpu: a dry run of the fit and generate steps on a CPU
+DEVICE=${DEVICE:-cuda}
+status=0
+step() { echo "== $1"; }
+
+step "GPU tests"
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/generative/test_cuda_graphs.py || status=1
+
+step "medaug fit (DDPM, bf16-mixed, 60 steps) and generate (CUDA graphs)"
+RUN="$OUT/run"
+timeout 240 $PY -m lightning_medaug.cli fit --config recipes/ddpm_pneumonia.yaml --trainer.max_steps 60 \
+    --trainer.max_epochs 1 --trainer.precision bf16-mixed --trainer.accelerator "$ACCEL" \
+    --trainer.logger.init_args.save_dir "$RUN" --trainer.enable_progress_bar false > "$OUT/fit.log" 2>&1 \
+    || { status=1; tail -n 20 "$OUT/fit.log"; }
+MODEL=$(find "$RUN" -name config.json -path "*generator*" -printf '%h\n' | head -n 1)
+if [ -n "$MODEL" ]; then
+  timeout 120 $PY -m lightning_medaug.cli generate --model "$MODEL" --out "$OUT/bank" --num-samples 2048 \
+      --batch-size 512 --device "$DEVICE" --no-progress > "$OUT/generate.log" 2>&1 || { status=1; tail -n 20 "$OUT/generate.log"; }
+  tail -n 3 "$OUT/generate.log"
+else
+  echo "no exported generator under $RUN"; status=1
+fi
+
+step "figures"
+cd benchmarks
+timeout 120 $PY unet_efficiency.py --precision bf16-mixed --batch-size 1024 --mm-size 8192 --out "$OUT/gpu.jsonl" > /dev/null || status=1
+timeout 120 $PY unet_efficiency.py --precision bf16-mixed --out "$OUT/gpu.jsonl" > /dev/null || status=1
+cd ..
+$PY - "$OUT/gpu.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print(r["benchmark"], r.get("batch_size"), r.get("precision"), "efficiency", r.get("efficiency"),
+          "ms/image", r.get("sampling_ms_per_image"), "matmul GFLOP/s", r.get("matmul_gflops_per_s"))
+PY
+[ $? -eq 0 ] || status=1
+exit $status
