@@ -166,6 +166,11 @@ def test_classic_mix_arms_and_paired_comparisons_against_targets(tmp_path):
     assert over_classic["paired"] == {0: pytest.approx(0.005), 1: pytest.approx(0.015)} and over_classic["met"]
     report = write_results(study, results)["report"].read_text(encoding="utf-8")
     assert "Does synthetic data help?" in report and "s0: +0.0050" in report
+    # a seed only the baseline finished moves its mean, not the paired difference of the seeds both have
+    partial = [r for r in results if not (r["arm"] == "classic_mix_cgan_r0.5" and r["seed"] == 1)]
+    partial.append({**next(r for r in results if r["arm"] == "classic"), "seed": 2, "value": 0.60})
+    over_classic = compare_arms(partial, study.targets)[1]
+    assert over_classic["paired"] == {0: pytest.approx(0.005)} and over_classic["delta"] == pytest.approx(0.005)
     with pytest.raises(ValueError, match="needs classic_augmentation"):
         Study("classify_pneumonia.yaml", classic_augmentation=False, classic_with_synthetic=True)
     with pytest.raises(ValueError, match="unknown keys"):
