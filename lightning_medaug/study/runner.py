@@ -273,9 +273,21 @@ class Study:
             plan = {"labels": "proportional", "proportions": {c: labels.count(c) / num_real for c in set(labels)}}
         if masks is not None:  # new layouts of the subset's own masks: never masks of unseen patients
             plan["masks"] = mask_layouts(masks, size, seed)
-        write_bank(model, folder / "bank", size, seed=seed, sample_kwargs=spec.get("sample_kwargs") or {},
+        bank = _bank_folder(folder, size)
+        write_bank(model, bank, size, seed=seed, sample_kwargs=spec.get("sample_kwargs") or {},
                    checkpoint_folder=exported, **plan)
-        return folder / "bank"
+        return bank
+
+
+def _bank_folder(generator_folder: Path, size: int) -> Path:
+    """``bank/``, unless it holds a bank of another size: then ``bank_<size>/``. The size follows the
+    ratios of the invocation (a larger synthetic share needs more samples) and a bank never changes
+    its settings, so running more ratios later writes a second bank beside the first."""
+    bank = generator_folder / "bank"
+    record = bank / "bank.json"
+    if record.is_file() and json.loads(record.read_text(encoding="utf-8"))["settings"]["num_samples"] != size:
+        return generator_folder / f"bank_{size}"
+    return bank
 
 
 def _per_fraction(epochs: int | dict[float, int] | None, fraction: float, what: str) -> int | None:

@@ -132,6 +132,10 @@ def test_segmentation_study_with_mask_conditional_pairs(tmp_path):
     assert (generator / "samples.png").is_file()
     config = (tmp_path / "cells" / "real_f0.25_s0" / "run" / "config.yaml").read_text(encoding="utf-8")
     assert "ClassicAugmentation" not in config  # the recipe's augmentation is the 'classic' arm's, not real's
+    # a later invocation at a larger ratio needs 3x the samples: a second bank, the first one untouched
+    study.ratios, study.synthetic_only = [0.75], False
+    assert {r["arm"] for r in study.run()} >= {"mix_pix2pix_r0.75"}
+    assert len(__import__("lightning_medaug").SyntheticBank(generator / "bank_15")) == 15 and len(bank) == 5
 
 
 def test_mask_layouts_are_seeded_flips_and_turns():
