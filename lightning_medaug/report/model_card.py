@@ -28,6 +28,7 @@ import jinja2
 
 from lightning_medaug.evaluation.output import REPORT_KIND
 from lightning_medaug.generative.base import CONFIG_NAME, load_generator
+from lightning_medaug.generative.privacy import PRIVACY_REPORT, load_privacy_report
 from lightning_medaug.hub import CARD_NAME
 
 __all__ = ["DEFAULT_INTENDED_USE", "card_main", "read_evaluation", "training_environment",
@@ -94,10 +95,17 @@ closest {{ evaluation.percentile }}% of held-out real images are to theirs (fres
 | space | copy rate | median ratio (synthetic / held-out NN distance) |
 |---|---|---|
 {% for row in evaluation.memorization %}| {{ row | join(" | ") }} |
-{% endfor %}{% if evaluation.privacy %}
-Privacy: trained with DP-SGD, {{ evaluation.privacy }}.
-{% endif %}{% else %}Not evaluated: no `medaug evaluate` report was given. Run `medaug evaluate` on a bank drawn from \
+{% endfor %}{% else %}Not evaluated: no `medaug evaluate` report was given. Run `medaug evaluate` on a bank drawn from \
 this generator and write this card again before relying on it.
+{% endif %}
+## Privacy
+
+{% if privacy %}Trained with differential privacy ({{ privacy.mechanism }}): the released weights are **({{ privacy.epsilon }}, {{ privacy.delta }})-differentially private** with respect to {{ privacy.unit }} of the training data.
+
+| | |
+|---|---|
+{% for key, value in privacy.rows %}| {{ key }} | {{ value }} |
+{% endfor %}{% else %}Trained without differential privacy: the weights carry no formal privacy guarantee, and the copy rate of the evaluation is the only evidence about memorization.
 {% endif %}
 ## Intended use and limitations
 
@@ -200,8 +208,23 @@ def _evaluation_context(result: Mapping[str, Any]) -> dict[str, Any]:
         "feature_dim": fidelity.get("feature_dim", NOT_RECORDED), "fidelity": rows, "memorization": memo_rows,
         "percentile": _fmt(percentile), "fresh_rate": _fmt(percentile / 100) if isinstance(percentile, float | int)
         else NOT_RECORDED,
-        "privacy": _fmt({k: privacy.get(k) for k in ("epsilon", "delta") if k in privacy}) if privacy else None,
     }
+
+
+def _privacy_context(folder: Path, result: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The DP-SGD record: ``privacy.json`` beside the weights (written by the ``DifferentialPrivacy``
+    callback), else the one the evaluation was given; ``None`` for a model trained without DP."""
+    privacy = (load_privacy_report(folder) if (folder / PRIVACY_REPORT).is_file()
+               else (result or {}).get("privacy"))
+    if not privacy:
+        return None
+    if "epsilon" not in privacy or "delta" not in privacy:
+        raise ValueError(f"the privacy record needs 'epsilon' and 'delta', got keys {sorted(privacy)}")
+    shown = ("accountant", "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "dataset_size",
+             "target_epsilon", "stopped_at_budget", "opacus_version")
+    return {"epsilon": f"{privacy['epsilon']:.3g}", "delta": f"{privacy['delta']:g}",
+            "mechanism": privacy.get("mechanism", "DP-SGD"), "unit": privacy.get("unit", "one training example"),
+            "rows": [(k, _fmt(privacy[k])) for k in shown if k in privacy]}
 
 
 def _percent(value: Any) -> str:
@@ -268,6 +291,7 @@ def write_model_card(folder: str | Path, *, data: Mapping[str, Any], training: M
         library_version=config.get("library_version", NOT_RECORDED),
         init_args=[(k, _fmt(v, missing="None")) for k, v in sorted(config["init_args"].items())], data=data_rows,
         training=train_rows, evaluation=_evaluation_context(result) if result else None,
+        privacy=_privacy_context(folder, result),
         intended_use=intended_use.strip(), copy_sentence=_copy_sentence(result), license=license,
         data_attribution=_fmt(data.get("attribution")) if data.get("attribution") else "attribution not recorded",
         load_source=load_source or folder.as_posix(),

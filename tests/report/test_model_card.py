@@ -110,3 +110,20 @@ def test_bad_inputs_raise_value_error(generator_folder, tmp_path):
         write_model_card(tmp_path, data=DATA, training=TRAINING)
     with pytest.raises(ValueError, match="--data-name"):
         card_main([str(tmp_path / "lone" / "generator")])
+
+
+def test_privacy_section_reads_the_dp_record_beside_the_weights(tmp_path):
+    torch.manual_seed(0)
+    model = create_generator("vae", image_size=16, channels=[8, 8], latent_channels=2, norm_num_groups=4)
+    folder = model.save_pretrained(tmp_path / "generator")
+    plain = write_model_card(folder, data=DATA, training=TRAINING).read_text(encoding="utf-8")
+    assert "## Privacy" in plain and "without differential privacy" in plain
+    record = {"epsilon": 7.9925, "delta": 1e-5, "accountant": "rdp", "noise_multiplier": 0.84, "steps": 190,
+              "mechanism": "DP-SGD (Abadi et al. 2016)", "unit": "one training example"}
+    (folder / "privacy.json").write_text(json.dumps(record), encoding="utf-8")
+    text = write_model_card(folder, data=DATA, training=TRAINING).read_text(encoding="utf-8")
+    assert "**(7.99, 1e-05)-differentially private** with respect to one training example" in text
+    assert "| noise_multiplier | 0.84 |" in text and "| accountant | rdp |" in text
+    (folder / "privacy.json").write_text(json.dumps({"delta": 1e-5}), encoding="utf-8")
+    with pytest.raises(ValueError, match="'epsilon' and 'delta'"):
+        write_model_card(folder, data=DATA, training=TRAINING)
