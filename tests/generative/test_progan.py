@@ -115,11 +115,23 @@ def test_trains_under_bf16_mixed_precision_with_diffaugment():
         assert torch.isfinite(fit.callback_metrics[key]), key
 
 
+def test_logistic_loss_with_r1_trains():
+    model = ProGAN(**tiny_kwargs(2, loss="logistic", r1_gamma=0.1))
+    fit = trainer(8)
+    fit.fit(model, phantom_data(2, SIZE[2]))
+    metrics = fit.callback_metrics
+    assert float(metrics["train/r1"]) > 0 and "train/gp" not in metrics
+    # softplus losses are positive, unlike the Wasserstein estimate
+    assert float(metrics["train/loss_d"]) > 0 and float(metrics["train/loss_g"]) > 0
+
+
 def test_invalid_arguments_raise_value_errors():
     with pytest.raises(ValueError, match="image_size=27"):
         ProGAN(image_size=27)
     with pytest.raises(ValueError, match="stage_batches"):
         ProGAN(image_size=16, stage_batches=0)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        ProGAN(image_size=16, loss="hinge")
     with pytest.raises(ValueError, match="gp_weight"):
         ProGAN(image_size=16, gp_weight=-1.0)
     with pytest.raises(ValueError, match="diffaugment|policy"):
