@@ -41,8 +41,13 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for the PNG grids")
     parser.add_argument("--data-root", default=None, help="folder with pneumoniamnist.npz (default: $MEDAUG_DATA or shipped)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--names", nargs="+", default=None,
+                        help="names of the grids, one per generator (default: each one's registry name)")
     parser.add_argument("--result", default=None, help="also append the JSON line to this file")
     args = parser.parse_args()
+    if args.names is not None and len(args.names) != len(args.generators):
+        parser.error(f"--names needs one name per generator: {len(args.generators)} generators, "
+                     f"{len(args.names)} names")
 
     out = Path(args.out)
     data = MedMNISTDataModule(name="pneumoniamnist", root=data_root(args.data_root))
@@ -59,9 +64,9 @@ def main() -> None:
 
     record = {"benchmark": "sample_grids", "per_class": PER_CLASS, "real_diversity": real_div, "generators": {},
               "versions": versions()}
-    for folder in args.generators:
+    for i, folder in enumerate(args.generators):
         model = load_generator(folder).eval()
-        name = GENERATORS.name_of(model) or type(model).__name__
+        name = args.names[i] if args.names else GENERATORS.name_of(model) or type(model).__name__
         start = time.perf_counter()
         samples = {}
         for c in classes:
