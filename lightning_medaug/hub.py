@@ -10,8 +10,9 @@
 * a name from the index of named weights, ``lightning_medaug/pretrained_index.json``
   (:func:`list_pretrained`).
 
-Only ``config.json``, ``model.safetensors`` and ``MODEL_CARD.md`` are ever taken out of a zip,
-and weights are read with safetensors, so loading never runs code from the file.
+Only ``config.json``, ``model.safetensors``, ``MODEL_CARD.md`` and, for a model trained with
+differential privacy, ``privacy.json`` are ever taken out of a zip, and weights are read with
+safetensors, so loading never runs code from the file.
 
 Adding a named weight:
 
@@ -54,6 +55,7 @@ from lightning_medaug.generative.base import (
     GenerativeModule,
     load_generator,
 )
+from lightning_medaug.generative.privacy import PRIVACY_REPORT
 from lightning_medaug.registry import GENERATORS
 
 __all__ = ["CACHE_ENV_VAR", "CARD_NAME", "INDEX_FILE", "PretrainedDownloadError", "download_pretrained",
@@ -67,7 +69,8 @@ CARD_NAME = "MODEL_CARD.md"
 #: The shipped index of named weights.
 INDEX_FILE = Path(__file__).with_name("pretrained_index.json")
 #: The only files ever taken out of a zip.
-PRETRAINED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+#: What a weights zip may hold: the privacy record travels with a DP-trained model, as its guarantee.
+PRETRAINED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, PRIVACY_REPORT)
 _URL_SCHEMES = ("http://", "https://", "file://")
 # A fixed timestamp (the zip format's earliest) makes package_pretrained byte-reproducible.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -227,7 +230,7 @@ def _pretrained_members(zf: zipfile.ZipFile, zip_path: Path) -> dict[str, zipfil
 def extract_pretrained(zip_path: str | Path, cache_dir: str | Path | None = None) -> Path:
     """Extract a weights zip once into ``<cache>/extracted/<sha256 of the zip>/``; returns that folder.
 
-    Only ``config.json``, ``model.safetensors`` and ``MODEL_CARD.md`` are written; a zip with an
+    Only the :data:`PRETRAINED_FILES` are written; a zip with an
     absolute or ``..`` entry name is refused as a whole (zip-slip).
     """
     zip_path = Path(zip_path)
@@ -256,8 +259,8 @@ def extract_pretrained(zip_path: str | Path, cache_dir: str | Path | None = None
 def package_pretrained(folder: str | Path, out_zip: str | Path) -> str:
     """Zip a ``save_pretrained`` folder reproducibly; returns the zip's SHA-256.
 
-    Entries are the folder's ``config.json``, ``model.safetensors`` and ``MODEL_CARD.md`` (when
-    present), sorted, at the zip's root, with a fixed timestamp and mode: the same folder always
+    Entries are the folder's :data:`PRETRAINED_FILES` that exist (``config.json``,
+    ``model.safetensors``, ``MODEL_CARD.md``, ``privacy.json``), sorted, at the zip's root, with a fixed timestamp and mode: the same folder always
     gives the same bytes, so the hash identifies the weights.
     """
     folder, out_zip = Path(folder), Path(out_zip)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import shutil
 import socket
 import threading
 import zipfile
@@ -21,6 +22,7 @@ from lightning_medaug.hub import (
     load_pretrained,
     package_pretrained,
     pretrained_index,
+    resolve_pretrained,
 )
 from lightning_medaug.registry import GENERATORS, create_generator
 
@@ -213,3 +215,15 @@ def test_shipped_index_is_well_formed(tmp_path):
         else:
             assert entry["url"].startswith("https://") and entry["url"].endswith(".zip"), name
             assert entry["sha256"] is None or len(entry["sha256"]) == 64, name
+
+
+def test_the_privacy_record_travels_with_a_dp_model(pretrained, tmp_path):
+    _, folder, _, _ = pretrained
+    dp = tmp_path / "dp"
+    shutil.copytree(folder, dp)
+    (dp / "privacy.json").write_text(json.dumps({"epsilon": 8.0, "delta": 1e-5}), encoding="utf-8")
+    package_pretrained(dp, tmp_path / "dp.zip")
+    with zipfile.ZipFile(tmp_path / "dp.zip") as zf:
+        assert "privacy.json" in zf.namelist() and "notes.txt" not in zf.namelist()
+    extracted = resolve_pretrained(tmp_path / "dp.zip", cache_dir=tmp_path / "cache")
+    assert json.loads((extracted / "privacy.json").read_text(encoding="utf-8"))["epsilon"] == 8.0
