@@ -157,11 +157,11 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     return {
         "generator": args.generator, "batch_size": args.batch_size, "batches": batches, "repeats": args.repeats,
         "precision": args.precision, "device": str(device),
-        "lightning_s": round(light_s, 3), "plain_s": round(plain_s, 3),
+        "lightning_s": round(light_s, 4), "plain_s": round(plain_s, 4),
         "lightning_ms_per_batch": round(1000 * light_s / batches, 2),
         "plain_ms_per_batch": round(1000 * plain_s / batches, 2),
         "ratio": round(ratio, 4), "ratio_of_best_runs": round(min(times["lightning"]) / min(times["plain"]), 4),
-        "steady_lightning_s": round(steady_s, 3), "steady_ratio": round(steady_s / plain_s, 4),
+        "steady_lightning_s": round(steady_s, 4), "steady_ratio": round(steady_s / plain_s, 4),
         "target": TARGET, "meets_target": bool(ratio <= TARGET),
     }
 
