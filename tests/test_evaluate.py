@@ -10,7 +10,6 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-import torch
 import yaml
 
 from lightning_medaug.bank import write_bank
@@ -26,12 +25,7 @@ DATA = {"class_path": "lightning_medaug.data.PhantomDataModule",
 FIDELITY_KEYS = {"fd", "kid_mean", "kid_std", "precision", "recall", "density", "coverage"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fit(model, steps: int, root: Path, callbacks=()) -> None:

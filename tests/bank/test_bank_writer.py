@@ -15,13 +15,7 @@ from lightning_medaug.bank.manifest import COLUMNS, shard_files
 from lightning_medaug.registry import create_generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Shards are bit-identical at a fixed thread count; one thread also suits a loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cvae(spatial_dims: int = 2, num_classes: int = 3):

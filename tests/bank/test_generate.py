@@ -23,12 +23,7 @@ from lightning_medaug.registry import create_generator
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # shards are bit-identical at a fixed thread count
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

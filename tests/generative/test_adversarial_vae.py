@@ -32,13 +32,7 @@ KEYS = {"vaegan": {"loss_e", "loss_g", "loss_d", "kl", "feature_recon", "recon",
         "introvae": {"loss_e", "loss_g", "kl", "kl_rec", "kl_fake", "recon", "loss"}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation, which is very slow on a loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_kwargs(name: str, spatial_dims: int, **overrides) -> dict:

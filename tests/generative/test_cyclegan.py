@@ -17,13 +17,7 @@ from lightning_medaug.generative.unpaired_data import (
 SIZE = {2: 16, 3: 8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation, which is very slow on a loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(spatial_dims: int) -> CycleGAN:

@@ -22,12 +22,7 @@ from lightning_medaug.registry import create_generator
 FREEZE = ["generator.blocks.0.*", "discriminator.features.0.*"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cgan(**overrides):

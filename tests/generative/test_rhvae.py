@@ -29,13 +29,7 @@ SIZE = {2: 16, 3: 8}
 STEPS = {2: 25, 3: 20}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation on a loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_kwargs(spatial_dims: int = 2, **overrides) -> dict:

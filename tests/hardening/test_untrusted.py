@@ -32,12 +32,7 @@ from lightning_medaug.registry import create_generator
 TINY_VAE = {"image_size": 16, "channels": [8, 8], "norm_num_groups": 4, "latent_channels": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Payload:
