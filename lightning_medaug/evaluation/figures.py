@@ -22,15 +22,6 @@ __all__ = ["save_distance_histograms", "save_feature_pca"]
 _COLOURS = {"train": "#9aa0a6", "test": "#1a73e8", "synthetic": "#e8710a"}
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: servers and CI have no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def save_feature_pca(features: dict[str, Tensor], path: str | Path, max_points: int = 2000, seed: int = 0) -> Path:
     """Scatter ``features`` (``{"train", "test", "synthetic"}`` -> (N, D)) on the first two principal
     axes of the real training features; at most ``max_points`` seeded points per set are drawn."""
@@ -40,7 +31,11 @@ def save_feature_pca(features: dict[str, Tensor], path: str | Path, max_points: 
     _, _, v = torch.linalg.svd(train - mean, full_matrices=False)
     axes = v[:2].T
     generator = torch.Generator().manual_seed(seed)
-    plt = _plt()
+    from lightning_medaug.report.plots import (  # matplotlib only when drawing
+        plt,
+        save_figure,
+    )
+
     fig, ax = plt.subplots(figsize=(5.2, 4.4))
     for name in ("train", "test", "synthetic"):
         x = features[name].double().flatten(1)
@@ -54,11 +49,7 @@ def save_feature_pca(features: dict[str, Tensor], path: str | Path, max_points: 
     ax.set_title("features: real training, held-out real, synthetic")
     ax.legend(fontsize=8, markerscale=3)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_distance_histograms(nearest: NearestTrain, path: str | Path, threshold: float | None = None,
@@ -67,7 +58,11 @@ def save_distance_histograms(nearest: NearestTrain, path: str | Path, threshold:
     (a :class:`~lightning_medaug.metrics.NearestTrain` of the memorization check), with its copy
     threshold as a vertical line."""
     syn, held_out = nearest.synthetic.cpu().numpy(), nearest.test.cpu().numpy()
-    plt = _plt()
+    from lightning_medaug.report.plots import (  # matplotlib only when drawing
+        plt,
+        save_figure,
+    )
+
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     top = float(max(syn.max(), held_out.max()))
     bins = torch.linspace(0.0, top * 1.02 + 1e-12, 41).numpy()
@@ -80,8 +75,4 @@ def save_distance_histograms(nearest: NearestTrain, path: str | Path, threshold:
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -50,22 +50,20 @@ class GeneratedPool(Dataset):
         return self.images.shape[0]
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return self._select(index)
+
+    def read(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        """Many samples at once, stacked (the batched counterpart of ``__getitem__``)."""
+        return self._select(torch.as_tensor(indices, dtype=torch.int64))
+
+    def _select(self, index: int | Tensor) -> dict[str, Tensor]:
+        """Each stored field at ``index``: one sample for an int, a stacked batch for an index tensor."""
         item = {IMAGE_KEY: self.images[index]}
         if self.label_tensor is not None:
             item[LABEL_KEY] = self.label_tensor[index]
         if self.masks is not None:
             item[MASK_KEY] = self.masks[index]
         return item
-
-    def read(self, indices: Sequence[int]) -> dict[str, Tensor]:
-        """Many samples at once, stacked (the batched counterpart of ``__getitem__``)."""
-        index = torch.as_tensor(indices, dtype=torch.int64)
-        batch = {IMAGE_KEY: self.images[index]}
-        if self.label_tensor is not None:
-            batch[LABEL_KEY] = self.label_tensor[index]
-        if self.masks is not None:
-            batch[MASK_KEY] = self.masks[index]
-        return batch
 
 
 @torch.inference_mode()

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: runs on servers and CI with no display
 import matplotlib.pyplot as plt
 
-__all__ = ["plot_curves"]
+__all__ = ["plot_curves", "save_figure"]
 
 
 def plot_curves(history: Iterable[Mapping[str, float]], path: str | Path, title: str | None = None) -> Path:
@@ -36,8 +36,13 @@ def plot_curves(history: Iterable[Mapping[str, float]], path: str | Path, title:
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out ``fig``, write it to ``path`` and close it (figures otherwise stay in pyplot's memory)."""
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

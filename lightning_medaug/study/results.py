@@ -31,10 +31,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _plot_fraction(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lightning_medaug.report.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for arm in sorted({r["arm"] for r in rows}, key=lambda a: (a.startswith("mix"), a)):
@@ -47,9 +44,7 @@ def _plot_fraction(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     ax.set_title(f"{metric} vs real data (mean +- std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def _plot_ratio(rows: list[dict[str, Any]], metric: str, path: Path) -> bool:
@@ -57,10 +52,7 @@ def _plot_ratio(rows: list[dict[str, Any]], metric: str, path: Path) -> bool:
     generators = sorted({r["generator"] for r in rows if r["arm"].startswith("mix_")})
     if not generators:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lightning_medaug.report.plots import plt, save_figure
 
     fractions = sorted({r["fraction"] for r in rows})
     fig, axes = plt.subplots(1, len(fractions), figsize=(3.2 * len(fractions), 3.4), squeeze=False, sharey=True)
@@ -79,9 +71,7 @@ def _plot_ratio(rows: list[dict[str, Any]], metric: str, path: Path) -> bool:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(metric)
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return True
 
 
