@@ -217,6 +217,17 @@ def _list() -> int:
     return 0
 
 
+def close_process_group() -> None:
+    """End a distributed run on every rank together: wait until all ranks are done (rank 0 may
+    still be exporting the generator), then destroy the process group. A rank that exits with the
+    group alive while another still talks to it can abort in the gloo/NCCL teardown (SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medaug`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -225,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command in TRAINER_SUBCOMMANDS:
             # args=None lets LightningCLI read sys.argv itself (the DDP launcher re-runs it).
             MedaugCLI(args=None if argv == sys.argv[1:] else argv)
+            close_process_group()
             return 0
         if command in _COMMANDS:
             module, _, function = _COMMANDS[command].partition(":")

@@ -46,6 +46,14 @@ def run_nodes(commands: list[list[str]], cwd: Path, timeout: float = 240) -> lis
     return [(p.returncode, log.read_text(encoding="utf-8", errors="replace")) for p, log in zip(procs, logs)]
 
 
+def assert_all_succeeded(results: list[tuple[int, str]]) -> None:
+    """Every node's exit code and the end of every node's log: the node that failed first is not
+    always rank 0, and the others' codes (-9: stopped by the harness) say which one it was."""
+    if any(code != 0 for code, _ in results):
+        report = "\n".join(f"--- node {i}: exit code {code}\n{output[-2500:]}" for i, (code, output) in enumerate(results))
+        raise AssertionError(report)
+
+
 def test_two_nodes_one_process_each_train_one_run(tmp_path):
     recipe = {
         "seed_everything": 0,
@@ -64,8 +72,7 @@ def test_two_nodes_one_process_each_train_one_run(tmp_path):
                           "-m", "lightning_medaug.cli", "fit", "--config", "recipe.yaml",
                           "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strategy", "ddp",
                           "--trainer.accelerator", "cpu"] for node_rank in (0, 1)], tmp_path)
-    for code, output in results:
-        assert code == 0, output[-3000:]
+    assert_all_succeeded(results)
     outputs = [output for _, output in results]
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in outputs[0], outputs[0][-2000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1], outputs[1][-2000:]
@@ -89,8 +96,7 @@ def test_two_nodes_generate_disjoint_shards_of_one_bank(tmp_path):
                           "-m", "lightning_medaug.cli", "generate", "--model", str(folder), "--num-samples", "70",
                           "--shard-size", "16", "--batch-size", "8", "--out", str(tmp_path / "bank"),
                           "--no-progress"] for node_rank in (0, 1)], tmp_path)
-    for code, output in results:
-        assert code == 0, output[-3000:]
+    assert_all_succeeded(results)
     outputs = [output for _, output in results]
     # five shards: node 0 (global rank 0) draws 0, 2, 4 and node 1 draws 1, 3 - no shard twice, none left out
     assert "rank 0 of 2 drew 3 shard(s): [0, 2, 4]" in outputs[0], outputs[0][-2000:]
