@@ -9,7 +9,9 @@ very same module's ``training_step``, its optimizer from ``configure_optimizers`
 Lightning epoch is a fresh ``Trainer.fit``. ``steady_ratio`` divides instead the median epoch of one
 longer ``fit`` (epochs after its first) by the same plain epoch: what an epoch costs in a real
 run, once the Trainer's set-up (device and strategy set-up, teardown that empties the CUDA cache)
-is paid. The verdict stays on ``ratio``.
+is paid. The verdict stays on ``ratio``. To say where a gap comes from, ``fit_setup_teardown_s`` is a
+fresh fit's wall time minus that of its one epoch (building the Trainer, set-up, teardown) and
+``in_fit_overhead_ms_per_batch`` is what the Trainer's epoch costs per batch beyond the plain loop's.
 
 Each side trains its own instance, built from the same seed, across all its repeats (the work
 per step does not depend on the weights), so no run pays for building a model; the Lightning
@@ -99,11 +101,11 @@ def plain_epoch(model: L.LightningModule, loader: Iterable, max_batches: int | N
 
 
 def lightning_epoch(model: L.LightningModule, loader: Iterable, max_batches: int | None, precision: str,
-                    device: torch.device) -> None:
+                    device: torch.device, callbacks: list[L.Callback] | None = None) -> None:
     trainer = L.Trainer(accelerator=device.type, devices=1, precision=precision, max_epochs=1,
                         limit_train_batches=max_batches if max_batches is not None else 1.0, limit_val_batches=0,
                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+                        enable_model_summary=False, callbacks=callbacks)
     trainer.fit(model, train_dataloaders=loader)
 
 
@@ -147,12 +149,16 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     # Warm-up of 2 batches each (allocator, oneDNN caches, lazy imports), not of a whole epoch.
     lightning_epoch(ours, loader, 2, args.precision, device)
     plain_epoch(plain, loader, 2, args.precision, device)
+    # The same timer rides along every timed fit: the fit's wall time minus its epoch's is what
+    # building, setting up and tearing down a Trainer costs; the epoch itself is the per-batch cost.
+    in_fit = EpochTimer(device)
     times = interleaved_times({
-        "lightning": lambda: lightning_epoch(ours, loader, args.max_batches, args.precision, device),
+        "lightning": lambda: lightning_epoch(ours, loader, args.max_batches, args.precision, device, [in_fit]),
         "plain": lambda: plain_epoch(plain, loader, args.max_batches, args.precision, device),
     }, args.repeats, device, warmup=False)
     light_s, plain_s = statistics.median(times["lightning"]), statistics.median(times["plain"])
     ratio = light_s / plain_s
+    epoch_s = statistics.median(in_fit.seconds)
     steady_s = statistics.median(steady_epochs(ours, loader, args.max_batches, args.precision, device, args.repeats))
     return {
         "generator": args.generator, "batch_size": args.batch_size, "batches": batches, "repeats": args.repeats,
@@ -161,6 +167,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "lightning_ms_per_batch": round(1000 * light_s / batches, 2),
         "plain_ms_per_batch": round(1000 * plain_s / batches, 2),
         "ratio": round(ratio, 4), "ratio_of_best_runs": round(min(times["lightning"]) / min(times["plain"]), 4),
+        "fit_setup_teardown_s": round(light_s - epoch_s, 4), "in_fit_epoch_s": round(epoch_s, 4),
+        "in_fit_overhead_ms_per_batch": round(1000 * (epoch_s - plain_s) / batches, 2),
         "steady_lightning_s": round(steady_s, 4), "steady_ratio": round(steady_s / plain_s, 4),
         "target": TARGET, "meets_target": bool(ratio <= TARGET),
     }

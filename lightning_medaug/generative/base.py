@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -23,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from lightning_medaug.generative.term_logging import TermAccumulator, logs_this_batch
 from lightning_medaug.registry import GENERATORS
 
 __all__ = ["GenerativeModule", "load_generator", "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -124,6 +126,43 @@ class GenerativeModule(L.LightningModule):
         elif self.requires_masks:
             raise ValueError(f"{type(self).__name__} is mask-conditional: pass masks of shape {(n,) + self.mask_shape}")
         return labels, masks
+
+    # -- logging ------------------------------------------------------------------------------
+    def log_terms(self, stage: str, terms: Mapping[str, Tensor], batch_size: int) -> None:
+        """Log one batch's loss terms as ``{stage}/{name}``; the term ``"loss"`` also goes to the
+        progress bar.
+
+        Validation and test: every batch, epoch means synced across ranks. Training: summed on
+        the device, logged as ``train/{name}_step`` on the batches the loggers write (the loss on
+        every batch while a progress bar shows it) and as ``train/{name}_epoch`` and
+        ``train/{name}`` at the epoch's end (see :mod:`~lightning_medaug.generative.term_logging`).
+        """
+        if stage != "train":
+            for name, value in terms.items():
+                self.log(f"{stage}/{name}", value.detach(), on_step=False, on_epoch=True, prog_bar=name == "loss",
+                         batch_size=batch_size, sync_dist=True)
+            return
+        self._train_terms.add(terms, batch_size)  # also without a Trainer: a plain loop pays the same
+        if self._trainer is None:
+            return
+        every = logs_this_batch(self.trainer)
+        for name, value in terms.items():
+            if every or (name == "loss" and self.trainer.progress_bar_callback is not None):
+                self.log(f"train/{name}_step", value.detach(), on_step=True, on_epoch=False, prog_bar=name == "loss",
+                         batch_size=batch_size)
+
+    @property
+    def _train_terms(self) -> TermAccumulator:
+        if "_term_sums" not in self.__dict__:  # created on first use: subclasses need not call anything
+            self.__dict__["_term_sums"] = TermAccumulator()
+        return self.__dict__["_term_sums"]
+
+    def on_train_epoch_end(self) -> None:
+        # Runs before checkpoint and early-stopping callbacks, so they can monitor train/<name>.
+        for name, value in self._train_terms.means().items():
+            self.log(f"train/{name}_epoch", value, on_step=False, on_epoch=True, prog_bar=name == "loss")
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, logger=False)
+        self._train_terms.reset()
 
     def read_batch(self, batch: Any) -> tuple[Tensor, Tensor | None]:
         """Images and, for class-conditional models, labels of a training batch (any layout

@@ -116,7 +116,7 @@ class DiffusionGenerator(GenerativeModule):
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         pred = self.denoise(self.unet, x_t, t, labels, cond)
         loss = F.mse_loss(pred.float(), target.float())
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=x0.shape[0], sync_dist=stage != "train")
+        self.log_terms(stage, {"loss": loss}, x0.shape[0])
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

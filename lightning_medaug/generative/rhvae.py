@@ -248,6 +248,7 @@ class RHVAE(AutoencoderModule):
         self._commit_centroids()
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         self._commit_centroids()
 
     def on_train_end(self) -> None:

@@ -83,12 +83,7 @@ class AutoencoderModule(GenerativeModule):
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
         image, label, _ = unpack_batch(batch)
         terms = self.loss_terms(image, self._labels_for(label))
-        train = stage == "train"
-        # Validation/test figures are synced across DDP ranks; per-step train figures stay local (cheap).
-        parts = {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"}
-        self.log_dict(parts, on_step=train, on_epoch=True, batch_size=image.shape[0], sync_dist=not train)
-        self.log(f"{stage}/loss", terms["loss"].detach(), on_step=train, on_epoch=True, prog_bar=True,
-                 batch_size=image.shape[0], sync_dist=not train)
+        self.log_terms(stage, terms, image.shape[0])
         return terms["loss"]
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
