@@ -118,9 +118,8 @@ class AdversarialVAE(VAE):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         image, labels = self.read_batch(batch)
         figures = self.adversarial_step(image, labels)
-        self.log_dict({f"train/{k}": v for k, v in figures.items()}, batch_size=image.shape[0])
         # ``train/loss`` is the generator's loss, as for the GANs: what FiniteLossGuard watches.
-        self.log("train/loss", figures["loss_g"], prog_bar=True, batch_size=image.shape[0])
+        self.log_terms("train", figures | {"loss": figures["loss_g"]}, image.shape[0])
 
 
 @register_generator("vaegan")

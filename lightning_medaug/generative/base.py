@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import lightning as L
@@ -128,28 +128,30 @@ class GenerativeModule(L.LightningModule):
         return labels, masks
 
     # -- logging ------------------------------------------------------------------------------
-    def log_terms(self, stage: str, terms: Mapping[str, Tensor], batch_size: int) -> None:
-        """Log one batch's loss terms as ``{stage}/{name}``; the term ``"loss"`` also goes to the
-        progress bar.
+    def log_terms(self, stage: str, terms: Mapping[str, Tensor | float], batch_size: int,
+                  prog_bar: Collection[str] = ("loss",)) -> None:
+        """Log one batch's terms (scalar tensors or numbers) as ``{stage}/{name}``; the names in
+        ``prog_bar`` also go to the progress bar.
 
         Validation and test: every batch, epoch means synced across ranks. Training: summed on
-        the device, logged as ``train/{name}_step`` on the batches the loggers write (the loss on
-        every batch while a progress bar shows it) and as ``train/{name}_epoch`` and
+        the device, logged as ``train/{name}_step`` on the batches the loggers write (progress-bar
+        terms on every batch while a bar shows them) and as ``train/{name}_epoch`` and
         ``train/{name}`` at the epoch's end (see :mod:`~lightning_medaug.generative.term_logging`).
         """
         if stage != "train":
             for name, value in terms.items():
-                self.log(f"{stage}/{name}", value.detach(), on_step=False, on_epoch=True, prog_bar=name == "loss",
+                self.log(f"{stage}/{name}", _detached(value), on_step=False, on_epoch=True, prog_bar=name in prog_bar,
                          batch_size=batch_size, sync_dist=True)
             return
-        self._train_terms.add(terms, batch_size)  # also without a Trainer: a plain loop pays the same
+        self._train_terms.add(terms, batch_size, self.device)  # also without a Trainer: a plain loop pays the same
         if self._trainer is None:
             return
         every = logs_this_batch(self.trainer)
+        bar = self.trainer.progress_bar_callback is not None
         for name, value in terms.items():
-            if every or (name == "loss" and self.trainer.progress_bar_callback is not None):
-                self.log(f"train/{name}_step", value.detach(), on_step=True, on_epoch=False, prog_bar=name == "loss",
-                         batch_size=batch_size)
+            if every or (bar and name in prog_bar):
+                self.log(f"train/{name}_step", _detached(value), on_step=True, on_epoch=False,
+                         prog_bar=name in prog_bar, batch_size=batch_size)
 
     @property
     def _train_terms(self) -> TermAccumulator:
@@ -215,6 +217,10 @@ class GenerativeModule(L.LightningModule):
         if not isinstance(model, cls):
             raise ValueError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
         return model
+
+
+def _detached(value: Tensor | float) -> Tensor | float:
+    return value.detach() if isinstance(value, Tensor) else value
 
 
 def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:

@@ -181,9 +181,8 @@ class CycleGAN(GenerativeModule):
         self._step(opt_d, loss_d)
         self.untoggle_optimizer(opt_d)
 
-        self.log_dict({"train/loss_g": loss_g.detach(), "train/loss_d": loss_d.detach(),
-                       "train/loss_cycle": cycle.detach(), "train/loss_identity": identity.detach()}, prog_bar=True)
-        self.log("train/loss", loss_g.detach())
+        self.log_terms("train", {"loss_g": loss_g, "loss_d": loss_d, "loss_cycle": cycle, "loss_identity": identity,
+                                 "loss": loss_g}, real_a.shape[0], prog_bar=("loss_g", "loss_d", "loss_cycle"))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         real_a, real_b = self._read_batch(batch)

@@ -176,13 +176,11 @@ class GAN(GenerativeModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         images, labels = self.read_batch(batch)
-        loss_d = self.discriminator_step(images, labels)
-        self.log("train/loss_d", loss_d, prog_bar=True)
+        terms = {"loss_d": self.discriminator_step(images, labels)}
         self._critic_steps += 1
         if self._critic_steps % self.hparams.n_critic == 0:
-            loss_g = self.generator_step(images.shape[0], labels)
-            self.log("train/loss_g", loss_g, prog_bar=True)
-            self.log("train/loss", loss_g)
+            terms["loss_g"] = terms["loss"] = self.generator_step(images.shape[0], labels)
+        self.log_terms("train", terms, images.shape[0], prog_bar=("loss_d", "loss_g"))
 
     # -- the generator contract --------------------------------------------------------------------
     @property

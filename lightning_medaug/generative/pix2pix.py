@@ -131,9 +131,8 @@ class Pix2Pix(GenerativeModule):
         loss_g = loss_g + self.hparams.l1_weight * l1
         self._step(opt_g, loss_g)
         self.untoggle_optimizer(opt_g)
-        self.log_dict({"train/loss_d": loss_d.detach(), "train/loss_g": loss_g.detach(), "train/l1": l1.detach()},
-                      prog_bar=True)
-        self.log("train/loss", loss_g.detach())
+        self.log_terms("train", {"loss_d": loss_d, "loss_g": loss_g, "l1": l1, "loss": loss_g}, masks.shape[0],
+                       prog_bar=("loss_d", "loss_g", "l1"))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         images, masks = self._read_batch(batch)

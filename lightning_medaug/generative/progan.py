@@ -197,10 +197,9 @@ class ProGAN(GenerativeModule):
         logs = self.critic_step(self.reals_at(images, level, alpha), labels, level, alpha)
         if int(self.batches_seen) % self.hparams.n_critic == 0:
             logs.update(self.generator_step(images.shape[0], labels, level, alpha))
-            self.log("train/loss", logs["loss_g"], prog_bar=True)
+            logs["loss"] = logs["loss_g"]
         self.batches_seen += 1
-        self.log_dict({f"train/{k}": v for k, v in logs.items()} | {"train/level": float(level), "train/alpha": alpha},
-                      prog_bar=False)
+        self.log_terms("train", logs | {"level": float(level), "alpha": float(alpha)}, images.shape[0])
 
     # -- the generator contract ----------------------------------------------------------------------
     @property

@@ -241,9 +241,7 @@ class SinDDM(GenerativeModule):
             self._take_image_from(batch)
         loss, per_scale = self._loss()
         k = self.hparams.copies_per_scale
-        self.log("train/loss", loss, prog_bar=True, batch_size=k)
-        for s, value in enumerate(per_scale):
-            self.log(f"train/loss_scale{s}", value, batch_size=k)
+        self.log_terms("train", {"loss": loss} | {f"loss_scale{s}": value for s, value in enumerate(per_scale)}, k)
         return loss
 
     def _eval_step(self, stage: str) -> Tensor | None:

@@ -202,8 +202,7 @@ class StyleGAN2(GenerativeModule):
         logs["ada_p"] = self.augment.p.detach().float()
         if not torch.isnan(self.augment.last_rt):
             logs["ada_rt"] = self.augment.last_rt.detach().float()
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False)
-        self.log("train/loss", logs["loss_g"], prog_bar=True)
+        self.log_terms("train", logs | {"loss": logs["loss_g"]}, images.shape[0])
 
     # -- the generator contract --------------------------------------------------------------------
     @property

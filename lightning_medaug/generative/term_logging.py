@@ -21,28 +21,37 @@ __all__ = ["TermAccumulator", "logs_this_batch"]
 
 
 class TermAccumulator:
-    """Batch-size-weighted running sums of named scalar tensors, kept on their device."""
+    """Batch-size-weighted running sums of named scalars, kept on their device.
+
+    Batches may log different sets of terms (a GAN's generator loss only every ``n_critic``
+    batches): each set is summed as one stacked tensor, one add per batch, and each term's mean
+    is taken over the batches that logged it.
+    """
 
     def __init__(self) -> None:
-        self.names: tuple[str, ...] = ()
-        self.sums: Tensor | None = None
-        self.count = 0
+        self.groups: dict[tuple[str, ...], list] = {}  # names -> [sums (stacked), number of samples]
 
-    def add(self, terms: Mapping[str, Tensor], batch_size: int) -> None:
-        values = torch.stack([value.detach().float().reshape(()) for value in terms.values()])
-        if tuple(terms) != self.names or self.sums is None or self.sums.device != values.device:
-            self.names, self.sums, self.count = tuple(terms), torch.zeros_like(values), 0
-        self.sums.add_(values, alpha=batch_size)
-        self.count += batch_size
+    def add(self, terms: Mapping[str, Tensor | float], batch_size: int, device: torch.device | None = None) -> None:
+        values = torch.stack([torch.as_tensor(value, device=device).detach().float().reshape(())
+                              for value in terms.values()])
+        group = self.groups.get(tuple(terms))
+        if group is None or group[0].device != values.device:
+            group = self.groups[tuple(terms)] = [torch.zeros_like(values), 0]
+        group[0].add_(values, alpha=batch_size)
+        group[1] += batch_size
 
     def means(self) -> dict[str, Tensor]:
         """The weighted mean of each term since the last :meth:`reset` (empty if none was added)."""
-        if self.sums is None or self.count == 0:
-            return {}
-        return dict(zip(self.names, self.sums / self.count))
+        sums: dict[str, Tensor] = {}
+        counts: dict[str, int] = {}
+        for names, (stacked, count) in self.groups.items():
+            for name, value in zip(names, stacked):
+                sums[name] = sums[name] + value if name in sums else value
+                counts[name] = counts.get(name, 0) + count
+        return {name: sums[name] / counts[name] for name in sums if counts[name]}
 
     def reset(self) -> None:
-        self.names, self.sums, self.count = (), None, 0
+        self.groups = {}
 
 
 def logs_this_batch(trainer: L.Trainer) -> bool:

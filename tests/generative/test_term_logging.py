@@ -24,18 +24,34 @@ def tiny(name: str):
     return create_generator(name, image_size=16, num_classes=2, channels=(8, 8), norm_num_groups=4, **extra)
 
 
-def test_accumulator_weights_by_batch_size_and_restarts_on_new_names():
+def test_accumulator_weights_by_batch_size_and_averages_each_term_over_its_own_batches():
     acc = TermAccumulator()
     assert acc.means() == {}
     acc.add({"loss": torch.tensor(1.0), "kl": torch.tensor(4.0)}, 1)
-    acc.add({"loss": torch.tensor(3.0), "kl": torch.tensor(0.0)}, 3)
+    acc.add({"loss": torch.tensor(3.0), "kl": 0.0}, 3)  # numbers are accepted beside tensors
     means = acc.means()
     assert list(means) == ["loss", "kl"]
     assert float(means["loss"]) == pytest.approx(2.5) and float(means["kl"]) == pytest.approx(1.0)
-    acc.add({"other": torch.tensor(7.0)}, 2)  # another set of terms starts over
-    assert {k: float(v) for k, v in acc.means().items()} == {"other": 7.0}
+    # a GAN's generator loss comes every other batch: its mean is over the batches that had it
+    acc.reset()
+    acc.add({"loss_d": torch.tensor(1.0)}, 2)
+    acc.add({"loss_d": torch.tensor(3.0), "loss_g": torch.tensor(10.0)}, 2)
+    acc.add({"loss_d": torch.tensor(5.0)}, 2)
+    assert {k: float(v) for k, v in acc.means().items()} == pytest.approx({"loss_d": 3.0, "loss_g": 10.0})
     acc.reset()
     assert acc.means() == {}
+
+
+def test_gan_terms_reach_the_epoch_means():
+    torch.manual_seed(0)
+    model = create_generator("cgan", image_size=16, num_classes=2, latent_dim=8, generator_channels=8,
+                             discriminator_channels=8, n_critic=2)
+    trainer = quiet_trainer(4, log_every_n_steps=50, limit_val_batches=0)
+    trainer.fit(model, datamodule=phantom_data(2, 16, num_train=64, batch_size=16))
+    metrics = trainer.callback_metrics
+    assert {"train/loss_d", "train/loss_g", "train/loss", "train/loss_d_epoch", "train/loss_g_epoch"} <= set(metrics)
+    assert float(metrics["train/loss"]) == float(metrics["train/loss_g"])  # the loss is the generator's
+    assert all(torch.isfinite(metrics[k]) for k in ("train/loss_d", "train/loss_g"))
 
 
 @pytest.mark.parametrize("name", ["vae", "ddpm"])
