@@ -260,8 +260,9 @@ def package_pretrained(folder: str | Path, out_zip: str | Path) -> str:
     """Zip a ``save_pretrained`` folder reproducibly; returns the zip's SHA-256.
 
     Entries are the folder's :data:`PRETRAINED_FILES` that exist (``config.json``,
-    ``model.safetensors``, ``MODEL_CARD.md``, ``privacy.json``), sorted, at the zip's root, with a fixed timestamp and mode: the same folder always
-    gives the same bytes, so the hash identifies the weights.
+    ``model.safetensors``, ``MODEL_CARD.md``, ``privacy.json``), sorted, at the zip's root, with a
+    fixed timestamp and mode: the same folder always gives the same bytes, so the hash identifies
+    the weights.
     """
     folder, out_zip = Path(folder), Path(out_zip)
     for required in (CONFIG_NAME, WEIGHTS_NAME):

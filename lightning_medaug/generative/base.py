@@ -14,8 +14,8 @@ Contract (see the project's style guide): a generator is a LightningModule that
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -64,6 +64,7 @@ class GenerativeModule(L.LightningModule):
         self.in_channels = in_channels
         self.image_size = image_size
         self.num_classes = num_classes
+        self._train_terms = TermAccumulator()  # this epoch's training terms (log_terms)
 
     # -- the contract -------------------------------------------------------------------------
     @property
@@ -152,12 +153,6 @@ class GenerativeModule(L.LightningModule):
             if every or (bar and name in prog_bar):
                 self.log(f"train/{name}_step", _detached(value), on_step=True, on_epoch=False,
                          prog_bar=name in prog_bar, batch_size=batch_size)
-
-    @property
-    def _train_terms(self) -> TermAccumulator:
-        if "_term_sums" not in self.__dict__:  # created on first use: subclasses need not call anything
-            self.__dict__["_term_sums"] = TermAccumulator()
-        return self.__dict__["_term_sums"]
 
     def on_train_epoch_end(self) -> None:
         # Runs before checkpoint and early-stopping callbacks, so they can monitor train/<name>.
