@@ -280,20 +280,17 @@ class RHVAE(AutoencoderModule):
         """
         labels, _ = self.check_sample_args(n, labels, None, generator)
         hp, noise_device = self.hparams, self.noise_device(generator)
-
-        def randn(shape: tuple[int, ...]) -> Tensor:
-            return torch.randn(shape, generator=generator, device=noise_device).to(self.device)
-
-        def rand(shape: tuple[int, ...]) -> Tensor:
-            return torch.rand(shape, generator=generator, device=noise_device).to(self.device)
-
-        # Callers (the bank writer) sample under inference mode; HMC needs gradients w.r.t. z.
-        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(self.device.type, enabled=False):
-            groups = torch.zeros(n, dtype=torch.long, device=self.device) if labels is None else labels.clone()
-            start = self.bank.starting_points(groups, randn((n, hp.latent_dim)), rand((n,)))
-            z = hmc(start, self.bank.log_volume_fn(groups), hp.sample_steps, hp.sample_n_lf, hp.sample_eps_lf,
-                    randn, rand)
-        return z.detach()
+        # all the chain's randomness in two draws (row 0 picks the starting points): one host-to-device
+        # copy each when the generator lives elsewhere, instead of two per HMC iteration
+        normal = torch.randn((hp.sample_steps + 1, n, hp.latent_dim), generator=generator, device=noise_device)
+        uniform = torch.rand((hp.sample_steps + 1, n), generator=generator, device=noise_device)
+        normal, uniform = normal.to(self.device), uniform.to(self.device)
+        # float32 even under autocast: the metric's Cholesky factorisations need it
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            groups = torch.zeros(n, dtype=torch.long, device=self.device) if labels is None else labels
+            start = self.bank.starting_points(groups, normal[0], uniform[0])
+            return hmc(start, self.bank.log_volume_and_grad_fn(groups), hp.sample_n_lf, hp.sample_eps_lf,
+                       normal[1:], uniform[1:])
 
 
 def _check_rhvae_args(channels: tuple[int, ...], latent_dim: int, cond_channels: int, n_lf: int, eps_lf: float,

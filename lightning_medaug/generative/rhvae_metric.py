@@ -23,8 +23,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CentroidBank", "generalized_leapfrog", "hmc", "inverse_metric", "log_det", "lower_triangular",
-           "tempering"]
+__all__ = ["CentroidBank", "generalized_leapfrog", "hmc", "inverse_metric", "kernel_weights", "log_det",
+           "lower_triangular", "tempering", "value_and_grad"]
 
 
 def lower_triangular(raw: Tensor, dim: int) -> Tensor:
@@ -45,17 +45,23 @@ def tempering(k: int, num_steps: int, beta_zero: float) -> float:
     return 1.0 / ((1.0 - inv_sqrt_beta0) * (k / num_steps) ** 2 + inv_sqrt_beta0)
 
 
+def kernel_weights(z: Tensor, z_labels: Tensor, centroids: Tensor, centroid_labels: Tensor,
+                   temperature: float) -> Tensor:
+    """``(n, K)`` weights ``exp(-||z - c_k||^2 / T^2)`` of each centroid, zero for other classes' centroids."""
+    # |z|^2 + |c|^2 - 2 z.c: a matmul instead of an (n, K, d) difference tensor; twice differentiable,
+    # unlike cdist, which training needs (it backpropagates through dH/dz)
+    sq_dist = (z.pow(2).sum(-1, keepdim=True) + centroids.pow(2).sum(-1) - 2.0 * z @ centroids.T).clamp_min(0.0)
+    same_class = (z_labels.unsqueeze(1) == centroid_labels.unsqueeze(0)).to(z.dtype)
+    return torch.exp(-sq_dist / temperature**2) * same_class
+
+
 def inverse_metric(z: Tensor, z_labels: Tensor, centroids: Tensor, matrices: Tensor, centroid_labels: Tensor,
                    temperature: float, regularization: float) -> Tensor:
     """``G^-1(z)`` of shape ``(n, d, d)``; only centroids of the query's class contribute.
 
     ``matrices`` are ``L_i L_i^T``; centroids labelled -1 (empty slots) never match a class.
     """
-    # |z|^2 + |c|^2 - 2 z.c: a matmul instead of an (n, K, d) difference tensor; twice differentiable,
-    # unlike cdist, which training needs (it backpropagates through dH/dz)
-    sq_dist = (z.pow(2).sum(-1, keepdim=True) + centroids.pow(2).sum(-1) - 2.0 * z @ centroids.T).clamp_min(0.0)
-    same_class = (z_labels.unsqueeze(1) == centroid_labels.unsqueeze(0)).to(z.dtype)
-    weights = torch.exp(-sq_dist / temperature**2) * same_class
+    weights = kernel_weights(z, z_labels, centroids, centroid_labels, temperature)
     eye = torch.eye(z.shape[-1], device=z.device, dtype=z.dtype)
     return torch.einsum("nk,kij->nij", weights, matrices) + regularization * eye
 
@@ -110,31 +116,47 @@ def generalized_leapfrog(z: Tensor, rho: Tensor, grad_u: Tensor, potential_grad:
     return z_new, rho_new, grad_u_new, aux
 
 
-def hmc(z: Tensor, log_density: Callable[[Tensor], Tensor], num_steps: int, num_leapfrog: int, eps: float,
-        randn: Callable[[tuple[int, ...]], Tensor], rand: Callable[[tuple[int, ...]], Tensor]) -> Tensor:
+def value_and_grad(log_density: Callable[[Tensor], Tensor]) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """``z -> (log_density(z), d log_density / dz)`` through autograd, for densities without a closed-form
+    gradient (``CentroidBank.log_volume_and_grad_fn`` has one)."""
+    def fn(z: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            z_ = z.detach().requires_grad_(True)
+            value = log_density(z_)
+            return value.detach(), _grad(value, z_, create_graph=False)
+
+    return fn
+
+
+def hmc(z: Tensor, log_density_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]], num_leapfrog: int, eps: float,
+        momenta: Tensor, uniforms: Tensor) -> Tensor:
     """Hamiltonian Monte Carlo (Duane et al. 1987; Neal 2011) with Metropolis correction, per chain.
 
-    ``randn``/``rand`` draw the momenta and acceptance uniforms, so a seeded generator fixes the chain.
+    Args:
+        z: starting points ``(n, d)``.
+        log_density_and_grad: ``z -> (log density (n,), its gradient (n, d))``; see :func:`value_and_grad`.
+            It runs once per leapfrog step: the energies reuse the values at the leapfrog's end points.
+        num_leapfrog, eps: leapfrog steps per iteration and their size.
+        momenta, uniforms: ``(num_steps, n, d)`` standard normal momenta and ``(num_steps, n)``
+            acceptance uniforms in [0, 1), one row per iteration. Drawn up front by the caller, so a
+            seeded generator fixes the chain and a GPU chain never waits for a host-to-device copy.
     """
-    def grad_log(z_: Tensor) -> Tensor:
-        z_ = z_.detach().requires_grad_(True)
-        return _grad(log_density(z_), z_, create_graph=False)
-
     z = z.detach()
-    for _ in range(num_steps):
-        rho = randn(tuple(z.shape))
-        with torch.no_grad():
-            h0 = -log_density(z) + 0.5 * rho.pow(2).sum(-1)
-        z_new, rho_new = z, rho + 0.5 * eps * grad_log(z)
+    log_p, grad = log_density_and_grad(z)
+    for rho, uniform in zip(momenta, uniforms):
+        h0 = -log_p + 0.5 * rho.pow(2).sum(-1)
+        z_new, rho_new = z, torch.add(rho, grad, alpha=0.5 * eps)
         for k in range(num_leapfrog):
-            z_new = z_new + eps * rho_new
+            z_new = torch.add(z_new, rho_new, alpha=eps)
+            log_p_new, grad_new = log_density_and_grad(z_new)
             step = eps if k < num_leapfrog - 1 else 0.5 * eps  # the last momentum update is a half step
-            rho_new = rho_new + step * grad_log(z_new)
-        with torch.no_grad():
-            h1 = -log_density(z_new) + 0.5 * rho_new.pow(2).sum(-1)
-            # NaN energies compare False, so a diverged proposal is rejected.
-            accept = rand((z.shape[0],)).log() < (h0 - h1)
-            z = torch.where(accept.unsqueeze(-1), z_new, z)
+            rho_new = torch.add(rho_new, grad_new, alpha=step)
+        h1 = -log_p_new + 0.5 * rho_new.pow(2).sum(-1)
+        # NaN energies compare False, so a diverged proposal is rejected.
+        accept = uniform.log() < (h0 - h1)
+        z = torch.where(accept.unsqueeze(-1), z_new, z)
+        log_p = torch.where(accept, log_p_new, log_p)
+        grad = torch.where(accept.unsqueeze(-1), grad_new, grad)
     return z
 
 
@@ -204,19 +226,43 @@ class CentroidBank(nn.Module):
         return inverse_metric(z, labels, self.centroids.to(z.dtype), self.matrices.to(z.dtype), self.labels,
                               self.temperature, self.regularization)
 
-    def log_volume_fn(self, labels: Tensor) -> Callable[[Tensor], Tensor]:
-        """``z -> log sqrt(det G^-1(z))`` for chains of classes ``labels``: the unnormalised log density
-        of the Riemannian uniform distribution (TPAMI 2022). Empty slots are dropped once, up front,
-        since HMC evaluates this thousands of times."""
+    def log_volume_and_grad_fn(self, labels: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """``z -> (log sqrt(det G^-1(z)), its gradient)`` for chains of classes ``labels``: the
+        unnormalised log density of the Riemannian uniform distribution (TPAMI 2022), for :func:`hmc`.
+
+        The gradient is in closed form, ``d/dz 1/2 log det G^-1 = 1/2 sum_k tr(G M_k) dw_k/dz`` with
+        ``dw_k/dz = -2 w_k (z - c_k) / T^2``: no autograd graph, and what does not depend on ``z``
+        (empty slots dropped, class masks, centroid norms) is computed once, up front, since HMC
+        evaluates this thousands of times. No kernel here waits on the host, so on a GPU the chain's
+        launches queue ahead of its compute.
+        """
         used = (self.labels.unsqueeze(1) == labels.unique().unsqueeze(0)).any(1)
-        centroids, matrices, centroid_labels = self.centroids[used], self.matrices[used], self.labels[used]
+        # float32 whatever the module's dtype: the chains run in float32 (Cholesky needs it)
+        centroids = self.centroids[used].float()
+        flat_matrices = self.matrices[used].float().flatten(1)  # (K, d*d): tr(G M_k) is a matmul (both symmetric)
+        inv_t2 = 1.0 / self.temperature**2
+        # log of the class mask (0 or -inf) and -|c|^2, folded into the exponent of the weights
+        log_mask = torch.zeros(len(labels), len(centroids), device=centroids.device).masked_fill(
+            labels.unsqueeze(1) != self.labels[used].unsqueeze(0), float("-inf"))
+        neg_c2 = -centroids.pow(2).sum(-1)
+        eye = torch.eye(self.latent_dim, device=centroids.device)
+        regularizer = self.regularization * eye
 
-        def log_volume(z: Tensor) -> Tensor:
-            ginv = inverse_metric(z, labels, centroids.to(z.dtype), matrices.to(z.dtype), centroid_labels,
-                                  self.temperature, self.regularization)
-            return 0.5 * log_det(ginv)
+        def log_volume_and_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+            # -||z - c||^2 = 2 z.c - |c|^2 - |z|^2, at most 0
+            neg_sq_dist = (torch.addmm(neg_c2, z, centroids.T, alpha=2.0) - z.pow(2).sum(-1, keepdim=True)).clamp_max(0)
+            weights = torch.exp(torch.add(log_mask, neg_sq_dist, alpha=inv_t2))
+            ginv = torch.addmm(regularizer.flatten(), weights, flat_matrices).view(-1, *eye.shape)
+            # cholesky_ex and solve_triangular check no errors, which would wait for the device; a failed
+            # factorisation gives NaN energies, and HMC rejects those proposals
+            chol = torch.linalg.cholesky_ex(ginv).L
+            log_volume = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+            chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)  # G = L^-T L^-1
+            coeffs = (chol_inv.mT @ chol_inv).flatten(1) @ flat_matrices.T * weights  # tr(G M_k) w_k
+            grad = torch.addmm(coeffs.sum(-1, keepdim=True) * z, coeffs, centroids, beta=-inv_t2, alpha=inv_t2)
+            return log_volume, grad
 
-        return log_volume
+        return log_volume_and_grad
 
     def starting_points(self, labels: Tensor, randn: Tensor, uniform: Tensor) -> Tensor:
         """A random committed centroid of each label's class; ``randn`` where a class has none yet.

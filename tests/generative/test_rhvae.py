@@ -17,8 +17,10 @@ from lightning_medaug.generative.rhvae_metric import (
     generalized_leapfrog,
     hmc,
     inverse_metric,
+    log_det,
     lower_triangular,
     tempering,
+    value_and_grad,
 )
 from lightning_medaug.registry import create_generator, list_generators
 
@@ -182,9 +184,34 @@ def test_generalized_leapfrog_is_reversible_and_conserves_energy():
 def test_hmc_samples_a_known_density():
     gen = seeded(0)
     target = torch.tensor([1.0, -2.0])
-    z = hmc(torch.zeros(400, 2), lambda z: -0.5 * (z - target).pow(2).sum(1) / 0.25, num_steps=30, num_leapfrog=5,
-            eps=0.2, randn=lambda s: torch.randn(s, generator=gen), rand=lambda s: torch.rand(s, generator=gen))
+    log_density = value_and_grad(lambda z: -0.5 * (z - target).pow(2).sum(1) / 0.25)
+    z = hmc(torch.zeros(400, 2), log_density, num_leapfrog=5, eps=0.2, momenta=torch.randn(30, 400, 2, generator=gen),
+            uniforms=torch.rand(30, 400, generator=gen))
     assert torch.allclose(z.mean(0), target, atol=0.1) and torch.allclose(z.std(0), torch.full((2,), 0.5), atol=0.1)
+
+
+def test_hmc_rejects_diverged_proposals():
+    # a density that is NaN away from the start: every proposal is rejected and the chains stay put
+    def log_density_and_grad(z):
+        nan = torch.full_like(z[:, 0], float("nan"))
+        return torch.where(z.abs().sum(1) < 1e-6, torch.zeros_like(nan), nan), -z
+    z = hmc(torch.zeros(5, 3), log_density_and_grad, num_leapfrog=3, eps=0.5, momenta=torch.ones(4, 5, 3),
+            uniforms=torch.full((4, 5), 0.5))
+    assert torch.equal(z, torch.zeros(5, 3))
+
+
+def test_closed_form_log_volume_gradient_matches_autograd():
+    torch.manual_seed(0)
+    bank = CentroidBank(latent_dim=6, max_centroids=20, num_classes=2, temperature=1.5, regularization=0.01)
+    factors = torch.randn(30, 6, 6).tril() * 0.3 + torch.eye(6)
+    bank.add(torch.randn(30, 6), factors, torch.randint(0, 2, (30,)))
+    assert bank.commit()
+    labels, z = torch.randint(0, 2, (12,)), torch.randn(12, 6)
+    value, grad = bank.log_volume_and_grad_fn(labels)(z)
+    ref_value, ref_grad = value_and_grad(lambda z_: 0.5 * log_det(
+        inverse_metric(z_, labels, bank.centroids, bank.matrices, bank.labels, 1.5, 0.01)))(z)
+    assert ref_grad.abs().max() > 0.1  # the check is not vacuous: the density has slope here
+    assert torch.allclose(value, ref_value, atol=1e-5) and torch.allclose(grad, ref_grad, atol=1e-4)
 
 
 def test_centroid_bank_keeps_a_bounded_random_subset_per_class():
@@ -199,7 +226,8 @@ def test_centroid_bank_keeps_a_bounded_random_subset_per_class():
     assert torch.equal(kept % 2, bank.labels) and bank.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert kept.unique().numel() == 6 and kept.max() > 40  # a spread over the epoch, not its first batch
     # the Riemannian uniform density is high on the class's centroids, flat far away
-    log_volume = bank.log_volume_fn(torch.tensor([0, 0]))(torch.stack([bank.centroids[0], bank.centroids[0] + 50]))
+    log_volume, _ = bank.log_volume_and_grad_fn(torch.tensor([0, 0]))(
+        torch.stack([bank.centroids[0], bank.centroids[0] + 50]))
     assert log_volume[0] > log_volume[1] + 0.5
     # a class without centroids starts from the Gaussian draw
     start = bank.starting_points(torch.tensor([0, 1, 5]), torch.full((3, 2), -7.0), torch.tensor([0.0, 0.99, 0.5]))
