@@ -175,6 +175,12 @@ def test_classic_mix_arms_and_paired_comparisons_against_targets(tmp_path):
     partial.append({**next(r for r in results if r["arm"] == "classic"), "seed": 2, "value": 0.60})
     over_classic = compare_arms(partial, study.targets)[1]
     assert over_classic["paired"] == {0: pytest.approx(0.005)} and over_classic["delta"] == pytest.approx(0.005)
+    # an arm with one lucky seed is not preferred to one measured on every seed
+    lucky = [r for r in results if not (r["arm"] == "mix_cgan_r0.25" and r["seed"] == 1)]
+    lucky = [{**r, "value": 0.99} if r["arm"] == "mix_cgan_r0.25" else r for r in lucky]
+    over_real = compare_arms(lucky, study.targets)[0]
+    assert over_real["best_arm"] == "classic_mix_cgan_r0.5" and over_real["paired"].keys() == {0, 1}
+    assert compare_arms([r for r in lucky if r["seed"] == 0], study.targets)[0]["best_arm"] == "mix_cgan_r0.25"
     with pytest.raises(ValueError, match="needs classic_augmentation"):
         Study("classify_pneumonia.yaml", classic_augmentation=False, classic_with_synthetic=True)
     with pytest.raises(ValueError, match="unknown keys"):
