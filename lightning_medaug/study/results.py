@@ -33,17 +33,21 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _plot_fraction(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     from lightning_medaug.report.plots import plt, save_figure
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for arm in sorted({r["arm"] for r in rows}, key=lambda a: (a.startswith("mix"), a)):
+    arms = sorted({r["arm"] for r in rows}, key=lambda a: (a.startswith("mix"), a))
+    # a full grid has a dozen arms: tab10 would give two arms one colour
+    colours = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))
+    for i, arm in enumerate(arms):
         points = sorted((r["fraction"], r["mean"], r["std"]) for r in rows if r["arm"] == arm)
         xs, ys, es = zip(*points)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=arm, linestyle="--" if arm.startswith("mix") else "-")
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=arm, color=colours(i),
+                    linestyle="--" if arm.startswith("mix") else "-")
     ax.set_xscale("log")
     ax.set_xlabel("fraction of the real training split")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs real data (mean +- std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the curves, not over them
     save_figure(fig, path, dpi=120)
 
 
