@@ -117,8 +117,8 @@ def generalized_leapfrog(z: Tensor, rho: Tensor, grad_u: Tensor, potential_grad:
 
 
 def value_and_grad(log_density: Callable[[Tensor], Tensor]) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-    """``z -> (log_density(z), d log_density / dz)`` through autograd, for densities without a closed-form
-    gradient (``CentroidBank.log_volume_and_grad_fn`` has one)."""
+    """``z -> (log_density(z), d log_density / dz)`` through autograd, for densities without a
+    closed-form gradient (``CentroidBank.log_volume_and_grad_fn`` has one)."""
     def fn(z: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             z_ = z.detach().requires_grad_(True)
