@@ -23,8 +23,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CentroidBank", "generalized_leapfrog", "hmc", "inverse_metric", "kernel_weights", "log_det",
-           "lower_triangular", "tempering", "value_and_grad"]
+__all__ = ["CentroidBank", "generalized_leapfrog", "hmc", "inverse_metric", "log_det", "lower_triangular",
+           "tempering", "value_and_grad"]
 
 
 def lower_triangular(raw: Tensor, dim: int) -> Tensor:
@@ -45,23 +45,17 @@ def tempering(k: int, num_steps: int, beta_zero: float) -> float:
     return 1.0 / ((1.0 - inv_sqrt_beta0) * (k / num_steps) ** 2 + inv_sqrt_beta0)
 
 
-def kernel_weights(z: Tensor, z_labels: Tensor, centroids: Tensor, centroid_labels: Tensor,
-                   temperature: float) -> Tensor:
-    """``(n, K)`` weights ``exp(-||z - c_k||^2 / T^2)`` of each centroid, zero for other classes' centroids."""
-    # |z|^2 + |c|^2 - 2 z.c: a matmul instead of an (n, K, d) difference tensor; twice differentiable,
-    # unlike cdist, which training needs (it backpropagates through dH/dz)
-    sq_dist = (z.pow(2).sum(-1, keepdim=True) + centroids.pow(2).sum(-1) - 2.0 * z @ centroids.T).clamp_min(0.0)
-    same_class = (z_labels.unsqueeze(1) == centroid_labels.unsqueeze(0)).to(z.dtype)
-    return torch.exp(-sq_dist / temperature**2) * same_class
-
-
 def inverse_metric(z: Tensor, z_labels: Tensor, centroids: Tensor, matrices: Tensor, centroid_labels: Tensor,
                    temperature: float, regularization: float) -> Tensor:
     """``G^-1(z)`` of shape ``(n, d, d)``; only centroids of the query's class contribute.
 
     ``matrices`` are ``L_i L_i^T``; centroids labelled -1 (empty slots) never match a class.
     """
-    weights = kernel_weights(z, z_labels, centroids, centroid_labels, temperature)
+    # |z|^2 + |c|^2 - 2 z.c: a matmul instead of an (n, K, d) difference tensor; twice differentiable,
+    # unlike cdist, which training needs (it backpropagates through dH/dz)
+    sq_dist = (z.pow(2).sum(-1, keepdim=True) + centroids.pow(2).sum(-1) - 2.0 * z @ centroids.T).clamp_min(0.0)
+    same_class = (z_labels.unsqueeze(1) == centroid_labels.unsqueeze(0)).to(z.dtype)
+    weights = torch.exp(-sq_dist / temperature**2) * same_class
     eye = torch.eye(z.shape[-1], device=z.device, dtype=z.dtype)
     return torch.einsum("nk,kij->nij", weights, matrices) + regularization * eye
 
@@ -241,7 +235,8 @@ class CentroidBank(nn.Module):
         centroids = self.centroids[used].float()
         flat_matrices = self.matrices[used].float().flatten(1)  # (K, d*d): tr(G M_k) is a matmul (both symmetric)
         inv_t2 = 1.0 / self.temperature**2
-        # log of the class mask (0 or -inf) and -|c|^2, folded into the exponent of the weights
+        # inverse_metric's weights with what does not depend on z hoisted: the log of the class mask
+        # (0 or -inf) and -|c|^2, folded into the exponent
         log_mask = torch.zeros(len(labels), len(centroids), device=centroids.device).masked_fill(
             labels.unsqueeze(1) != self.labels[used].unsqueeze(0), float("-inf"))
         neg_c2 = -centroids.pow(2).sum(-1)
