@@ -9,7 +9,8 @@ A one-cell :class:`~lightning_medaug.study.Study` on a stratified 10% of the rea
    images only, and on real + synthetic images through ``SyntheticMixDataModule`` (and, with
    ``--classic``, with classic augmentation); select each checkpoint on validation AUC and test it
    on the official test split (real images only);
-3. write ``report.md``, ``results.json``/``results.csv``, plots and real/synthetic sample grids.
+3. write ``report.html`` (self-contained) and ``report.md``, ``results.json``/``results.csv``, plots
+   and real/synthetic sample grids.
 
 Each training run leaves its folder (``recipe.yaml``, ``config.yaml``, ``metrics.json``,
 ``curves.png``), so every figure can be reproduced with ``medaug fit --config <folder>/recipe.yaml``.
@@ -86,6 +87,6 @@ def main(argv: Sequence[str] = ()) -> int:
     for result in results:
         table.add_row(result["arm"], *(f"{result['test'].get(k, float('nan')):.4f}" for k in REPORTED))
     console.print(table)
-    console.print(f"report: [bold]{run / 'report.md'}[/] (results.json, plots, sample grids; run folders in "
-                  f"{run / 'cells'} and {run / 'generators'})")
+    console.print(f"report: [bold]{run / 'report.html'}[/] (report.md, results.json, plots, sample grids; "
+                  f"run folders in {run / 'cells'} and {run / 'generators'})")
     return 0

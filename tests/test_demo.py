@@ -54,6 +54,8 @@ def test_demo_report_has_table_plots_and_sample_grids(demo_run):
     for name in ("real.png", "samples.png"):
         assert (run / "generators" / "cgan_f0.02_s0" / name).stat().st_size > 500
         assert f"generators/cgan_f0.02_s0/{name}" in text
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") >= 4  # plots and both sample grids inlined: no files needed
 
 
 def test_demo_rejects_bad_arguments(tmp_path, capsys):

@@ -103,14 +103,28 @@ def test_results_summary_and_files(tmp_path):
     for cell in study.cells():
         value = 0.8 + 0.1 * cell.fraction + (0.02 if cell.generator else 0) + 0.01 * cell.seed
         results.append({"fraction": cell.fraction, "seed": cell.seed, "arm": cell.arm, "generator": cell.generator,
-                        "ratio": cell.ratio, "value": value, "seconds": 60.0, "test": {"test/auc": value}})
+                        "ratio": cell.ratio, "value": value, "seconds": 60.0,
+                        "test": {"test/auc": value, "test/acc": value - 0.1, "test/loss": 1 - value}})
     rows = summarize(results)
     mixed = next(r for r in rows if r["fraction"] == 0.1 and r["arm"] == "mix_cgan_r0.5")
     assert mixed["mean"] == pytest.approx(0.835) and mixed["std"] == pytest.approx(0.00707, abs=1e-4)
     assert mixed["seeds"] == 2 and mixed["minutes"] == pytest.approx(2.0)
+    assert mixed["metrics"]["test/acc"] == (pytest.approx(0.735), pytest.approx(0.00707, abs=1e-4))
     files = write_results(study, results)
-    assert files["csv"].read_text(encoding="utf-8").count("\n") == 1 + 4
+    csv_lines = files["csv"].read_text(encoding="utf-8").splitlines()
+    assert len(csv_lines) == 1 + 4 and csv_lines[0].endswith("test/acc mean,test/acc std,test/loss mean,test/loss std")
+    assert csv_lines[-1].startswith("1.0,real,") and float(csv_lines[-1].split(",")[-4]) == pytest.approx(0.805)
     assert files["fraction_plot"].stat().st_size > 5000 and files["ratio_plot"].stat().st_size > 5000
+    # the report: arms down and fractions across, the best mean per fraction starred, accuracy as well
+    markdown = files["report"].read_text(encoding="utf-8")
+    assert "| mix_cgan_r0.5 | 0.8350 +- 0.0071 (2) * | 0.9250 +- 0.0071 (2) * |" in markdown
+    assert "| real | 0.8150 +- 0.0071 (2) | 0.9050 +- 0.0071 (2) |" in markdown
+    assert "**test/acc**" in markdown and "| mix_cgan_r0.5 | 0.7350 +- 0.0071 (2) * |" in markdown
+    assert "| mix_cgan_r0.5 | 0.1650 +- 0.0071 (2) * |" in markdown  # the lowest loss is the best
+    assert "![test/auc vs fraction of real data](metric_vs_fraction.png)" in markdown
+    html = files["html"].read_text(encoding="utf-8")
+    assert files["html"].name == "report.html" and html.count("data:image/png;base64,") == 2  # both plots inlined
+    assert "0.8350 +- 0.0071 (2) *" in html and "torch" in html  # versions in the subtitle
 
 
 def test_segmentation_study_with_mask_conditional_pairs(tmp_path):
