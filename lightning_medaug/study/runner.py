@@ -217,12 +217,18 @@ class Study:
         if self.metric not in test:
             raise ValueError(f"the task's test metrics {sorted(test)} have no {self.metric!r}: set `metric`")
         result = {**asdict(cell), "cell": cell.name, "value": test[self.metric], "test": test,
-                  "seconds": time.perf_counter() - start}
+                  "selection": _selection(run["metrics"]), "seconds": time.perf_counter() - start}
         (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
         return result
 
     def result(self, cell: Cell) -> dict[str, Any]:
-        return json.loads((self.cell_folder(cell) / "result.json").read_text(encoding="utf-8"))
+        """A finished cell's ``result.json``. Cells written before results recorded the checkpoint
+        selection get it from their run's ``metrics.json``."""
+        folder = self.cell_folder(cell)
+        result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+        if "selection" not in result and (folder / "run" / "metrics.json").is_file():
+            result["selection"] = _selection(json.loads((folder / "run" / "metrics.json").read_text(encoding="utf-8")))
+        return result
 
     # -- generators and banks ---------------------------------------------------------------------
     def _generator_config(self, name: str, fraction: float, seed: int) -> dict[str, Any]:
@@ -288,6 +294,16 @@ def _bank_folder(generator_folder: Path, size: int) -> Path:
     if record.is_file() and json.loads(record.read_text(encoding="utf-8"))["settings"]["num_samples"] != size:
         return generator_folder / f"bank_{size}"
     return bank
+
+
+def _selection(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The validation score that selected the tested checkpoint: ``{"metric", "value", "epoch"}``
+    (``None`` when the run monitored nothing)."""
+    monitor = metrics.get("monitor") or {}
+    best, metric = monitor.get("best") or {}, monitor.get("metric")
+    if metric not in best:
+        return None
+    return {"metric": metric, "value": best[metric], "epoch": best.get("epoch"), "mode": monitor.get("mode", "max")}
 
 
 def _per_fraction(epochs: int | dict[float, int] | None, fraction: float, what: str) -> int | None:

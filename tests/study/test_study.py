@@ -199,3 +199,41 @@ def test_classic_mix_arms_and_paired_comparisons_against_targets(tmp_path):
         Study("classify_pneumonia.yaml", classic_augmentation=False, classic_with_synthetic=True)
     with pytest.raises(ValueError, match="unknown keys"):
         Study("classify_pneumonia.yaml", targets={"over_baseline": 0.01})
+
+
+def test_arm_chosen_on_validation_next_to_the_best_on_test(tmp_path):
+    study = Study("classify_pneumonia.yaml", out=str(tmp_path), fractions=[0.1], seeds=[0, 1], generators=GENERATORS,
+                  ratios=[0.5], synthetic_only=False, classic_with_synthetic=[0.5], targets={"over_real": 0.03})
+    test = {"real": 0.80, "classic": 0.90, "mix_cgan_r0.5": 0.84, "classic_mix_cgan_r0.5": 0.91}
+    val = {"real": 0.95, "classic": 0.97, "mix_cgan_r0.5": 0.99, "classic_mix_cgan_r0.5": 0.98}
+    results = [{"fraction": c.fraction, "seed": c.seed, "arm": c.arm, "generator": c.generator, "ratio": c.ratio,
+                "value": test[c.arm], "seconds": 1.0, "test": {"test/auc": test[c.arm]},
+                "selection": {"metric": "val/auc", "value": val[c.arm] - 0.01 * c.seed, "epoch": 3, "mode": "max"}}
+               for c in study.cells()]
+    over_real = compare_arms(results, study.targets)[0]
+    # the test split prefers classic + cGAN; validation, the only split a user may look at, the cGAN mix
+    assert over_real["best_arm"] == "classic_mix_cgan_r0.5" and over_real["delta"] == pytest.approx(0.11)
+    chosen = over_real["chosen"]
+    assert chosen["arm"] == "mix_cgan_r0.5" and chosen["validation"] == pytest.approx(0.985)
+    assert chosen["delta"] == pytest.approx(0.04) and chosen["met"] and chosen["wins"] == 2
+    # a loss-monitored selection: the lowest validation score wins
+    as_loss = [{**r, "selection": {**r["selection"], "value": 1 - r["selection"]["value"], "mode": "min"}}
+               for r in results]
+    assert compare_arms(as_loss, study.targets)[0]["chosen"]["arm"] == "mix_cgan_r0.5"
+    # cells that recorded no selection leave the choice out rather than guess
+    assert compare_arms([{k: v for k, v in r.items() if k != "selection"} for r in results])[0]["chosen"] is None
+    report = write_results(study, results)["report"].read_text(encoding="utf-8")
+    assert "**arm chosen on validation (best mean validation score)**" in report
+    assert "| 0.1 | mix_cgan_r0.5 | real | 0.9850 | +0.0400 |" in report
+
+
+def test_finished_cells_report_their_checkpoint_selection(tmp_path):
+    study = Study("classify_pneumonia.yaml", out=str(tmp_path), fractions=[0.02], seeds=[0], epochs=1,
+                  classic_augmentation=False)
+    (result,) = study.run()
+    selection = result["selection"]
+    assert selection["metric"] == "val/auc" and selection["mode"] == "max" and 0.0 <= selection["value"] <= 1.0
+    # a result.json written before selections were recorded gets it from the run's metrics.json
+    path = study.cell_folder(study.cells()[0]) / "result.json"
+    path.write_text(json.dumps({k: v for k, v in result.items() if k != "selection"}), encoding="utf-8")
+    assert study.result(study.cells()[0])["selection"] == selection
