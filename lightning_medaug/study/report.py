@@ -53,25 +53,31 @@ def plot_fraction(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> Pa
 
 
 def plot_ratio(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> Path | None:
-    """Metric vs mixing ratio per generator, one panel per fraction; real-only is ratio 0. ``None``
-    when no mixed arm has finished."""
-    generators = sorted({r["generator"] for r in rows if r["arm"].startswith("mix_")})
+    """Metric vs mixing ratio per generator, one panel per fraction: real + synthetic (ratio 0 is
+    real-only) and, dashed, classic augmentation of real + synthetic (ratio 0 is classic alone).
+    ``None`` when no mixed arm has finished."""
+    generators = sorted({r["generator"] for r in rows if r["arm"].startswith(("mix_", "classic_mix_"))})
     if not generators:
         return None
     from lightning_medaug.report.plots import plt, save_figure
 
     fractions = sorted({r["fraction"] for r in rows})
-    fig, axes = plt.subplots(1, len(fractions), figsize=(3.2 * len(fractions), 3.4), squeeze=False, sharey=True)
+    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, len(fractions), figsize=(3.4 * len(fractions), 3.6), squeeze=False, sharex=True,
+                             sharey=True)
     for ax, fraction in zip(axes[0], fractions):
-        real = next((r for r in rows if r["fraction"] == fraction and r["arm"] == "real"), None)
-        for g in generators:
-            points = sorted((r["ratio"], r["mean"], r["std"]) for r in rows
-                            if r["fraction"] == fraction and r["generator"] == g and r["arm"].startswith("mix_"))
-            if real is not None:
-                points.insert(0, (0.0, real["mean"], real["std"]))
-            if points:
-                xs, ys, es = zip(*points)
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=g)
+        here = [r for r in rows if r["fraction"] == fraction]
+        for i, g in enumerate(generators):
+            for prefix, baseline, label, style in (("mix_", "real", g, "-"),
+                                                   ("classic_mix_", "classic", f"classic + {g}", "--")):
+                points = sorted((r["ratio"], r["mean"], r["std"]) for r in here
+                                if r["generator"] == g and r["arm"].startswith(prefix))
+                if not points:
+                    continue
+                points += [(0.0, r["mean"], r["std"]) for r in here if r["arm"] == baseline]
+                xs, ys, es = zip(*sorted(points))
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label, color=colours(i % 10),
+                            linestyle=style)
         ax.set_title(f"fraction {fraction:g}")
         ax.set_xlabel("synthetic ratio")
         ax.grid(alpha=0.3)
@@ -147,7 +153,9 @@ def study_sections(study: Study, results: Sequence[dict[str, Any]], rows: Sequen
         tables = _comparison_tables(comparisons)
     else:
         help_text, tables = "No arm with synthetic data has finished beside its baseline yet.", []
-    ratio_figure = ([Figure(figures["ratio_plot"].name, f"{study.metric} vs mixing ratio (ratio 0: real only)")]
+    ratio_figure = ([Figure(figures["ratio_plot"].name, f"{study.metric} vs mixing ratio: real + synthetic (ratio 0: "
+                                                        "real only) and, dashed, classic augmentation of both "
+                                                        "(ratio 0: classic alone)")]
                     if "ratio_plot" in figures else [])
     sections.append(Section("Does synthetic data help?", paragraphs=[help_text], tables=tables,
                             figures=ratio_figure))
