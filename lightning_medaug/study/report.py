@@ -92,7 +92,7 @@ def _pivot(rows: Sequence[dict[str, Any]], stat: Any, caption: str, lower_is_bet
     pick = min if lower_is_better else max
     fractions = sorted({r["fraction"] for r in rows})
     arms = sorted({r["arm"] for r in rows}, key=arm_order)
-    cells = {(r["arm"], r["fraction"]): (*stat(r), r["seeds"]) for r in rows if stat(r) is not None}
+    cells = {(r["arm"], r["fraction"]): (*value, r["seeds"]) for r in rows if (value := stat(r)) is not None}
     best = {f: pick((v[0] for (a, g), v in cells.items() if g == f), default=None) for f in fractions}
     table = []
     for arm in arms:
