@@ -47,9 +47,14 @@ def test_study_recipe_builds_its_grid(recipe, capsys):
     config = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     combined = config.get("classic_with_synthetic") or []
     combined = config.get("ratios", []) if combined is True else combined
-    per_seed = 1 + bool(config.get("classic_augmentation")) + len(config.get("generators", {})) * (
-        len(config.get("ratios", [])) + bool(config.get("synthetic_only")) + len(combined))
-    assert len(cells) == len(config["fractions"]) * len(config["seeds"]) * per_seed
+    per_seed = len(config["fractions"]) * (1 + bool(config.get("classic_augmentation")))
+    for entry in config.get("generators", {}).values():  # an entry's own arm settings replace the study's
+        own = {k: entry.get(k, default) for k, default in (("fractions", config["fractions"]),
+               ("ratios", config.get("ratios", [])), ("synthetic_only", config.get("synthetic_only")),
+               ("classic_with_synthetic", combined))}
+        per_seed += len(own["fractions"]) * (len(own["ratios"]) + bool(own["synthetic_only"])
+                                             + len(own["classic_with_synthetic"]))
+    assert len(cells) == len(config["seeds"]) * per_seed
 
 
 @pytest.mark.parametrize("recipe", TRAINER_RECIPES, ids=lambda p: p.stem)

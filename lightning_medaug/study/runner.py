@@ -28,6 +28,7 @@ from typing import Any
 
 from rich.console import Console
 
+from lightning_medaug.study.generators import GeneratorSpec, parse_generators
 from lightning_medaug.study.recipe import (
     load_recipe,
     real_data,
@@ -85,7 +86,11 @@ class Study:
             so that small subsets get as many optimiser steps as they need.
         classic_augmentation: add the ``classic`` arm; a dict gives ``ClassicAugmentation`` arguments.
         generators: ``{name: {"recipe": ..., "epochs": n or {fraction: n}, "overrides": {dotted.key: value},
-            "sample_kwargs": {...}}}``; each is trained per fraction and seed on that subset.
+            "sample_kwargs": {...}}}``; each is trained per fraction and seed on that subset. An entry
+            with ``weights_from: <other entry>`` samples that entry's trained weights instead of
+            training its own (other ``sample_kwargs`` or ``bank_factor``); ``fractions``, ``ratios``,
+            ``synthetic_only``, ``classic_with_synthetic`` and ``bank_factor`` in an entry replace the
+            study's for its arms (see :mod:`lightning_medaug.study.generators`).
         ratios: synthetic fractions of the ``mix`` arms (``add`` mode).
         synthetic_only: add the ``tstr`` arm per generator.
         classic_with_synthetic: add the ``classic_mix`` arms (needs ``classic_augmentation``); at
@@ -121,16 +126,14 @@ class Study:
         for fraction in fractions:
             _per_fraction(epochs, fraction, "epochs")
         self.generators = dict(generators or {})
-        for name, spec in self.generators.items():
-            if not isinstance(spec, dict) or "recipe" not in spec:
-                raise ValueError(f"generator {name!r} needs a 'recipe' (e.g. cgan_pneumonia.yaml), got {spec!r}")
-            unknown = set(spec) - {"recipe", "epochs", "overrides", "sample_kwargs"}
-            if unknown:
-                raise ValueError(f"generator {name!r} has unknown keys {sorted(unknown)}; "
-                                 "use recipe, epochs, overrides, sample_kwargs")
-            load_recipe(spec["recipe"])  # fail now, not after hours of other cells
+        self.specs: dict[str, GeneratorSpec] = parse_generators(self.generators, fractions,
+                                                                bool(classic_augmentation))
+        for name, spec in self.specs.items():
+            if spec.recipe is None:
+                continue
+            load_recipe(spec.recipe)  # fail now, not after hours of other cells
             for fraction in fractions:
-                _per_fraction(spec.get("epochs"), fraction, f"generators.{name}.epochs")
+                _per_fraction(spec.epochs, fraction, f"generators.{name}.epochs")
         self.task_recipe = load_recipe(task)
         self.overrides = dict(overrides or {})
         for key, value in self.overrides.items():
@@ -158,11 +161,25 @@ class Study:
                 if self.classic_augmentation:
                     cells.append(Cell(fraction, seed, "classic"))
                 for g in self.generators:
-                    cells += [Cell(fraction, seed, f"mix_{g}_r{r:g}", g, r) for r in self.ratios]
-                    if self.synthetic_only:
+                    arms = self.arm_settings(g)
+                    if fraction not in arms["fractions"]:
+                        continue
+                    cells += [Cell(fraction, seed, f"mix_{g}_r{r:g}", g, r) for r in arms["ratios"]]
+                    if arms["synthetic_only"]:
                         cells.append(Cell(fraction, seed, f"tstr_{g}", g, 1.0))
-                    cells += [Cell(fraction, seed, f"classic_mix_{g}_r{r:g}", g, r) for r in self.classic_with_synthetic]
+                    cells += [Cell(fraction, seed, f"classic_mix_{g}_r{r:g}", g, r)
+                              for r in arms["classic_with_synthetic"]]
         return cells
+
+    def arm_settings(self, name: str) -> dict[str, Any]:
+        """Generator ``name``'s ``fractions``, ``ratios``, ``synthetic_only``, ``classic_with_synthetic``
+        and ``bank_factor``: its own where its entry gives them, else the study's."""
+        spec = self.specs[name]
+        own = {"fractions": spec.fractions, "ratios": spec.ratios, "synthetic_only": spec.synthetic_only,
+               "classic_with_synthetic": spec.classic_with_synthetic, "bank_factor": spec.bank_factor}
+        study = {"fractions": self.fractions, "ratios": self.ratios, "synthetic_only": self.synthetic_only,
+                 "classic_with_synthetic": self.classic_with_synthetic, "bank_factor": self.bank_factor}
+        return {k: study[k] if v is None else v for k, v in own.items()}
 
     def epochs_for(self, fraction: float) -> int | None:
         """Downstream epochs at ``fraction`` (``None``: the recipe's)."""
@@ -232,11 +249,11 @@ class Study:
 
     # -- generators and banks ---------------------------------------------------------------------
     def _generator_config(self, name: str, fraction: float, seed: int) -> dict[str, Any]:
-        spec = self.generators[name]
-        epochs = _per_fraction(spec.get("epochs"), fraction, f"generators.{name}.epochs")
-        config = with_trainer(with_subset(load_recipe(spec["recipe"]), fraction, seed), seed=seed,
+        spec = self.specs[name]
+        epochs = _per_fraction(spec.epochs, fraction, f"generators.{name}.epochs")
+        config = with_trainer(with_subset(load_recipe(spec.recipe), fraction, seed), seed=seed,
                               **({"max_epochs": epochs} if epochs else {}))
-        for key, value in (spec.get("overrides") or {}).items():
+        for key, value in spec.overrides.items():
             _set_dotted(config, key, value)
         return config
 
@@ -244,34 +261,38 @@ class Study:
         """The generator's (real) data module, set up, as its recipe builds it."""
         from lightning_medaug.cli import MedaugCLI
 
-        folder = self.generator_folder(name, fraction, seed)
+        folder = self.generator_folder(self.specs[name].trained_as, fraction, seed)
         cli = MedaugCLI(args=["--config", str(folder / "run" / "recipe.yaml")], run=False)
         cli.datamodule.setup("fit")
         return cli.datamodule
 
     def bank(self, name: str, fraction: float, seed: int) -> Path:
-        """Train the generator on this subset (once) and write its bank (resumably); returns the bank folder."""
+        """Train the generator on this subset (once; an entry with ``weights_from`` uses that entry's) and
+        write its bank (resumably); returns the bank folder."""
         from lightning_medaug.bank import write_bank
         from lightning_medaug.generative import load_generator
 
-        folder = self.generator_folder(name, fraction, seed)
-        exported = folder / "run" / "generator"
+        spec = self.specs[name]
+        trained = self.generator_folder(spec.trained_as, fraction, seed)
+        exported = trained / "run" / "generator"
         if not (exported / "model.safetensors").is_file():
-            if folder.exists():
-                shutil.rmtree(folder)
-            self.console.print(f"training generator {name} on fraction {fraction:g}, seed {seed}")
-            run_recipe(self._generator_config(name, fraction, seed), folder / "run", test=False)
+            if trained.exists():
+                shutil.rmtree(trained)
+            self.console.print(f"training generator {spec.trained_as} on fraction {fraction:g}, seed {seed}")
+            run_recipe(self._generator_config(spec.trained_as, fraction, seed), trained / "run", test=False)
+        folder = self.generator_folder(name, fraction, seed)  # this entry's grids and banks
         real = self.generator_data(name, fraction, seed)
         model = load_generator(exported)
-        spec = self.generators[name]
         masks = train_masks(real) if model.requires_masks else None
         if model.requires_masks and masks is None:
             raise ValueError(f"generator {name!r} is mask-conditional but its data has no masks")
         if not (folder / "samples.png").is_file():
-            sample_grids(model, real, folder, name, masks)
+            sample_grids(model, real, folder, name, masks, sample_kwargs=spec.sample_kwargs)
         labels = train_labels(real)
         num_real = len(real.train_dataset)
-        size = bank_size(num_real, self.ratios, self.synthetic_only, self.bank_factor)
+        arms = self.arm_settings(name)
+        size = bank_size(num_real, [*arms["ratios"], *arms["classic_with_synthetic"]], arms["synthetic_only"],
+                         arms["bank_factor"])
         plan: dict[str, Any] = {}
         if model.num_classes:
             if labels is None:
@@ -280,7 +301,7 @@ class Study:
         if masks is not None:  # new layouts of the subset's own masks: never masks of unseen patients
             plan["masks"] = mask_layouts(masks, size, seed)
         bank = _bank_folder(folder, size)
-        write_bank(model, bank, size, seed=seed, sample_kwargs=spec.get("sample_kwargs") or {},
+        write_bank(model, bank, size, seed=seed, sample_kwargs=spec.sample_kwargs,
                    checkpoint_folder=exported, **plan)
         return bank
 

@@ -61,10 +61,10 @@ def mask_layouts(masks: Tensor, n: int, seed: int) -> Tensor:
 
 
 def sample_grids(generator: Any, real: Any, folder: Path, name: str, masks: Tensor | None = None,
-                 per_class: int = 8) -> None:
+                 per_class: int = 8, sample_kwargs: dict[str, Any] | None = None) -> None:
     """``real.png`` and ``samples.png`` in ``folder``: one row per class, real images from the
-    generator's training subset beside seeded samples (for mask-conditional generators, rendered
-    from the same real masks; 3D volumes as middle slices)."""
+    generator's training subset beside seeded samples drawn with the bank's ``sample_kwargs`` (for
+    mask-conditional generators, rendered from the same real masks; 3D volumes as middle slices)."""
     from lightning_medaug.report import save_image_grid
 
     data = real.train_dataset
@@ -78,7 +78,8 @@ def sample_grids(generator: Any, real: Any, folder: Path, name: str, masks: Tens
     real_images = torch.stack([unpack_batch(data[i]).image for i in picked])
     wanted = torch.tensor([labels[i] for i in picked]) if classes != [None] else None
     cond = masks[picked] if masks is not None else None
-    fake = generator.sample(len(picked), labels=wanted, masks=cond, generator=torch.Generator().manual_seed(0))
+    fake = generator.sample(len(picked), labels=wanted, masks=cond, generator=torch.Generator().manual_seed(0),
+                            **(sample_kwargs or {}))
     nrow = max(len(row) for row in rows)
     scale = max(1, round(84 / real_images.shape[-1]))  # small images enlarged to be seen
     save_image_grid(real_images, folder / "real.png", nrow=nrow, title="real (training subset)", scale=scale)

@@ -237,3 +237,51 @@ def test_finished_cells_report_their_checkpoint_selection(tmp_path):
     path = study.cell_folder(study.cells()[0]) / "result.json"
     path.write_text(json.dumps({k: v for k, v in result.items() if k != "selection"}), encoding="utf-8")
     assert study.result(study.cells()[0])["selection"] == selection
+
+
+def test_generator_entries_narrow_their_arms_and_reuse_trained_weights():
+    generators = {**GENERATORS, "cgan_big": {"weights_from": "cgan", "bank_factor": 4, "fractions": [0.05],
+                                             "ratios": [], "synthetic_only": False, "classic_with_synthetic": [0.75]}}
+    study = Study("classify_pneumonia.yaml", fractions=[0.05, 1.0], seeds=[0], generators=generators,
+                  ratios=[0.5], classic_with_synthetic=[0.5])
+    names = [c.name for c in study.cells()]
+    assert [n for n in names if "cgan_big" in n] == ["classic_mix_cgan_big_r0.75_f0.05_s0"]  # 5% only, one arm
+    assert "tstr_cgan_f1_s0" in names and "classic_mix_cgan_r0.5_f1_s0" in names  # the trained entry keeps the study's
+    assert study.arm_settings("cgan_big")["bank_factor"] == 4 and study.arm_settings("cgan")["bank_factor"] == 1.0
+    assert study.specs["cgan_big"].trained_as == "cgan" and study.specs["cgan"].trained_as == "cgan"
+    with pytest.raises(ValueError, match="needs classic_augmentation"):
+        Study("classify_pneumonia.yaml", classic_augmentation=False,
+              generators={"x": {"recipe": "cgan_pneumonia.yaml", "classic_with_synthetic": [0.5]}})
+
+
+@pytest.mark.parametrize("entry,match", [
+    ({"weights_from": "nope"}, "weights_from must name another entry"),
+    ({"weights_from": "cgan", "recipe": "cgan_pneumonia.yaml"}, "belong to that entry's training"),
+    ({"weights_from": "cgan", "epochs": 3}, "belong to that entry's training"),
+    ({"weights_from": "x"}, "weights_from must name another entry"),
+    ({"recipe": "cgan_pneumonia.yaml", "fractions": [0.5]}, "non-empty part of the study's"),
+    ({"recipe": "cgan_pneumonia.yaml", "ratios": [1.0]}, "generators.x.ratios"),
+    ({"recipe": "cgan_pneumonia.yaml", "bank_factor": 0}, "generators.x.bank_factor"),
+])
+def test_bad_generator_entries(entry, match):
+    with pytest.raises(ValueError, match=match):
+        Study("classify_pneumonia.yaml", fractions=[0.1], generators={**GENERATORS, "x": entry})
+
+
+def test_an_entry_with_weights_from_samples_the_trained_generator_into_its_own_bank(tmp_path):
+    from lightning_medaug import SyntheticBank
+
+    generators = {**GENERATORS, "cgan_big": {"weights_from": "cgan", "bank_factor": 3}}
+    study = Study("classify_pneumonia.yaml", out=str(tmp_path), fractions=[0.02], seeds=[0], generators=generators,
+                  ratios=[0.5], synthetic_only=False, classic_augmentation=False)
+    big = SyntheticBank(study.bank("cgan_big", 0.02, 0))  # trains the cGAN on the way: nothing to reuse yet
+    base, variant = study.generator_folder("cgan", 0.02, 0), study.generator_folder("cgan_big", 0.02, 0)
+    assert (base / "run" / "generator" / "model.safetensors").is_file() and not (variant / "run").exists()
+    assert (variant / "samples.png").is_file() and not (base / "bank").exists()
+    trained = (base / "run" / "generator" / "model.safetensors").stat().st_mtime_ns
+    small = SyntheticBank(study.bank("cgan", 0.02, 0))  # the trained entry's own bank: no second training
+    assert (base / "run" / "generator" / "model.safetensors").stat().st_mtime_ns == trained
+    assert len(big) == 3 * len(small) > 0
+    record = {k: json.loads((folder / "bank" / "bank.json").read_text(encoding="utf-8"))["settings"]
+              for k, folder in (("big", variant), ("small", base))}
+    assert record["big"]["checkpoint_sha256"] == record["small"]["checkpoint_sha256"]  # one set of weights

@@ -1,0 +1,98 @@
+"""A study's ``generators`` entries: what to train on each subset, how to sample it, and which arms mix it.
+
+An entry either trains a generator (``recipe``, ``epochs``, ``overrides``) or reuses the weights another
+entry trained on the same subset (``weights_from``) and only samples them differently: a larger bank,
+other sampler settings. Sampling is a choice made after training, so comparing such choices should
+not train the generator again. Per-entry ``fractions``, ``ratios``, ``synthetic_only``,
+``classic_with_synthetic`` and ``bank_factor`` narrow or change the study's arms for that entry alone;
+left out, the study's own settings apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["GeneratorSpec", "parse_generators"]
+
+_TRAINING = ("recipe", "epochs", "overrides")
+_ARMS = ("fractions", "ratios", "synthetic_only", "classic_with_synthetic", "bank_factor")
+_KEYS = (*_TRAINING, "sample_kwargs", "weights_from", *_ARMS)
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """One ``generators`` entry. ``None`` in an arm setting means "the study's"."""
+
+    name: str
+    recipe: str | None = None
+    epochs: int | dict[float, int] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    sample_kwargs: dict[str, Any] = field(default_factory=dict)
+    weights_from: str | None = None
+    fractions: list[float] | None = None
+    ratios: list[float] | None = None
+    synthetic_only: bool | None = None
+    classic_with_synthetic: list[float] | None = None
+    bank_factor: float | None = None
+
+    @property
+    def trained_as(self) -> str:
+        """The entry whose training run holds the weights this one samples."""
+        return self.weights_from or self.name
+
+
+def _ratios(value: Any, what: str) -> list[float]:
+    ratios = [float(r) for r in value]
+    if any(not 0 < r < 1 for r in ratios):
+        raise ValueError(f"{what} must lie in (0, 1) for 'add' mixing, got {ratios}")
+    return ratios
+
+
+def parse_generators(generators: dict[str, dict[str, Any]] | None, fractions: Sequence[float],
+                     classic_augmentation: bool) -> dict[str, GeneratorSpec]:
+    """Check every entry (unknown keys, a recipe or a trained entry to reuse, arm settings) and return
+    them as :class:`GeneratorSpec`; recipes are checked by the caller, which knows how to load them."""
+    specs: dict[str, GeneratorSpec] = {}
+    for name, spec in (generators or {}).items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"generator {name!r} must be a mapping with a 'recipe', got {spec!r}")
+        unknown = set(spec) - set(_KEYS)
+        if unknown:
+            raise ValueError(f"generator {name!r} has unknown keys {sorted(unknown)}; use {', '.join(_KEYS)}")
+        source = spec.get("weights_from")
+        if source is None and "recipe" not in spec:
+            raise ValueError(f"generator {name!r} needs a 'recipe' (e.g. cgan_pneumonia.yaml) or "
+                             "'weights_from' (another entry whose trained weights it samples)")
+        if source is not None:
+            given = sorted(set(spec) & set(_TRAINING))
+            if given:
+                raise ValueError(f"generator {name!r} reuses the weights of {source!r}: {given} belong to that "
+                                 "entry's training, not to this one")
+            base = (generators or {}).get(source)
+            if not isinstance(base, dict) or "weights_from" in base or source == name:
+                raise ValueError(f"generator {name!r}: weights_from must name another entry that trains its own "
+                                 f"generator, got {source!r}")
+        own_fractions = spec.get("fractions")
+        if own_fractions is not None:
+            own_fractions = [float(f) for f in own_fractions]
+            outside = sorted(set(own_fractions) - {float(f) for f in fractions})
+            if not own_fractions or outside:
+                raise ValueError(f"generator {name!r}: fractions must be a non-empty part of the study's "
+                                 f"{[float(f) for f in fractions]}, got {own_fractions}")
+        combined = spec.get("classic_with_synthetic")
+        if combined is not None:
+            combined = _ratios(combined, f"generators.{name}.classic_with_synthetic")
+            if combined and not classic_augmentation:
+                raise ValueError(f"generator {name!r}: classic_with_synthetic needs classic_augmentation")
+        factor = spec.get("bank_factor")
+        if factor is not None and float(factor) <= 0:
+            raise ValueError(f"generators.{name}.bank_factor must be positive, got {factor}")
+        specs[name] = GeneratorSpec(
+            name=name, recipe=spec.get("recipe"), epochs=spec.get("epochs"), overrides=dict(spec.get("overrides") or {}),
+            sample_kwargs=dict(spec.get("sample_kwargs") or {}), weights_from=source, fractions=own_fractions,
+            ratios=None if spec.get("ratios") is None else _ratios(spec["ratios"], f"generators.{name}.ratios"),
+            synthetic_only=None if spec.get("synthetic_only") is None else bool(spec["synthetic_only"]),
+            classic_with_synthetic=combined, bank_factor=None if factor is None else float(factor))
+    return specs
