@@ -165,7 +165,9 @@ def study_sections(study: Study, results: Sequence[dict[str, Any]], rows: Sequen
             _pivot(rows, lambda r, k=k: r.get("metrics", {}).get(k), k, lower_is_better="loss" in k)
             for k in others]))
     samples = []
-    for g in study.generators:  # the first subset's samples: what the downstream model was given
+    for g, spec in study.specs.items():  # the first subset's samples: what the downstream model was given
+        if spec.weights_from and spec.sample_kwargs == study.specs[spec.weights_from].sample_kwargs:
+            continue  # the same weights sampled the same way: its grid is its source's
         folder = study.generator_folder(g, study.fractions[0], study.seeds[0])
         rel = folder.relative_to(study.out).as_posix()
         samples += [Figure(f"{rel}/{name}.png", f"{g}: {what}") for name, what in

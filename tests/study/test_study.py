@@ -285,3 +285,6 @@ def test_an_entry_with_weights_from_samples_the_trained_generator_into_its_own_b
     record = {k: json.loads((folder / "bank" / "bank.json").read_text(encoding="utf-8"))["settings"]
               for k, folder in (("big", variant), ("small", base))}
     assert record["big"]["checkpoint_sha256"] == record["small"]["checkpoint_sha256"]  # one set of weights
+    # sampled the same way as its source, its grid would repeat the source's: the report shows one
+    report = write_results(study, [])["report"].read_text(encoding="utf-8")
+    assert "generators/cgan_f0.02_s0/samples.png" in report and "cgan_big_f0.02_s0" not in report
