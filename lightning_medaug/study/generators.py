@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["GeneratorSpec", "parse_generators"]
+__all__ = ["ARM_SETTINGS", "GeneratorSpec", "parse_generators"]
 
 _TRAINING = ("recipe", "epochs", "overrides")
-_ARMS = ("fractions", "ratios", "synthetic_only", "classic_with_synthetic", "bank_factor")
-_KEYS = (*_TRAINING, "sample_kwargs", "weights_from", *_ARMS)
+# the settings an entry may give for its own arms; left out, the study's apply
+ARM_SETTINGS = ("fractions", "ratios", "synthetic_only", "classic_with_synthetic", "bank_factor")
+_KEYS = (*_TRAINING, "sample_kwargs", "weights_from", *ARM_SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,13 @@ class GeneratorSpec:
     def trained_as(self) -> str:
         """The entry whose training run holds the weights this one samples."""
         return self.weights_from or self.name
+
+    def grid_source(self, specs: dict[str, GeneratorSpec]) -> str:
+        """The entry whose sample grid shows this one's samples: its weights' source when it samples
+        them the same way (the grid would repeat the source's image for image), else itself."""
+        if self.weights_from and self.sample_kwargs == specs[self.weights_from].sample_kwargs:
+            return self.weights_from
+        return self.name
 
 
 def _ratios(value: Any, what: str) -> list[float]:

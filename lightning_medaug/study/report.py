@@ -166,7 +166,7 @@ def study_sections(study: Study, results: Sequence[dict[str, Any]], rows: Sequen
             for k in others]))
     samples = []
     for g, spec in study.specs.items():  # the first subset's samples: what the downstream model was given
-        if spec.weights_from and spec.sample_kwargs == study.specs[spec.weights_from].sample_kwargs:
+        if spec.grid_source(study.specs) != g:
             continue  # the same weights sampled the same way: its grid is its source's
         folder = study.generator_folder(g, study.fractions[0], study.seeds[0])
         rel = folder.relative_to(study.out).as_posix()

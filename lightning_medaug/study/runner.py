@@ -28,7 +28,11 @@ from typing import Any
 
 from rich.console import Console
 
-from lightning_medaug.study.generators import GeneratorSpec, parse_generators
+from lightning_medaug.study.generators import (
+    ARM_SETTINGS,
+    GeneratorSpec,
+    parse_generators,
+)
 from lightning_medaug.study.recipe import (
     load_recipe,
     real_data,
@@ -175,11 +179,7 @@ class Study:
         """Generator ``name``'s ``fractions``, ``ratios``, ``synthetic_only``, ``classic_with_synthetic``
         and ``bank_factor``: its own where its entry gives them, else the study's."""
         spec = self.specs[name]
-        own = {"fractions": spec.fractions, "ratios": spec.ratios, "synthetic_only": spec.synthetic_only,
-               "classic_with_synthetic": spec.classic_with_synthetic, "bank_factor": spec.bank_factor}
-        study = {"fractions": self.fractions, "ratios": self.ratios, "synthetic_only": self.synthetic_only,
-                 "classic_with_synthetic": self.classic_with_synthetic, "bank_factor": self.bank_factor}
-        return {k: study[k] if v is None else v for k, v in own.items()}
+        return {k: getattr(self, k) if getattr(spec, k) is None else getattr(spec, k) for k in ARM_SETTINGS}
 
     def epochs_for(self, fraction: float) -> int | None:
         """Downstream epochs at ``fraction`` (``None``: the recipe's)."""
@@ -280,14 +280,16 @@ class Study:
                 shutil.rmtree(trained)
             self.console.print(f"training generator {spec.trained_as} on fraction {fraction:g}, seed {seed}")
             run_recipe(self._generator_config(spec.trained_as, fraction, seed), trained / "run", test=False)
-        folder = self.generator_folder(name, fraction, seed)  # this entry's grids and banks
+        folder = self.generator_folder(name, fraction, seed)  # this entry's banks
         real = self.generator_data(name, fraction, seed)
         model = load_generator(exported)
         masks = train_masks(real) if model.requires_masks else None
         if model.requires_masks and masks is None:
             raise ValueError(f"generator {name!r} is mask-conditional but its data has no masks")
-        if not (folder / "samples.png").is_file():
-            sample_grids(model, real, folder, name, masks, sample_kwargs=spec.sample_kwargs)
+        shown = spec.grid_source(self.specs)  # one grid per way of sampling the weights, not per entry
+        grids = self.generator_folder(shown, fraction, seed)
+        if not (grids / "samples.png").is_file():
+            sample_grids(model, real, grids, shown, masks, sample_kwargs=spec.sample_kwargs)
         labels = train_labels(real)
         num_real = len(real.train_dataset)
         arms = self.arm_settings(name)
