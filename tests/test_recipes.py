@@ -47,14 +47,23 @@ def test_study_recipe_builds_its_grid(recipe, capsys):
     config = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     combined = config.get("classic_with_synthetic") or []
     combined = config.get("ratios", []) if combined is True else combined
-    per_seed = len(config["fractions"]) * (1 + bool(config.get("classic_augmentation")))
-    for entry in config.get("generators", {}).values():  # an entry's own arm settings replace the study's
-        own = {k: entry.get(k, default) for k, default in (("fractions", config["fractions"]),
-               ("ratios", config.get("ratios", [])), ("synthetic_only", config.get("synthetic_only")),
-               ("classic_with_synthetic", combined))}
-        per_seed += len(own["fractions"]) * (len(own["ratios"]) + bool(own["synthetic_only"])
-                                             + len(own["classic_with_synthetic"]))
-    assert len(cells) == len(config["seeds"]) * per_seed
+    seeds = config["seeds"]
+    expected = 0
+    for fraction in config["fractions"]:
+        per_seed = 1 + bool(config.get("classic_augmentation"))
+        for entry in config.get("generators", {}).values():  # an entry's own arm settings replace the study's
+            own = {k: entry.get(k, default) for k, default in (("fractions", config["fractions"]),
+                   ("ratios", config.get("ratios", [])), ("synthetic_only", config.get("synthetic_only")),
+                   ("classic_with_synthetic", combined))}
+            if fraction in own["fractions"]:
+                per_seed += len(own["ratios"]) + bool(own["synthetic_only"]) + len(own["classic_with_synthetic"])
+        expected += len(seeds[fraction] if isinstance(seeds, dict) else seeds) * per_seed
+    assert len(cells) == expected
+    # a slice of the study (one fraction) lists exactly that fraction's part of the grid
+    for fraction in config["fractions"]:
+        assert main(["study", "--config", str(recipe), "--fractions", f"[{fraction}]", "--list"]) == 0
+        sliced = capsys.readouterr().out.split()[1::2]
+        assert sliced == [c for c in cells if f"_f{fraction:g}_" in c]
 
 
 @pytest.mark.parametrize("recipe", TRAINER_RECIPES, ids=lambda p: p.stem)

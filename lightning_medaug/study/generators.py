@@ -5,12 +5,12 @@ entry trained on the same subset (``weights_from``) and only samples them differ
 other sampler settings. Sampling is a choice made after training, so comparing such choices should
 not train the generator again. Per-entry ``fractions``, ``ratios``, ``synthetic_only``,
 ``classic_with_synthetic`` and ``bank_factor`` narrow or change the study's arms for that entry alone;
-left out, the study's own settings apply.
+left out, the study's own settings apply. An entry's ``fractions`` are where it runs: a study run on a
+slice (``--fractions [0.1]``) runs it at the fractions the two have in common.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +58,7 @@ def _ratios(value: Any, what: str) -> list[float]:
     return ratios
 
 
-def parse_generators(generators: dict[str, dict[str, Any]] | None, fractions: Sequence[float],
+def parse_generators(generators: dict[str, dict[str, Any]] | None,
                      classic_augmentation: bool) -> dict[str, GeneratorSpec]:
     """Check every entry (unknown keys, a recipe or a trained entry to reuse, arm settings) and return
     them as :class:`GeneratorSpec`; recipes are checked by the caller, which knows how to load them."""
@@ -85,10 +85,9 @@ def parse_generators(generators: dict[str, dict[str, Any]] | None, fractions: Se
         own_fractions = spec.get("fractions")
         if own_fractions is not None:
             own_fractions = [float(f) for f in own_fractions]
-            outside = sorted(set(own_fractions) - {float(f) for f in fractions})
-            if not own_fractions or outside:
-                raise ValueError(f"generator {name!r}: fractions must be a non-empty part of the study's "
-                                 f"{[float(f) for f in fractions]}, got {own_fractions}")
+            if not own_fractions or any(not 0 < f <= 1 for f in own_fractions):
+                raise ValueError(f"generator {name!r}: fractions must be non-empty values in (0, 1], "
+                                 f"got {own_fractions}")
         combined = spec.get("classic_with_synthetic")
         if combined is not None:
             combined = _ratios(combined, f"generators.{name}.classic_with_synthetic")

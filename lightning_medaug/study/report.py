@@ -135,7 +135,9 @@ def study_sections(study: Study, results: Sequence[dict[str, Any]], rows: Sequen
     total = len(study.cells())
     status = (f"{len(results)} of {total} cells done" +
               ("." if len(results) == total else " (rerun the same command to continue)."))
-    protocol = (f"Checkpoints selected on validation; mean +- std over seeds {study.seeds} (number of seeds in "
+    seeds = (study.seeds if isinstance(study.seeds, list)
+             else ", ".join(f"{s} at fraction {f:g}" for f, s in study.seeds.items()))
+    protocol = (f"Checkpoints selected on validation; mean +- std over seeds {seeds} (number of seeds in "
                 "brackets, * marks the best mean per fraction); generators trained on each cell's real subset "
                 f"only. Downstream epochs: {study.epochs or 'the recipe' + chr(39) + 's'}.")
     main = _pivot(rows, lambda r: (r["mean"], r["std"]), f"{study.metric} on the test split")
@@ -164,17 +166,17 @@ def study_sections(study: Study, results: Sequence[dict[str, Any]], rows: Sequen
         sections.append(Section("Other test metrics", tables=[
             _pivot(rows, lambda r, k=k: r.get("metrics", {}).get(k), k, lower_is_better="loss" in k)
             for k in others]))
-    samples = []
+    samples, first_seed = [], study.seeds_for(study.fractions[0])[0]
     for g, spec in study.specs.items():  # the first subset's samples: what the downstream model was given
         if spec.grid_source(study.specs) != g:
             continue  # the same weights sampled the same way: its grid is its source's
-        folder = study.generator_folder(g, study.fractions[0], study.seeds[0])
+        folder = study.generator_folder(g, study.fractions[0], first_seed)
         rel = folder.relative_to(study.out).as_posix()
         samples += [Figure(f"{rel}/{name}.png", f"{g}: {what}") for name, what in
                     (("real", "real training images"), ("samples", "synthetic samples"))
                     if (folder / f"{name}.png").is_file()]
     if samples:
-        where = f"fraction {study.fractions[0]:g}, seed {study.seeds[0]}"
+        where = f"fraction {study.fractions[0]:g}, seed {first_seed}"
         sections.append(Section("Samples", paragraphs=[f"Real and synthetic images of the first subset ({where})."],
                                 figures=samples))
     detail = Table(("fraction", "arm", "mean", "std", "seeds", "minutes"),

@@ -85,7 +85,8 @@ class Study:
             plots and ``report.md``.
         metric: test metric reported and plotted (key of the run's ``metrics.json["test"]``).
         fractions: stratified, seeded fractions of the real training split.
-        seeds: seeds per fraction (subset, models, banks).
+        seeds: seeds per fraction (subset, models, banks), or ``{fraction: seeds}`` so that the small,
+            noisy subsets can get more seeds than the costly large ones.
         epochs: downstream epochs per cell (``None`` keeps the recipe's), or ``{fraction: epochs}``
             so that small subsets get as many optimiser steps as they need.
         classic_augmentation: add the ``classic`` arm; a dict gives ``ClassicAugmentation`` arguments.
@@ -109,15 +110,14 @@ class Study:
     """
 
     def __init__(self, task: str, out: str = "runs/study", metric: str = "test/auc",
-                 fractions: Sequence[float] = (0.05, 0.1, 0.25, 1.0), seeds: Sequence[int] = (0, 1, 2),
+                 fractions: Sequence[float] = (0.05, 0.1, 0.25, 1.0),
+                 seeds: Sequence[int] | dict[float, Sequence[int]] = (0, 1, 2),
                  epochs: int | dict[float, int] | None = None, classic_augmentation: bool | dict[str, Any] = True,
                  generators: dict[str, dict[str, Any]] | None = None, ratios: Sequence[float] = (0.25, 0.5, 0.75),
                  synthetic_only: bool = True, bank_factor: float = 1.0, overrides: dict[str, Any] | None = None,
                  classic_with_synthetic: bool | Sequence[float] = False, targets: dict[str, float] | None = None):
         if not fractions or any(not 0 < f <= 1 for f in fractions):
             raise ValueError(f"fractions must be non-empty values in (0, 1], got {list(fractions)}")
-        if not seeds:
-            raise ValueError("seeds must not be empty")
         if any(not 0 < r < 1 for r in ratios):
             raise ValueError(f"ratios must lie in (0, 1) for 'add' mixing, got {list(ratios)}")
         if bank_factor <= 0:
@@ -129,9 +129,10 @@ class Study:
             raise ValueError(f"classic_with_synthetic ratios must lie in (0, 1), got {combined}")
         for fraction in fractions:
             _per_fraction(epochs, fraction, "epochs")
+            if not _fraction_entry(seeds, fraction, "seeds"):
+                raise ValueError(f"seeds must not be empty (fraction {fraction:g})")
         self.generators = dict(generators or {})
-        self.specs: dict[str, GeneratorSpec] = parse_generators(self.generators, fractions,
-                                                                bool(classic_augmentation))
+        self.specs: dict[str, GeneratorSpec] = parse_generators(self.generators, bool(classic_augmentation))
         for name, spec in self.specs.items():
             if spec.recipe is None:
                 continue
@@ -145,7 +146,10 @@ class Study:
         # arms differ only in what they add: the baseline trains on the plain real subset
         real_data(self.task_recipe).pop("train_transforms", None)
         self.task, self.out, self.metric = task, Path(out), metric
-        self.fractions, self.seeds = [float(f) for f in fractions], [int(s) for s in seeds]
+        self.fractions = [float(f) for f in fractions]
+        self.seeds: list[int] | dict[float, list[int]] = (
+            {float(k): [int(s) for s in v] for k, v in seeds.items()} if isinstance(seeds, dict)
+            else [int(s) for s in seeds])
         self.epochs, self.classic_augmentation = epochs, classic_augmentation
         self.ratios, self.synthetic_only, self.bank_factor = [float(r) for r in ratios], synthetic_only, bank_factor
         self.classic_with_synthetic = [float(r) for r in combined]
@@ -154,13 +158,18 @@ class Study:
             raise ValueError(f"targets has unknown keys {sorted(unknown)}; use over_real, over_classic")
         self.targets = {k: float(v) for k, v in (targets or {}).items()}
         self.console = Console()
+        for name, spec in self.specs.items():  # a slice of the study, or a typo: say which arms will not run
+            skipped = sorted(set(spec.fractions or ()) - set(self.fractions))
+            if skipped:
+                Console(stderr=True).print(f"generator {name!r}: no arms at fractions {skipped}, which this "
+                                           f"study does not run (its fractions: {self.fractions})")
 
     # -- the grid -----------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
         """Every cell, in run order: per fraction and seed, the cheap arms first."""
         cells = []
         for fraction in self.fractions:
-            for seed in self.seeds:
+            for seed in self.seeds_for(fraction):
                 cells.append(Cell(fraction, seed, "real"))
                 if self.classic_augmentation:
                     cells.append(Cell(fraction, seed, "classic"))
@@ -180,6 +189,10 @@ class Study:
         and ``bank_factor``: its own where its entry gives them, else the study's."""
         spec = self.specs[name]
         return {k: getattr(self, k) if getattr(spec, k) is None else getattr(spec, k) for k in ARM_SETTINGS}
+
+    def seeds_for(self, fraction: float) -> list[int]:
+        """The seeds run at ``fraction``."""
+        return list(_fraction_entry(self.seeds, fraction, "seeds"))
 
     def epochs_for(self, fraction: float) -> int | None:
         """Downstream epochs at ``fraction`` (``None``: the recipe's)."""
@@ -329,13 +342,19 @@ def _selection(metrics: dict[str, Any]) -> dict[str, Any] | None:
     return {"metric": metric, "value": best[metric], "epoch": best.get("epoch"), "mode": monitor.get("mode", "max")}
 
 
+def _fraction_entry(value: Any, fraction: float, what: str) -> Any:
+    """``value`` itself, or its entry for ``fraction`` when it is a ``{fraction: value}`` dict."""
+    if not isinstance(value, dict):
+        return value
+    table = {float(k): v for k, v in value.items()}
+    if float(fraction) not in table:
+        raise ValueError(f"{what} has no entry for fraction {fraction:g}: give one per fraction or a single value")
+    return table[float(fraction)]
+
+
 def _per_fraction(epochs: int | dict[float, int] | None, fraction: float, what: str) -> int | None:
     """``epochs`` itself, or its entry for ``fraction`` when it is a ``{fraction: epochs}`` dict."""
-    if isinstance(epochs, dict):
-        table = {float(k): v for k, v in epochs.items()}
-        if float(fraction) not in table:
-            raise ValueError(f"{what} has no entry for fraction {fraction:g}: give one per fraction or a single number")
-        epochs = table[float(fraction)]
+    epochs = _fraction_entry(epochs, fraction, what)
     if epochs is not None and int(epochs) < 1:
         raise ValueError(f"{what} must be at least 1, got {epochs}")
     return None if epochs is None else int(epochs)

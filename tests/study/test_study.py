@@ -48,6 +48,22 @@ def test_grid_names_and_order():
                          "tstr_cgan_f0.05_s0"]
 
 
+def test_seeds_per_fraction_and_entries_on_a_slice_of_the_study(capsys):
+    generators = {**GENERATORS, "cgan_big": {"weights_from": "cgan", "fractions": [0.05, 0.25], "ratios": [0.5],
+                                             "synthetic_only": False}}
+    study = Study("classify_pneumonia.yaml", fractions=[0.05, 1.0], seeds={0.05: [0, 1, 2], 1: [7]},
+                  generators=generators, ratios=[0.5], classic_augmentation=False)
+    assert study.seeds_for(0.05) == [0, 1, 2] and study.seeds_for(1.0) == [7]
+    names = [c.name for c in study.cells()]
+    assert {n.rsplit("_", 1)[1] for n in names if "_f1_" in n} == {"s7"}
+    assert sum("_f0.05_" in n for n in names) == 3 * 4  # real, mix, tstr, the entry's one arm
+    assert [n for n in names if "cgan_big" in n] == [f"mix_cgan_big_r0.5_f0.05_s{s}" for s in range(3)]
+    assert "0.25" in capsys.readouterr().err  # the entry's fraction this study does not run is named
+    sliced = Study("classify_pneumonia.yaml", fractions=[1.0], seeds=[0], generators=generators, ratios=[0.5],
+                   classic_augmentation=False)  # a slice without the entry's fractions: no arms of it
+    assert not [c for c in sliced.cells() if c.generator == "cgan_big"]
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"fractions": [0.0]}, "fractions"),
     ({"fractions": [1.5]}, "fractions"),
@@ -55,6 +71,8 @@ def test_grid_names_and_order():
     ({"ratios": [1.0]}, "ratios"),
     ({"bank_factor": 0}, "bank_factor"),
     ({"epochs": 0}, "at least 1"),
+    ({"fractions": [0.1, 0.5], "seeds": {0.1: [0]}}, "seeds has no entry for fraction 0.5"),
+    ({"fractions": [0.1], "seeds": {0.1: []}}, "seeds must not be empty"),
     ({"fractions": [0.1, 0.5], "epochs": {0.1: 30}}, "no entry for fraction 0.5"),
     ({"generators": {"x": {"epochs": 3}}}, "needs a 'recipe'"),
     ({"generators": {"x": {"recipe": "cgan_pneumonia.yaml", "epoch": 3}}}, "unknown keys"),
@@ -259,7 +277,8 @@ def test_generator_entries_narrow_their_arms_and_reuse_trained_weights():
     ({"weights_from": "cgan", "recipe": "cgan_pneumonia.yaml"}, "belong to that entry's training"),
     ({"weights_from": "cgan", "epochs": 3}, "belong to that entry's training"),
     ({"weights_from": "x"}, "weights_from must name another entry"),
-    ({"recipe": "cgan_pneumonia.yaml", "fractions": [0.5]}, "non-empty part of the study's"),
+    ({"recipe": "cgan_pneumonia.yaml", "fractions": [1.5]}, "non-empty values in"),
+    ({"recipe": "cgan_pneumonia.yaml", "fractions": []}, "non-empty values in"),
     ({"recipe": "cgan_pneumonia.yaml", "ratios": [1.0]}, "generators.x.ratios"),
     ({"recipe": "cgan_pneumonia.yaml", "bank_factor": 0}, "generators.x.bank_factor"),
 ])
