@@ -137,7 +137,10 @@ class Study:
             if spec.recipe is None:
                 continue
             load_recipe(spec.recipe)  # fail now, not after hours of other cells
-            for fraction in fractions:
+            # epochs are needed where the generator is trained: where it, or an entry reusing it, runs
+            trained_at = {f for other in self.specs.values() if other.trained_as == name
+                          for f in (other.fractions or fractions) if f in fractions}
+            for fraction in sorted(trained_at):
                 _per_fraction(spec.epochs, fraction, f"generators.{name}.epochs")
         self.task_recipe = load_recipe(task)
         self.overrides = dict(overrides or {})

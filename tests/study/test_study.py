@@ -213,6 +213,12 @@ def test_classic_mix_arms_and_paired_comparisons_against_targets(tmp_path):
     over_real = compare_arms(lucky, study.targets)[0]
     assert over_real["best_arm"] == "classic_mix_cgan_r0.5" and over_real["paired"].keys() == {0, 1}
     assert compare_arms([r for r in lucky if r["seed"] == 0], study.targets)[0]["best_arm"] == "mix_cgan_r0.25"
+    # epochs only where the generator is trained: where its entry, or one reusing its weights, runs
+    only_small = {"x": {"recipe": "cgan_pneumonia.yaml", "epochs": {0.05: 9}, "fractions": [0.05]}}
+    Study("classify_pneumonia.yaml", fractions=[0.05, 1.0], generators=only_small)
+    with pytest.raises(ValueError, match="generators.x.epochs has no entry for fraction 1"):
+        Study("classify_pneumonia.yaml", fractions=[0.05, 1.0],
+              generators={**only_small, "x_big": {"weights_from": "x", "fractions": [1.0]}})
     with pytest.raises(ValueError, match="needs classic_augmentation"):
         Study("classify_pneumonia.yaml", classic_augmentation=False, classic_with_synthetic=True)
     with pytest.raises(ValueError, match="unknown keys"):
@@ -267,6 +273,12 @@ def test_generator_entries_narrow_their_arms_and_reuse_trained_weights():
     assert "tstr_cgan_f1_s0" in names and "classic_mix_cgan_r0.5_f1_s0" in names  # the trained entry keeps the study's
     assert study.arm_settings("cgan_big")["bank_factor"] == 4 and study.arm_settings("cgan")["bank_factor"] == 1.0
     assert study.specs["cgan_big"].trained_as == "cgan" and study.specs["cgan"].trained_as == "cgan"
+    # epochs only where the generator is trained: where its entry, or one reusing its weights, runs
+    only_small = {"x": {"recipe": "cgan_pneumonia.yaml", "epochs": {0.05: 9}, "fractions": [0.05]}}
+    Study("classify_pneumonia.yaml", fractions=[0.05, 1.0], generators=only_small)
+    with pytest.raises(ValueError, match="generators.x.epochs has no entry for fraction 1"):
+        Study("classify_pneumonia.yaml", fractions=[0.05, 1.0],
+              generators={**only_small, "x_big": {"weights_from": "x", "fractions": [1.0]}})
     with pytest.raises(ValueError, match="needs classic_augmentation"):
         Study("classify_pneumonia.yaml", classic_augmentation=False,
               generators={"x": {"recipe": "cgan_pneumonia.yaml", "classic_with_synthetic": [0.5]}})
