@@ -213,12 +213,6 @@ def test_classic_mix_arms_and_paired_comparisons_against_targets(tmp_path):
     over_real = compare_arms(lucky, study.targets)[0]
     assert over_real["best_arm"] == "classic_mix_cgan_r0.5" and over_real["paired"].keys() == {0, 1}
     assert compare_arms([r for r in lucky if r["seed"] == 0], study.targets)[0]["best_arm"] == "mix_cgan_r0.25"
-    # epochs only where the generator is trained: where its entry, or one reusing its weights, runs
-    only_small = {"x": {"recipe": "cgan_pneumonia.yaml", "epochs": {0.05: 9}, "fractions": [0.05]}}
-    Study("classify_pneumonia.yaml", fractions=[0.05, 1.0], generators=only_small)
-    with pytest.raises(ValueError, match="generators.x.epochs has no entry for fraction 1"):
-        Study("classify_pneumonia.yaml", fractions=[0.05, 1.0],
-              generators={**only_small, "x_big": {"weights_from": "x", "fractions": [1.0]}})
     with pytest.raises(ValueError, match="needs classic_augmentation"):
         Study("classify_pneumonia.yaml", classic_augmentation=False, classic_with_synthetic=True)
     with pytest.raises(ValueError, match="unknown keys"):
