@@ -137,11 +137,6 @@ class Study:
             if spec.recipe is None:
                 continue
             load_recipe(spec.recipe)  # fail now, not after hours of other cells
-            # epochs are needed where the generator is trained: where it, or an entry reusing it, runs
-            trained_at = {f for other in self.specs.values() if other.trained_as == name
-                          for f in (other.fractions or fractions) if f in fractions}
-            for fraction in sorted(trained_at):
-                _per_fraction(spec.epochs, fraction, f"generators.{name}.epochs")
         self.task_recipe = load_recipe(task)
         self.overrides = dict(overrides or {})
         for key, value in self.overrides.items():
@@ -161,6 +156,11 @@ class Study:
             raise ValueError(f"targets has unknown keys {sorted(unknown)}; use over_real, over_classic")
         self.targets = {k: float(v) for k, v in (targets or {}).items()}
         self.console = Console()
+        for name, spec in self.specs.items():
+            # epochs are needed where the generator is trained: where it, or an entry reusing it, runs
+            trained_at = {f for other, o in self.specs.items() if o.trained_as == name for f in self.runs_at(other)}
+            for fraction in sorted(trained_at):
+                _per_fraction(spec.epochs, fraction, f"generators.{name}.epochs")
         for name, spec in self.specs.items():  # a slice of the study, or a typo: say which arms will not run
             skipped = sorted(set(spec.fractions or ()) - set(self.fractions))
             if skipped:
@@ -177,9 +177,9 @@ class Study:
                 if self.classic_augmentation:
                     cells.append(Cell(fraction, seed, "classic"))
                 for g in self.generators:
-                    arms = self.arm_settings(g)
-                    if fraction not in arms["fractions"]:
+                    if fraction not in self.runs_at(g):
                         continue
+                    arms = self.arm_settings(g)
                     cells += [Cell(fraction, seed, f"mix_{g}_r{r:g}", g, r) for r in arms["ratios"]]
                     if arms["synthetic_only"]:
                         cells.append(Cell(fraction, seed, f"tstr_{g}", g, 1.0))
@@ -192,6 +192,10 @@ class Study:
         and ``bank_factor``: its own where its entry gives them, else the study's."""
         spec = self.specs[name]
         return {k: getattr(self, k) if getattr(spec, k) is None else getattr(spec, k) for k in ARM_SETTINGS}
+
+    def runs_at(self, name: str) -> list[float]:
+        """The study's fractions at which generator entry ``name`` has arms."""
+        return [f for f in self.fractions if f in self.arm_settings(name)["fractions"]]
 
     def seeds_for(self, fraction: float) -> list[int]:
         """The seeds run at ``fraction``."""
