@@ -69,11 +69,18 @@ class Cell:
 
 
 def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
-    """``config["a"]["b"]["c"] = value`` for ``key="a.b.c"``."""
+    """``config["a"]["b"]["c"] = value`` for ``key="a.b.c"``; a number indexes a list, so one argument of
+    a recipe's callback can change without copying the list (``trainer.callbacks.1.init_args.x``)."""
     *parents, last = key.split(".")
-    for part in parents:
-        config = config.setdefault(part, {})
-    config[last] = value
+    try:
+        for part in parents:
+            config = config[int(part)] if isinstance(config, list) else config.setdefault(part, {})
+        if isinstance(config, list):
+            config[int(last)] = value
+        else:
+            config[last] = value
+    except (ValueError, IndexError) as err:
+        raise ValueError(f"override {key!r} does not fit the recipe: {err}") from None
 
 
 class Study:
