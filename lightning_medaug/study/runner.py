@@ -113,7 +113,8 @@ class Study:
         bank_factor: bank size as a multiple of the synthetic samples one epoch of the largest
             ratio draws (1 = every synthetic sample of an epoch is distinct).
         overrides: ``{dotted.key: value}`` applied to the task recipe in every cell, e.g.
-            ``{"data.init_args.image_size": 64}`` (for the real data inside mixing too).
+            ``{"data.init_args.image_size": 64}`` (for the real data inside mixing too). A number in a
+            key indexes a list: ``trainer.callbacks.1.init_args.every_n_epochs``.
     """
 
     def __init__(self, task: str, out: str = "runs/study", metric: str = "test/auc",
