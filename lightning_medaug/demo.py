@@ -72,6 +72,7 @@ def main(argv: Sequence[str] = ()) -> int:
         task=CLASSIFIER_RECIPE, out=str(run), metric="test/auc", fractions=[args.subset], seeds=[args.seed],
         epochs=args.epochs, classic_augmentation=args.classic, ratios=[args.ratio], synthetic_only=False,
         bank_factor=2.0,  # each synthetic image is drawn about twice over the epochs
+        keep_checkpoints=True,  # two small runs: the user may want the trained classifiers
         generators={"cgan": {"recipe": GENERATOR_RECIPE, "epochs": args.generator_epochs,
                              # a few hundred images: the full DiffAugment policy (see the recipe's notes)
                              "overrides": {"model.init_args.diffaugment": "color,translation,cutout"}}},

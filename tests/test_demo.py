@@ -29,6 +29,7 @@ def test_demo_runs_real_only_and_mixed_arms(demo_run):
         folder = run / "cells" / cell["cell"] / "run"
         assert json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["monitor"]["metric"] == "val/auc"
         assert (folder / "curves.png").stat().st_size > 1000
+        assert list(folder.rglob("*.ckpt"))  # the demo keeps its classifiers (a study deletes them)
     # the mixed arm really trained on the bank; the real-only arm did not
     assert "SyntheticMixDataModule" in (run / "cells" / "mix_cgan_r0.5_f0.02_s0" / "run" / "config.yaml").read_text(encoding="utf-8")
     assert "SyntheticMixDataModule" not in (run / "cells" / "real_f0.02_s0" / "run" / "config.yaml").read_text(encoding="utf-8")

@@ -115,6 +115,9 @@ class Study:
         overrides: ``{dotted.key: value}`` applied to the task recipe in every cell, e.g.
             ``{"data.init_args.image_size": 64}`` (for the real data inside mixing too). A number in a
             key indexes a list: ``trainer.callbacks.1.init_args.every_n_epochs``.
+        keep_checkpoints: keep a finished cell's downstream checkpoints. By default they are deleted once
+            its ``result.json`` is written: the figures are the study's product, and a classifier's
+            checkpoints per cell add up to tens of GB over a full grid. Generators are always kept.
     """
 
     def __init__(self, task: str, out: str = "runs/study", metric: str = "test/auc",
@@ -123,7 +126,8 @@ class Study:
                  epochs: int | dict[float, int] | None = None, classic_augmentation: bool | dict[str, Any] = True,
                  generators: dict[str, dict[str, Any]] | None = None, ratios: Sequence[float] = (0.25, 0.5, 0.75),
                  synthetic_only: bool = True, bank_factor: float = 1.0, overrides: dict[str, Any] | None = None,
-                 classic_with_synthetic: bool | Sequence[float] = False, targets: dict[str, float] | None = None):
+                 classic_with_synthetic: bool | Sequence[float] = False, targets: dict[str, float] | None = None,
+                 keep_checkpoints: bool = False):
         if not fractions or any(not 0 < f <= 1 for f in fractions):
             raise ValueError(f"fractions must be non-empty values in (0, 1], got {list(fractions)}")
         if any(not 0 < r < 1 for r in ratios):
@@ -163,6 +167,7 @@ class Study:
         if unknown:
             raise ValueError(f"targets has unknown keys {sorted(unknown)}; use over_real, over_classic")
         self.targets = {k: float(v) for k, v in (targets or {}).items()}
+        self.keep_checkpoints = keep_checkpoints
         self.console = Console()
         for name, spec in self.specs.items():
             # epochs are needed where the generator is trained: where it, or an entry reusing it, runs
@@ -264,6 +269,9 @@ class Study:
         result = {**asdict(cell), "cell": cell.name, "value": test[self.metric], "test": test,
                   "selection": _selection(run["metrics"]), "seconds": time.perf_counter() - start}
         (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
+        if not self.keep_checkpoints:  # only after result.json: a cell killed before it reruns anyway
+            for checkpoint in (folder / "run").rglob("*.ckpt"):
+                checkpoint.unlink()
         return result
 
     def result(self, cell: Cell) -> dict[str, Any]:

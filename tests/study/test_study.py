@@ -86,11 +86,12 @@ def test_bad_study_arguments(kwargs, match):
 
 def test_finished_cells_are_skipped_and_broken_ones_rerun(tmp_path):
     study = Study("classify_pneumonia.yaml", out=str(tmp_path), fractions=[0.02], seeds=[0], epochs=1,
-                  classic_augmentation=True)
+                  classic_augmentation=True, keep_checkpoints=True)
     cells = study.cells()
     study.run(max_cells=1)  # only the first cell
     first = study.cell_folder(cells[0]) / "result.json"
     assert first.is_file() and not study.is_done(cells[1])
+    assert list((first.parent / "run").rglob("*.ckpt"))  # kept when asked
     stamp = first.stat().st_mtime_ns
     leftover = study.cell_folder(cells[1]) / "run" / "stale.txt"  # an interrupted attempt
     leftover.parent.mkdir(parents=True)
@@ -249,6 +250,8 @@ def test_finished_cells_report_their_checkpoint_selection(tmp_path):
     study = Study("classify_pneumonia.yaml", out=str(tmp_path), fractions=[0.02], seeds=[0], epochs=1,
                   classic_augmentation=False)
     (result,) = study.run()
+    folder = study.cell_folder(study.cells()[0])
+    assert not list(folder.rglob("*.ckpt")) and (folder / "run" / "metrics.json").is_file()  # figures kept, weights not
     selection = result["selection"]
     assert selection["metric"] == "val/auc" and selection["mode"] == "max" and 0.0 <= selection["value"] <= 1.0
     # a result.json written before selections were recorded gets it from the run's metrics.json
