@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks in one go, for a machine with a CUDA device: the GPU-only tests, a short bf16-mixed
-# fit and a bank written with CUDA-graph sampling through the CLI, then the GPU figures.
+# fit and a bank written with CUDA-graph sampling through the CLI, then the GPU figures that
+# missed their targets there (efficiency, RHVAE latency, the fresh-fit ratio).
 #   bash benchmarks/gpu_check.sh [OUT_DIR]       # JSON lines and logs land in OUT_DIR (default gpu_check/)
 set -uo pipefail
 OUT=${1:-gpu_check}
@@ -36,6 +37,10 @@ timeout 120 $PY unet_efficiency.py --precision bf16-mixed --batch-size 1024 --mm
 timeout 120 $PY unet_efficiency.py --precision bf16-mixed --out "$OUT/gpu.jsonl" > /dev/null || status=1
 # the one family that missed its latency target on a GPU
 timeout 180 $PY family_latency.py --families rhvae --precision bf16-mixed --out "$OUT/gpu.jsonl" > /dev/null || status=1
+# the fresh-fit ratio, missed on a GPU: fit_phases_ms says which part of the Trainer's fixed cost it is
+for precision in 32-true bf16-mixed; do
+  timeout 240 $PY train_overhead.py --repeats 7 --precision $precision --out "$OUT/gpu.jsonl" > /dev/null || status=1
+done
 cd ..
 $PY - "$OUT/gpu.jsonl" <<'PY'
 import json, sys
@@ -44,6 +49,10 @@ for line in open(sys.argv[1]):
     if r["benchmark"] == "family_latency":
         print("family_latency", {dims: {name: entry.get("ms_per_sample", entry) for name, entry in block.items()}
                                  for dims, block in r["results"].items()})
+        continue
+    if r["benchmark"] == "train_overhead":
+        print("train_overhead", r["precision"], "ratio", r["ratio"], "steady", r["steady_ratio"],
+              "ms/batch", r["lightning_ms_per_batch"], "vs", r["plain_ms_per_batch"], "phases (ms)", r["fit_phases_ms"])
         continue
     print(r["benchmark"], r.get("batch_size"), r.get("precision"), "efficiency", r.get("efficiency"),
           "ms/image", r.get("sampling_ms_per_image"), "matmul GFLOP/s", r.get("matmul_gflops_per_s"))

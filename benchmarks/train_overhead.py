@@ -12,6 +12,13 @@ run, once the Trainer's set-up (device and strategy set-up, teardown that emptie
 is paid. The verdict stays on ``ratio``. To say where a gap comes from, ``fit_setup_teardown_s`` is a
 fresh fit's wall time minus that of its one epoch (building the Trainer, set-up, teardown) and
 ``in_fit_overhead_ms_per_batch`` is what the Trainer's epoch costs per batch beyond the plain loop's.
+``fit_phases_ms`` splits a fresh fit's fixed cost by the Trainer's hooks (medians over the repeats,
+the device synchronised at each): ``build`` (the ``Trainer`` constructor), ``enter`` (``fit()`` up to
+the ``setup`` hook: connecting the module, the strategy's environment), ``strategy_setup`` (up to
+``on_fit_start``: the module moved to the device, ``configure_optimizers``, precision),
+``loop_start`` (up to the first epoch: data loaders, ``on_train_start``), ``loop_end`` plus
+``teardown`` (the epoch's end to ``on_fit_end``: the model and optimizer state moved back to the
+CPU, the CUDA cache emptied) and ``exit`` (teardown hooks, the return from ``fit()``).
 
 Each side trains its own instance, built from the same seed, across all its repeats (the work
 per step does not depend on the weights), so no run pays for building a model; the Lightning
@@ -101,12 +108,20 @@ def plain_epoch(model: L.LightningModule, loader: Iterable, max_batches: int | N
 
 
 def lightning_epoch(model: L.LightningModule, loader: Iterable, max_batches: int | None, precision: str,
-                    device: torch.device, callbacks: list[L.Callback] | None = None) -> None:
+                    device: torch.device, callbacks: list[L.Callback] | None = None,
+                    phases: FitPhases | None = None) -> None:
+    if phases is not None:
+        phases.stamp("start")
     trainer = L.Trainer(accelerator=device.type, devices=1, precision=precision, max_epochs=1,
                         limit_train_batches=max_batches if max_batches is not None else 1.0, limit_val_batches=0,
                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=callbacks)
+                        enable_model_summary=False, callbacks=[*(callbacks or []), *([phases] if phases else [])])
+    if phases is not None:
+        phases.stamp("built")
     trainer.fit(model, train_dataloaders=loader)
+    if phases is not None:
+        phases.stamp("returned")
+        phases.close_fit()
 
 
 class EpochTimer(L.Callback):
@@ -122,6 +137,49 @@ class EpochTimer(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         synchronize(self.device)
         self.seconds.append(time.perf_counter() - self._start)
+
+
+class FitPhases(L.Callback):
+    """Milliseconds of each phase of a fresh ``fit`` (see the module docstring), one dict per fit.
+
+    The stamps sit on the Trainer's own hooks, so each phase is what Lightning does between two of
+    them; the device is synchronised at every stamp so that queued GPU work lands in its phase.
+    """
+
+    #: phase name -> (stamp it starts at, stamp it ends at)
+    PHASES = {"build": ("start", "built"), "enter": ("built", "setup"), "strategy_setup": ("setup", "fit_start"),
+              "loop_start": ("fit_start", "epoch_start"), "epoch": ("epoch_start", "epoch_end"),
+              "loop_end_and_teardown": ("epoch_end", "fit_end"), "exit": ("fit_end", "returned")}
+
+    def __init__(self, device: torch.device):
+        self.device, self.fits, self._stamps = device, [], {}
+
+    def stamp(self, name: str) -> None:
+        synchronize(self.device)
+        self._stamps.setdefault(name, time.perf_counter())  # first epoch only, were there several
+
+    def close_fit(self) -> None:
+        self.fits.append({phase: 1000 * (self._stamps[end] - self._stamps[begin])
+                          for phase, (begin, end) in self.PHASES.items()})
+        self._stamps = {}
+
+    def medians(self) -> dict[str, float]:
+        return {phase: round(statistics.median(fit[phase] for fit in self.fits), 2) for phase in self.PHASES}
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        self.stamp("setup")
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.stamp("fit_start")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.stamp("epoch_start")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.stamp("epoch_end")
+
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.stamp("fit_end")
 
 
 def steady_epochs(model: L.LightningModule, loader: Iterable, max_batches: int | None, precision: str,
@@ -151,9 +209,10 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     plain_epoch(plain, loader, 2, args.precision, device)
     # The same timer rides along every timed fit: the fit's wall time minus its epoch's is what
     # building, setting up and tearing down a Trainer costs; the epoch itself is the per-batch cost.
-    in_fit = EpochTimer(device)
+    in_fit, phases = EpochTimer(device), FitPhases(device)
     times = interleaved_times({
-        "lightning": lambda: lightning_epoch(ours, loader, args.max_batches, args.precision, device, [in_fit]),
+        "lightning": lambda: lightning_epoch(ours, loader, args.max_batches, args.precision, device, [in_fit],
+                                             phases),
         "plain": lambda: plain_epoch(plain, loader, args.max_batches, args.precision, device),
     }, args.repeats, device, warmup=False)
     light_s, plain_s = statistics.median(times["lightning"]), statistics.median(times["plain"])
@@ -169,6 +228,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "ratio": round(ratio, 4), "ratio_of_best_runs": round(min(times["lightning"]) / min(times["plain"]), 4),
         "fit_setup_teardown_s": round(light_s - epoch_s, 4), "in_fit_epoch_s": round(epoch_s, 4),
         "in_fit_overhead_ms_per_batch": round(1000 * (epoch_s - plain_s) / batches, 2),
+        "fit_phases_ms": phases.medians(),
         "steady_lightning_s": round(steady_s, 4), "steady_ratio": round(steady_s / plain_s, 4),
         "target": TARGET, "meets_target": bool(ratio <= TARGET),
     }

@@ -73,6 +73,11 @@ def test_train_overhead(run_script):
     assert record["batches"] == 3 and record["lightning_s"] > 0 and record["plain_s"] > 0
     assert record["ratio"] == pytest.approx(record["lightning_s"] / record["plain_s"], rel=0.01)
     assert isinstance(record["meets_target"], bool) and record["target"] == 1.05
+    # One timed fit (--tiny): its phases, stamped on the Trainer's hooks, add up to its wall time.
+    phases = record["fit_phases_ms"]
+    assert set(phases) == {"build", "enter", "strategy_setup", "loop_start", "epoch", "loop_end_and_teardown", "exit"}
+    assert all(ms >= 0 for ms in phases.values()) and phases["epoch"] > 0
+    assert sum(phases.values()) == pytest.approx(1000 * record["lightning_s"], rel=0.05)
 
 
 def test_generate_scaling(run_script):
