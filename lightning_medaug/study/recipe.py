@@ -111,7 +111,12 @@ def run_recipe(config: dict[str, Any], folder: str | Path, test: bool = True) ->
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         cli = MedaugCLI(args=["--config", str(path)], run=False)
     cli._check()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    with warnings.catch_warnings():
+        if [p.name for p in folder.iterdir()] == [path.name]:
+            # the CSV logger warns of a non-empty folder "whose log files will be deleted"; here it
+            # holds only the recipe just written, which the logger leaves alone
+            warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     cli.after_fit()
     if test and is_overridden("test_step", cli.model):
         ckpt = "best" if getattr(cli.trainer.checkpoint_callback, "best_model_path", "") else None
