@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import sys
+import warnings
 from argparse import ArgumentError
 from collections.abc import Sequence
 from pathlib import Path
@@ -232,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medaug`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
+    # Lightning 2.6 builds torch's deprecated LeafSpec at every fit; the FutureWarning names nothing a
+    # user of this command can change
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
     try:
         if command in TRAINER_SUBCOMMANDS:
             # args=None lets LightningCLI read sys.argv itself (the DDP launcher re-runs it).
