@@ -52,7 +52,8 @@ for line in open(sys.argv[1]):
         continue
     if r["benchmark"] == "train_overhead":
         print("train_overhead", r["precision"], "ratio", r["ratio"], "steady", r["steady_ratio"],
-              "ms/batch", r["lightning_ms_per_batch"], "vs", r["plain_ms_per_batch"], "phases (ms)", r["fit_phases_ms"])
+              "ms/batch", r["lightning_ms_per_batch"], "vs", r["plain_ms_per_batch"], "phases (ms)", r["fit_phases_ms"],
+              "first batch (ms)", r["first_batch_ms"])
         continue
     print(r["benchmark"], r.get("batch_size"), r.get("precision"), "efficiency", r.get("efficiency"),
           "ms/image", r.get("sampling_ms_per_image"), "matmul GFLOP/s", r.get("matmul_gflops_per_s"))

@@ -16,8 +16,10 @@ fresh fit's wall time minus that of its one epoch (building the Trainer, set-up,
 the device synchronised at each): ``build`` (the ``Trainer`` constructor), ``enter`` (``fit()`` up to
 the ``setup`` hook: connecting the module, the strategy's environment), ``strategy_setup`` (up to
 ``on_fit_start``: the module moved to the device, ``configure_optimizers``, precision),
-``loop_start`` (up to the first epoch: data loaders, ``on_train_start``), ``loop_end`` plus
-``teardown`` (the epoch's end to ``on_fit_end``: the model and optimizer state moved back to the
+``loop_start`` (up to the first epoch: data loaders, ``on_train_start``), ``first_batch`` and
+``later_batches`` (the epoch; on a GPU a fresh fit's first batch may pay again for the memory
+the last fit's teardown emptied from the cache: ``first_batch_ms`` sets it beside the plain
+loop's first batch), ``loop_end_and_teardown`` (the epoch's end to ``on_fit_end``: the model and optimizer state moved back to the
 CPU, the CUDA cache emptied) and ``exit`` (teardown hooks, the return from ``fit()``).
 
 Each side trains its own instance, built from the same seed, across all its repeats (the work
@@ -91,10 +93,15 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def plain_epoch(model: L.LightningModule, loader: Iterable, max_batches: int | None, precision: str,
-                device: torch.device) -> None:
-    """What the Trainer does per batch, written out: step, backward, optimizer step, batch-end hook."""
+                device: torch.device, first_batch_ms: list[float] | None = None) -> None:
+    """What the Trainer does per batch, written out: step, backward, optimizer step, batch-end hook.
+
+    ``first_batch_ms`` collects the first batch's milliseconds, synchronised as :class:`FitPhases` does.
+    """
     model.to(device).train()
     optimizer = first_optimizer(model.configure_optimizers())
+    synchronize(device)
+    start = time.perf_counter()
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
@@ -105,6 +112,9 @@ def plain_epoch(model: L.LightningModule, loader: Iterable, max_batches: int | N
         loss.backward()
         optimizer.step()
         model.on_train_batch_end(loss, batch, i)
+        if i == 0 and first_batch_ms is not None:
+            synchronize(device)
+            first_batch_ms.append(1000 * (time.perf_counter() - start))
 
 
 def lightning_epoch(model: L.LightningModule, loader: Iterable, max_batches: int | None, precision: str,
@@ -148,7 +158,8 @@ class FitPhases(L.Callback):
 
     #: phase name -> (stamp it starts at, stamp it ends at)
     PHASES = {"build": ("start", "built"), "enter": ("built", "setup"), "strategy_setup": ("setup", "fit_start"),
-              "loop_start": ("fit_start", "epoch_start"), "epoch": ("epoch_start", "epoch_end"),
+              "loop_start": ("fit_start", "epoch_start"), "first_batch": ("epoch_start", "first_batch_end"),
+              "later_batches": ("first_batch_end", "epoch_end"),
               "loop_end_and_teardown": ("epoch_end", "fit_end"), "exit": ("fit_end", "returned")}
 
     def __init__(self, device: torch.device):
@@ -174,6 +185,11 @@ class FitPhases(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.stamp("epoch_start")
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if batch_idx == 0:
+            self.stamp("first_batch_end")
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.stamp("epoch_end")
@@ -209,11 +225,11 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     plain_epoch(plain, loader, 2, args.precision, device)
     # The same timer rides along every timed fit: the fit's wall time minus its epoch's is what
     # building, setting up and tearing down a Trainer costs; the epoch itself is the per-batch cost.
-    in_fit, phases = EpochTimer(device), FitPhases(device)
+    in_fit, phases, plain_first = EpochTimer(device), FitPhases(device), []
     times = interleaved_times({
         "lightning": lambda: lightning_epoch(ours, loader, args.max_batches, args.precision, device, [in_fit],
                                              phases),
-        "plain": lambda: plain_epoch(plain, loader, args.max_batches, args.precision, device),
+        "plain": lambda: plain_epoch(plain, loader, args.max_batches, args.precision, device, plain_first),
     }, args.repeats, device, warmup=False)
     light_s, plain_s = statistics.median(times["lightning"]), statistics.median(times["plain"])
     ratio = light_s / plain_s
@@ -229,6 +245,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "fit_setup_teardown_s": round(light_s - epoch_s, 4), "in_fit_epoch_s": round(epoch_s, 4),
         "in_fit_overhead_ms_per_batch": round(1000 * (epoch_s - plain_s) / batches, 2),
         "fit_phases_ms": phases.medians(),
+        "first_batch_ms": {"lightning": phases.medians()["first_batch"],
+                           "plain": round(statistics.median(plain_first), 2)},
         "steady_lightning_s": round(steady_s, 4), "steady_ratio": round(steady_s / plain_s, 4),
         "target": TARGET, "meets_target": bool(ratio <= TARGET),
     }

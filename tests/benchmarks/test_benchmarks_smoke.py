@@ -75,8 +75,10 @@ def test_train_overhead(run_script):
     assert isinstance(record["meets_target"], bool) and record["target"] == 1.05
     # One timed fit (--tiny): its phases, stamped on the Trainer's hooks, add up to its wall time.
     phases = record["fit_phases_ms"]
-    assert set(phases) == {"build", "enter", "strategy_setup", "loop_start", "epoch", "loop_end_and_teardown", "exit"}
-    assert all(ms >= 0 for ms in phases.values()) and phases["epoch"] > 0
+    assert set(phases) == {"build", "enter", "strategy_setup", "loop_start", "first_batch", "later_batches",
+                           "loop_end_and_teardown", "exit"}
+    assert all(ms >= 0 for ms in phases.values()) and phases["first_batch"] > 0 and phases["later_batches"] > 0
+    assert record["first_batch_ms"]["lightning"] == phases["first_batch"] and record["first_batch_ms"]["plain"] > 0
     assert sum(phases.values()) == pytest.approx(1000 * record["lightning_s"], rel=0.05)
 
 
