@@ -63,8 +63,11 @@ class GAN(GenerativeModule):
     """Base of the noise -> image GANs; subclasses choose the adversarial loss.
 
     Trained with manual optimisation: per batch one discriminator step and, every ``n_critic``
-    batches, one generator step. Logs ``train/loss_d``, ``train/loss_g`` and ``train/loss``
-    (= the generator loss, for NaN guards). Lightning's ``global_step`` counts both optimiser
+    batches, one generator step. Logs ``train/loss_d``, ``train/loss_g``, ``train/loss``
+    (= the generator loss, for NaN guards) and, for the non-saturating loss, ``train/rt``: the
+    overfitting heuristic of Karras et al. 2020, ``E[sign D(real)]`` over the (augmented) training
+    reals. Near 0 the discriminator cannot tell reals from fakes; as it memorises the training
+    images it climbs towards 1 (ADA aims at 0.6): a reason to add augmentation or stop early. Lightning's ``global_step`` counts both optimiser
     steps, so ``max_steps`` is about ``(1 + 1/n_critic)`` x batches. Under DDP use
     ``strategy="ddp_find_unused_parameters_true"``: each backward reaches only one network.
 
@@ -148,19 +151,25 @@ class GAN(GenerativeModule):
     def _step(self, optimizer: Any, loss: Tensor) -> None:
         manual_step(self, optimizer, loss, self.hparams.gradient_clip_val)
 
-    def discriminator_step(self, images: Tensor, labels: Tensor | None) -> Tensor:
-        """One D update on real ``images`` against fresh fakes; returns the detached loss."""
+    def discriminator_logs(self, real_logits: Tensor) -> dict[str, Tensor]:
+        """What a D step logs besides its loss, from its logits on the (augmented) reals: ``rt``."""
+        return {"rt": real_logits.detach().float().sign().mean()}
+
+    def discriminator_step(self, images: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
+        """One D update on real ``images`` against fresh fakes; returns the detached loss
+        (``loss_d``) and :meth:`discriminator_logs`."""
         opt_d = self.optimizers()[1]
         with torch.no_grad():
             fake = self.generator(self._latent(images.shape[0]), labels)
         self.toggle_optimizer(opt_d)
         # Zhao 2020: augment reals and fakes alike, so D never sees un-augmented images.
         real_in, fake_in = self.augment(images), self.augment(fake)
-        loss = self.discriminator_loss(self.discriminator(real_in, labels), self.discriminator(fake_in, labels))
+        real_logits = self.discriminator(real_in, labels)  # reals first: spectral norm's power iteration
+        loss = self.discriminator_loss(real_logits, self.discriminator(fake_in, labels))  # runs per call
         loss = loss + self.discriminator_penalty(real_in, fake_in, labels)
         self._step(opt_d, loss)
         self.untoggle_optimizer(opt_d)
-        return loss.detach()
+        return {"loss_d": loss.detach(), **self.discriminator_logs(real_logits)}
 
     def generator_step(self, n: int, labels: Tensor | None) -> Tensor:
         """One G update (then an EMA update); returns the detached loss."""
@@ -176,7 +185,7 @@ class GAN(GenerativeModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         images, labels = self.read_batch(batch)
-        terms = {"loss_d": self.discriminator_step(images, labels)}
+        terms = self.discriminator_step(images, labels)
         self._critic_steps += 1
         if self._critic_steps % self.hparams.n_critic == 0:
             terms["loss_g"] = terms["loss"] = self.generator_step(images.shape[0], labels)
@@ -251,6 +260,10 @@ class WGANGP(GAN):
 
     def discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
         return fake_logits.float().mean() - real_logits.float().mean()
+
+    def discriminator_logs(self, real_logits: Tensor) -> dict[str, Tensor]:
+        """Nothing: a critic's scores have no zero point, so the sign heuristic ``rt`` means nothing."""
+        return {}
 
     def generator_loss(self, fake_logits: Tensor) -> Tensor:
         return -fake_logits.float().mean()

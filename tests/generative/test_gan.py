@@ -64,6 +64,18 @@ def test_training_moves_samples_toward_the_data(trained):
     for key in ("train/loss_g", "train/loss_d", "train/loss"):
         assert torch.isfinite(metrics[key])
     assert metrics["train/loss"] == metrics["train/loss_g"]
+    # Karras 2020's overfitting heuristic E[sign D(real)]; a Wasserstein critic's sign means nothing
+    if isinstance(model, WGANGP):
+        assert "train/rt" not in metrics
+    else:
+        assert -1 <= metrics["train/rt"] <= 1 and "train/rt_epoch" in metrics
+
+
+def test_rt_is_the_mean_sign_of_the_real_logits():
+    model = ConditionalGAN(**tiny_kwargs("cgan", 2))
+    logits = torch.tensor([[2.0], [-1.0], [3.0], [0.5]])
+    assert model.discriminator_logs(logits) == {"rt": torch.tensor(0.5)}
+    assert WGANGP(**tiny_kwargs("wgan_gp", 2)).discriminator_logs(logits) == {}
 
 
 def test_sample_contract(trained):
