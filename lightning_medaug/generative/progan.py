@@ -59,7 +59,8 @@ class ProGAN(GenerativeModule):
     generator step, both at the schedule's current level; real images are average-pooled to that
     level's resolution and, while it fades in, blended with their coarser version as the paper
     does. Logs ``train/loss_d``, ``train/loss_g``, ``train/loss`` (= the G loss), ``train/gp``,
-    ``train/level`` and ``train/alpha``.
+    ``train/level``, ``train/alpha`` and, with the logistic loss, ``train/rt`` (``E[sign D(real)]``,
+    the overfitting heuristic of :class:`~lightning_medaug.generative.gan.GAN`).
 
     Args:
         spatial_dims, in_channels, image_size, num_classes: see :class:`GenerativeModule`.
@@ -158,7 +159,7 @@ class ProGAN(GenerativeModule):
         real_logits, fake_logits = critic(real_in, labels).float(), critic(fake_in, labels).float()
         if hp.loss == "logistic":
             loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
-            logs = {"loss_d": loss.detach()}
+            logs = {"loss_d": loss.detach(), "rt": real_logits.detach().sign().mean()}
             if hp.r1_gamma > 0:
                 r1 = input_gradients(critic, real_in, labels).flatten(1).square().sum(1).mean()
                 loss = loss + 0.5 * hp.r1_gamma * r1

@@ -75,6 +75,7 @@ def test_training_grows_to_full_size_and_moves_samples_toward_the_data(trained):
     metrics = fit.callback_metrics
     for key in ("train/loss_g", "train/loss_d", "train/loss", "train/gp"):
         assert torch.isfinite(metrics[key]), key
+    assert "train/rt" not in metrics  # the WGAN critic's sign means nothing
     assert float(metrics["train/level"]) == model.num_levels - 1 and float(metrics["train/alpha"]) == 1.0
 
 
@@ -121,6 +122,7 @@ def test_logistic_loss_with_r1_trains():
     fit.fit(model, phantom_data(2, SIZE[2]))
     metrics = fit.callback_metrics
     assert float(metrics["train/r1"]) > 0 and "train/gp" not in metrics
+    assert -1 <= float(metrics["train/rt"]) <= 1  # E[sign D(real)]: only the logistic loss has a zero point
     # softplus losses are positive, unlike the Wasserstein estimate
     assert float(metrics["train/loss_d"]) > 0 and float(metrics["train/loss_g"]) > 0
 
