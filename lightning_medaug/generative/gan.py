@@ -67,8 +67,9 @@ class GAN(GenerativeModule):
     (= the generator loss, for NaN guards) and, for the non-saturating loss, ``train/rt``: the
     overfitting heuristic of Karras et al. 2020, ``E[sign D(real)]`` over the (augmented) training
     reals. Near 0 the discriminator cannot tell reals from fakes; as it memorises the training
-    images it climbs towards 1 (ADA aims at 0.6): a reason to add augmentation or stop early. Lightning's ``global_step`` counts both optimiser
-    steps, so ``max_steps`` is about ``(1 + 1/n_critic)`` x batches. Under DDP use
+    images it climbs towards 1 (ADA aims at 0.6): a reason to add augmentation or stop early.
+    Lightning's ``global_step`` counts both optimiser steps, so ``max_steps`` is about
+    ``(1 + 1/n_critic)`` x batches. Under DDP use
     ``strategy="ddp_find_unused_parameters_true"``: each backward reaches only one network.
 
     Args:
@@ -164,8 +165,9 @@ class GAN(GenerativeModule):
         self.toggle_optimizer(opt_d)
         # Zhao 2020: augment reals and fakes alike, so D never sees un-augmented images.
         real_in, fake_in = self.augment(images), self.augment(fake)
-        real_logits = self.discriminator(real_in, labels)  # reals first: spectral norm's power iteration
-        loss = self.discriminator_loss(real_logits, self.discriminator(fake_in, labels))  # runs per call
+        # reals, then fakes: spectral norm's power iteration advances at every call, so order matters
+        real_logits = self.discriminator(real_in, labels)
+        loss = self.discriminator_loss(real_logits, self.discriminator(fake_in, labels))
         loss = loss + self.discriminator_penalty(real_in, fake_in, labels)
         self._step(opt_d, loss)
         self.untoggle_optimizer(opt_d)
