@@ -19,8 +19,9 @@ the ``setup`` hook: connecting the module, the strategy's environment), ``strate
 ``loop_start`` (up to the first epoch: data loaders, ``on_train_start``), ``first_batch`` and
 ``later_batches`` (the epoch; on a GPU a fresh fit's first batch may pay again for the memory
 the last fit's teardown emptied from the cache: ``first_batch_ms`` sets it beside the plain
-loop's first batch), ``loop_end_and_teardown`` (the epoch's end to ``on_fit_end``: the model and optimizer state moved back to the
-CPU, the CUDA cache emptied) and ``exit`` (teardown hooks, the return from ``fit()``).
+loop's first batch), ``loop_end_and_teardown`` (the epoch's end to ``on_fit_end``: the model and
+optimizer state moved back to the CPU, the CUDA cache emptied) and ``exit`` (teardown hooks, the
+return from ``fit()``).
 
 Each side trains its own instance, built from the same seed, across all its repeats (the work
 per step does not depend on the weights), so no run pays for building a model; the Lightning
