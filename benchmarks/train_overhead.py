@@ -41,7 +41,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -158,10 +158,12 @@ class FitPhases(L.Callback):
     """
 
     #: phase name -> (stamp it starts at, stamp it ends at)
-    PHASES = {"build": ("start", "built"), "enter": ("built", "setup"), "strategy_setup": ("setup", "fit_start"),
-              "loop_start": ("fit_start", "epoch_start"), "first_batch": ("epoch_start", "first_batch_end"),
-              "later_batches": ("first_batch_end", "epoch_end"),
-              "loop_end_and_teardown": ("epoch_end", "fit_end"), "exit": ("fit_end", "returned")}
+    PHASES: ClassVar[dict[str, tuple[str, str]]] = {
+        "build": ("start", "built"), "enter": ("built", "setup"), "strategy_setup": ("setup", "fit_start"),
+        "loop_start": ("fit_start", "epoch_start"), "first_batch": ("epoch_start", "first_batch_end"),
+        "later_batches": ("first_batch_end", "epoch_end"), "loop_end_and_teardown": ("epoch_end", "fit_end"),
+        "exit": ("fit_end", "returned"),
+    }
 
     def __init__(self, device: torch.device):
         self.device, self.fits, self._stamps = device, [], {}
