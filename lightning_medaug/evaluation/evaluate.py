@@ -175,11 +175,11 @@ def _figures(folder: Path, train: Samples, synthetic: Samples, memorization: Map
     save_feature_pca(cpu, folder / FILES["feature_pca"])
     save_distance_histograms(neighbours[space], folder / FILES["nn_histogram"],
                              threshold=memorization[space]["threshold"], space=space)
-    for space, role in (("pixel", "closest_pairs"), ("feature", "closest_pairs_feature")):
-        if memorization.get(space, {}).get("closest_pairs"):
-            save_closest_pairs(synthetic.images, train.images, memorization[space]["closest_pairs"],
+    for pair_space, role in (("pixel", "closest_pairs"), ("feature", "closest_pairs_feature")):
+        if memorization.get(pair_space, {}).get("closest_pairs"):
+            save_closest_pairs(synthetic.images, train.images, memorization[pair_space]["closest_pairs"],
                                folder / FILES[role],
-                               title=f"closest in {space} space: synthetic (s) | nearest training image (t)")
+                               title=f"closest in {pair_space} space: synthetic (s) | nearest training image (t)")
             files[role] = FILES[role]
     if examples is not None:
         save_paired_examples(*examples, folder / FILES["paired_examples"])

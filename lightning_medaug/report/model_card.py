@@ -200,7 +200,6 @@ def _evaluation_context(result: Mapping[str, Any]) -> dict[str, Any]:
             for key, name, better in _FIDELITY_ROWS]
     memo_rows = [(space, _percent(memo[space].get("copy_rate")), _fmt(memo[space].get("median_ratio")))
                  for space in ("pixel", "feature") if space in memo]
-    privacy = result.get("privacy")
     percentile = memo.get("percentile", NOT_RECORDED)
     return {
         "created": result.get("created", NOT_RECORDED), "num_samples": fidelity.get("num_samples", NOT_RECORDED),
