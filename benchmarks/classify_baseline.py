@@ -94,7 +94,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--small-input-stem", action="store_true", help="3x3 stride-1 stem, no max-pool")
     parser.add_argument("--subset", type=float, default=None, help="stratified fraction of train")
-    parser.add_argument("--data-root", default=None, help="folder with pneumoniamnist.npz (default: $MEDAUG_DATA or shipped copy)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder with pneumoniamnist.npz (default: $MEDAUG_DATA or shipped copy)")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--out", default=None, help="also append the JSON line to this file")
     parser.add_argument("--seed-log", default=None,
@@ -116,7 +117,8 @@ def main() -> None:
         "small_input_stem": args.small_input_stem, "epochs": args.epochs, "seeds": args.seeds, "subset": args.subset,
         "test_auc": stats("test_auc"), "test_acc": stats("test_acc"), "val_auc": stats("val_auc"),
         "sec_per_epoch": stats("sec_per_epoch"), "per_seed": runs,
-        "reference_medmnist_v2": REFERENCE, "auc_ratio_vs_resnet18_28": stats("test_auc")["mean"] / REFERENCE["resnet18_28"]["auc"],
+        "reference_medmnist_v2": REFERENCE,
+        "auc_ratio_vs_resnet18_28": stats("test_auc")["mean"] / REFERENCE["resnet18_28"]["auc"],
         "versions": versions(),
     }, args.out)
 

@@ -187,8 +187,9 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
         fd = [cells[arm]["fd"] for arm in ARMS]
         cells["fd_ratio"] = round(fd[1] / fd[0], 4) if None not in fd and fd[0] else None
         results[str(n)] = cells
-    return {"source": source_info, "recipe": args.recipe, "freeze": list(finetune_args(recipe).get("freeze") or []), "steps": args.steps,
-            "seed": args.seed, "num_samples": args.num_samples, "extractor": args.extractor, "results": results}
+    freeze = list(finetune_args(recipe).get("freeze") or [])
+    return {"source": source_info, "recipe": args.recipe, "freeze": freeze, "steps": args.steps, "seed": args.seed,
+            "num_samples": args.num_samples, "extractor": args.extractor, "results": results}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -207,7 +208,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, default=None, help="bank size per cell (default 1000, tiny 32)")
     p.add_argument("--extractor", default=None, help="feature extractor of medaug evaluate (default domain, tiny none)")
     p.add_argument("--out", default="runs/few_shot", help="source, cells, banks and evaluations go here")
-    p.add_argument("--data-root", default=None, help="PneumoniaMNIST folder (default: $MEDAUG_DATA, else the shipped copy)")
+    p.add_argument("--data-root", default=None,
+                   help="PneumoniaMNIST folder (default: $MEDAUG_DATA, else the shipped copy)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--results", default=None, help="also append the JSON line to this file")
     p.add_argument("--tiny", action="store_true", help="smoke size: 4 steps, 32 samples, pixel space")

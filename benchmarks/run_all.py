@@ -72,7 +72,8 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "sample_speed": Benchmark("sample_speed.py", options=frozenset({"threads", "precision"}), verdict=_sample_speed_meets),
+    "sample_speed": Benchmark("sample_speed.py", options=frozenset({"threads", "precision"}),
+                              verdict=_sample_speed_meets),
     "unet_efficiency": Benchmark("unet_efficiency.py", options=frozenset({"threads", "precision"})),
     "family_latency": Benchmark("family_latency.py", options=frozenset({"threads", "precision"})),
     "train_overhead": Benchmark("train_overhead.py", options=frozenset({"threads", "precision", "data_root"})),
@@ -119,8 +120,8 @@ def run_one(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     if args.threads is not None:  # also for scripts without --threads (torch reads it at start-up)
         env["OMP_NUM_THREADS"] = str(args.threads)
     try:
-        done = subprocess.run(command(name, args, tmp), check=False, capture_output=True, text=True, encoding="utf-8", errors="replace", env=env,
-                              timeout=args.timeout)
+        done = subprocess.run(command(name, args, tmp), check=False, capture_output=True, text=True, encoding="utf-8",
+                              errors="replace", env=env, timeout=args.timeout)
     except subprocess.TimeoutExpired:
         return {"benchmark": name, "error": f"timed out after {args.timeout} s"}
     record = json_line(done.stdout) if done.returncode == 0 else None

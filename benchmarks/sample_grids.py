@@ -39,7 +39,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generators", nargs="+", required=True, help="save_pretrained folders")
     parser.add_argument("--out", required=True, help="folder for the PNG grids")
-    parser.add_argument("--data-root", default=None, help="folder with pneumoniamnist.npz (default: $MEDAUG_DATA or shipped)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder with pneumoniamnist.npz (default: $MEDAUG_DATA or shipped)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--names", nargs="+", default=None,
                         help="names of the grids, one per generator (default: each one's registry name)")
@@ -79,7 +80,8 @@ def main() -> None:
         record["generators"][name] = {
             "folder": Path(folder).as_posix(), "conditional": bool(model.num_classes),
             "diversity_ratio": {c: mean_pairwise_distance(samples[c]) / real_div[c] for c in classes},
-            "mean": float(torch.cat(list(samples.values())).mean()), "std": float(torch.cat(list(samples.values())).std()),
+            "mean": float(torch.cat(list(samples.values())).mean()),
+            "std": float(torch.cat(list(samples.values())).std()),
             "sample_seconds": seconds,
         }
     emit(record, args.result)

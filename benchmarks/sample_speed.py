@@ -30,10 +30,10 @@ from collections.abc import Callable
 
 import torch
 from _common import emit, versions
-from unet_efficiency import PRECISIONS, precision_context, resolve_device, set_threads, synchronize
 from diffusers import DDIMPipeline, ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
+from unet_efficiency import PRECISIONS, precision_context, resolve_device, set_threads, synchronize
 
 from lightning_medaug.generative.diffusion import DDPM
 from lightning_medaug.generative.schedulers import build_sampler

@@ -207,7 +207,8 @@ def _safe_member(name: str, zip_path: Path) -> PurePosixPath:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or (path.parts and path.parts[0].endswith(":")) or ".." in path.parts:
         raise ValueError(f"{zip_path} holds the entry {name!r}, which points outside the folder it is extracted "
-                         "to (absolute path or '..'); refusing to extract it. Package weights with package_pretrained()")
+                         "to (absolute path or '..'); refusing to extract it. Package weights with "
+                         "package_pretrained()")
     return path
 
 

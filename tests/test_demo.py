@@ -31,8 +31,11 @@ def test_demo_runs_real_only_and_mixed_arms(demo_run):
         assert (folder / "curves.png").stat().st_size > 1000
         assert list(folder.rglob("*.ckpt"))  # the demo keeps its classifiers (a study deletes them)
     # the mixed arm really trained on the bank; the real-only arm did not
-    assert "SyntheticMixDataModule" in (run / "cells" / "mix_cgan_r0.5_f0.02_s0" / "run" / "config.yaml").read_text(encoding="utf-8")
-    assert "SyntheticMixDataModule" not in (run / "cells" / "real_f0.02_s0" / "run" / "config.yaml").read_text(encoding="utf-8")
+    def config(cell):
+        return (run / "cells" / cell / "run" / "config.yaml").read_text(encoding="utf-8")
+
+    assert "SyntheticMixDataModule" in config("mix_cgan_r0.5_f0.02_s0")
+    assert "SyntheticMixDataModule" not in config("real_f0.02_s0")
 
 
 def test_demo_bank_traces_to_the_generator_trained_on_the_same_subset(demo_run):

@@ -197,7 +197,8 @@ def test_mask_conditional_bank_gets_paired_metrics(tmp_path):
     paired = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["paired"]
     assert set(paired) == {"test"} and paired["test"]["num_pairs"] == 24  # every sample reuses a test mask
     assert -1 <= paired["test"]["ssim"] <= 1 and 0 < paired["test"]["psnr"] < 100
-    assert (out / "paired_examples.png").is_file() and "Paired quality" in (out / "report.md").read_text(encoding="utf-8")
+    assert (out / "paired_examples.png").is_file()
+    assert "Paired quality" in (out / "report.md").read_text(encoding="utf-8")
 
 
 def _fails_cleanly(capsys, argv, match: str) -> None:

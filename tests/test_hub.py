@@ -202,7 +202,8 @@ def test_named_weights_from_an_index(pretrained, tmp_path):
 
 
 def test_shipped_index_is_well_formed(tmp_path):
-    raw = json.loads(Path(__file__).parents[1].joinpath("lightning_medaug", "pretrained_index.json").read_text(encoding="utf-8"))
+    index = Path(__file__).parents[1] / "lightning_medaug" / "pretrained_index.json"
+    raw = json.loads(index.read_text(encoding="utf-8"))
     names = list_pretrained()
     assert names and names == sorted(raw["weights"])
     for name, entry in pretrained_index().items():

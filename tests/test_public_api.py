@@ -27,7 +27,8 @@ def test_unknown_name_raises_attribute_error():
 def test_import_does_not_load_heavy_dependencies():
     code = ("import sys, lightning_medaug; heavy = [m for m in ('diffusers', 'monai', 'timm', 'torch') "
             "if m in sys.modules]; print(','.join(heavy))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", check=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
+                         errors="replace", check=True, timeout=120)
     assert out.stdout.strip() == ""
 
 

@@ -62,7 +62,8 @@ def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
 
 def test_builtin_generators_are_registered():
     names = GENERATORS.list()
-    for expected in ("vae", "cvae", "beta_vae", "vqvae", "dcgan", "cgan", "wgan_gp", "pix2pix", "cyclegan", "ddpm", "ldm"):
+    for expected in ("vae", "cvae", "beta_vae", "vqvae", "dcgan", "cgan", "wgan_gp", "pix2pix", "cyclegan", "ddpm",
+                     "ldm"):
         assert expected in names, f"{expected} missing from {names}"
 
 

@@ -26,7 +26,8 @@ MASK_KEY = "mask"
 #: Value range of images everywhere in the library (data modules, generators, banks).
 IMAGE_RANGE: tuple[float, float] = (-1.0, 1.0)
 
-__all__ = ["IMAGE_KEY", "LABEL_KEY", "MASK_KEY", "IMAGE_RANGE", "Batch", "unpack_batch", "to_unit_range", "from_unit_range"]
+__all__ = ["IMAGE_KEY", "LABEL_KEY", "MASK_KEY", "IMAGE_RANGE", "Batch", "unpack_batch", "to_unit_range",
+           "from_unit_range"]
 
 
 class Batch(NamedTuple):

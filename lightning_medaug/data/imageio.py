@@ -72,7 +72,8 @@ def read_image(path: str | Path) -> sitk.Image:
         reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
         return reader.Execute()
     except RuntimeError as err:  # SimpleITK reports unreadable files as RuntimeError
-        raise ValueError(f"cannot read {path}: {str(err).strip().splitlines()[-1]}; replace or remove the file") from None
+        reason = str(err).strip().splitlines()[-1]
+        raise ValueError(f"cannot read {path}: {reason}; replace or remove the file") from None
 
 
 def _check_nifti(path: Path) -> None:

@@ -138,6 +138,6 @@ class PhantomDataModule(SplitDataModule):
         for offset, split in enumerate(("train", "val", "test")):
             if split not in self.datasets:
                 self.datasets[split] = PhantomDataset(
-                    hp[f"num_{split}"], hp.spatial_dims, hp.image_size, hp.num_classes, hp.seed * 1000 + offset, hp.style,
-                    hp.with_masks
+                    hp[f"num_{split}"], hp.spatial_dims, hp.image_size, hp.num_classes, hp.seed * 1000 + offset,
+                    hp.style, hp.with_masks
                 )

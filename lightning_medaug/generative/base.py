@@ -109,7 +109,8 @@ class GenerativeModule(L.LightningModule):
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if labels is not None:
             if self.num_classes == 0:
-                raise ValueError(f"{type(self).__name__} is unconditional (num_classes=0): it cannot sample given labels")
+                raise ValueError(f"{type(self).__name__} is unconditional (num_classes=0): "
+                                 "it cannot sample given labels")
             labels = torch.as_tensor(labels, device=self.device).long().reshape(-1)
             if labels.numel() != n:
                 raise ValueError(f"got {labels.numel()} labels for n={n} samples")
@@ -206,7 +207,7 @@ class GenerativeModule(L.LightningModule):
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "GenerativeModule":
+    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:
         """Load a folder written by :meth:`save_pretrained` (see :func:`load_generator`)."""
         model = load_generator(path, map_location=map_location)
         if not isinstance(model, cls):

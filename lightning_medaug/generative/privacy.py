@@ -146,7 +146,8 @@ class DifferentialPrivacy(L.Callback):
         if noise_multiplier is not None and not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
             raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
         if target_epsilon is not None and noise_multiplier == 0:
-            raise ValueError("noise_multiplier=0 gives no privacy (epsilon is infinite): drop target_epsilon or add noise")
+            raise ValueError("noise_multiplier=0 gives no privacy (epsilon is infinite): drop target_epsilon or "
+                             "add noise")
         if target_delta is not None and not 0 < target_delta < 1:
             raise ValueError(f"target_delta must lie in (0, 1), e.g. 1e-5; got {target_delta}")
         if not max_grad_norm > 0:
@@ -210,7 +211,8 @@ class DifferentialPrivacy(L.Callback):
         bad = unsupported_layers(pl_module)
         if bad:
             raise ValueError(f"{type(pl_module).__name__} has layers that differential privacy cannot train: "
-                             f"{', '.join(bad)}; replace BatchNorm by GroupNorm (opacus.validators.ModuleValidator.fix)")
+                             f"{', '.join(bad)}; replace BatchNorm by GroupNorm "
+                             "(opacus.validators.ModuleValidator.fix)")
         self._poisson_sample_train_loader(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -230,8 +232,9 @@ class DifferentialPrivacy(L.Callback):
         if self.noise_multiplier is None:
             self.noise_multiplier = self._calibrate_noise(planned)
         if self.target_epsilon is not None:
-            further = _steps_within_budget(self.accountant_name, self.history, (self.noise_multiplier, self.sample_rate),
-                                           self.delta, self.target_epsilon, planned)
+            further = _steps_within_budget(self.accountant_name, self.history,
+                                           (self.noise_multiplier, self.sample_rate), self.delta,
+                                           self.target_epsilon, planned)
             self._step_limit = None if further is None else self.steps + further
         _warn_if_empty_batches_likely(self.sample_rate, self.dataset_size, planned)
         if trainer.gradient_clip_val:
@@ -243,8 +246,8 @@ class DifferentialPrivacy(L.Callback):
         warnings.filterwarnings("ignore", message=_HOOK_WARNING)
         self._hooks = GradSampleHooks(pl_module, batch_first=True, loss_reduction="mean")
         optimizer = DPOptimizer(trainer.optimizers[0], noise_multiplier=self.noise_multiplier,
-                                max_grad_norm=self.max_grad_norm, expected_batch_size=self.sample_rate * self.dataset_size,
-                                loss_reduction="mean")
+                                max_grad_norm=self.max_grad_norm,
+                                expected_batch_size=self.sample_rate * self.dataset_size, loss_reduction="mean")
         optimizer.attach_step_hook(self._count_step)
         self._optimizer = optimizer
         trainer.strategy.optimizers = [optimizer]  # the fit loop steps whatever the strategy holds
@@ -310,7 +313,8 @@ class DifferentialPrivacy(L.Callback):
         if not self.stopped_at_budget:
             self.stopped_at_budget = True
             rank_zero_warn(f"privacy budget reached: another step would take epsilon past target_epsilon="
-                           f"{self.target_epsilon} (delta={self.delta:.3g}); training stops after {self.steps} DP steps")
+                           f"{self.target_epsilon} (delta={self.delta:.3g}); training stops after "
+                           f"{self.steps} DP steps")
 
     def _count_step(self, optimizer: Any) -> None:
         """DPOptimizer step hook: one more noisy step at this noise and sample rate."""
@@ -325,8 +329,8 @@ class DifferentialPrivacy(L.Callback):
         from opacus.accountants.utils import get_noise_multiplier
 
         if not math.isfinite(planned) or planned < 1:
-            raise ValueError("target_epsilon calibrates the noise to the planned number of steps: set trainer.max_steps "
-                             "or trainer.max_epochs (or pass noise_multiplier instead)")
+            raise ValueError("target_epsilon calibrates the noise to the planned number of steps: set "
+                             "trainer.max_steps or trainer.max_epochs (or pass noise_multiplier instead)")
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Optimal order")
@@ -334,8 +338,9 @@ class DifferentialPrivacy(L.Callback):
                                                   sample_rate=self.sample_rate, steps=int(planned),
                                                   accountant=self.accountant_name))
         except ValueError as err:
-            raise ValueError(f"target_epsilon={self.target_epsilon} cannot be met in {int(planned)} steps at sample rate "
-                             f"{self.sample_rate:.3g} ({err}); raise target_epsilon or train fewer steps") from err
+            raise ValueError(f"target_epsilon={self.target_epsilon} cannot be met in {int(planned)} steps at "
+                             f"sample rate {self.sample_rate:.3g} ({err}); raise target_epsilon or train fewer "
+                             "steps") from err
 
     def _poisson_sample_train_loader(self, trainer: L.Trainer) -> None:
         """Make the fit loop's train loader Poisson-sampled (Opacus' ``DPDataLoader``), however it was

@@ -74,7 +74,8 @@ def _tracked(z: Tensor) -> Tensor:
     return z if z.requires_grad else z.detach().requires_grad_(True)
 
 
-def generalized_leapfrog(z: Tensor, rho: Tensor, grad_u: Tensor, potential_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
+def generalized_leapfrog(z: Tensor, rho: Tensor, grad_u: Tensor,
+                         potential_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
                          metric: Callable[[Tensor], Tensor], eps: float, fixed_point_steps: int,
                          create_graph: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One generalized leapfrog step (Girolami & Calderhead 2011, eq. 16-18).

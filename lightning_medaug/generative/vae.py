@@ -260,7 +260,8 @@ def _check_vae_args(channels: tuple[int, ...], latent_channels: int, num_res_blo
                     cond_channels: int, beta: float, kl_warmup_steps: int, recon_loss: str, lr: float) -> None:
     check_channels(channels)
     if norm_num_groups < 1 or any(c % norm_num_groups for c in channels):
-        raise ValueError(f"every entry of channels={list(channels)} must be divisible by norm_num_groups={norm_num_groups}")
+        raise ValueError(f"every entry of channels={list(channels)} must be divisible by "
+                         f"norm_num_groups={norm_num_groups}")
     check_at_least(1, latent_channels=latent_channels, num_res_blocks=num_res_blocks, cond_channels=cond_channels)
     check_non_negative(beta=beta, kl_warmup_steps=kl_warmup_steps)
     check_choice("recon_loss", recon_loss, RECON_LOSSES)

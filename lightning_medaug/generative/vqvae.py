@@ -77,7 +77,8 @@ class VQVAE(AutoencoderModule):
         self.net = MonaiVQVAE(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=in_channels, channels=channels,
             num_res_layers=num_res_layers, num_res_channels=channels,
-            downsample_parameters=((2, 4, 1, 1),) * len(channels), upsample_parameters=((2, 4, 1, 1, 0),) * len(channels),
+            downsample_parameters=((2, 4, 1, 1),) * len(channels),
+            upsample_parameters=((2, 4, 1, 1, 0),) * len(channels),
             num_embeddings=num_embeddings, embedding_dim=latent_channels, commitment_cost=commitment_cost,
             decay=codebook_decay,
         )

@@ -111,7 +111,8 @@ def memorization_report(synthetic: Tensor | Dataset, train: Tensor | Dataset, te
                         extractor: nn.Module | None = None,
                         percentile: float = 1.0, num_pairs: int = 16, batch_size: int = 256,
                         chunk_size: int = 1024, features: Sequence[Tensor] | None = None,
-                        return_neighbours: bool = False) -> dict[str, Any] | tuple[dict[str, Any], dict[str, NearestTrain]]:
+                        return_neighbours: bool = False
+                        ) -> dict[str, Any] | tuple[dict[str, Any], dict[str, NearestTrain]]:
     """Nearest-training-sample distances of synthetic vs real test samples, in pixel and feature space.
 
     Args:

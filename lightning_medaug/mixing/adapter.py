@@ -88,7 +88,8 @@ class SampleTemplate:
         names = list(parts)
         return [self._assemble(dict(zip(names, row))) for row in zip(*(parts[n].unbind(0) for n in names))]
 
-    def _convert(self, image: Tensor, label: Tensor | None, mask: Tensor | None, batch: int | None) -> dict[str, Tensor]:
+    def _convert(self, image: Tensor, label: Tensor | None, mask: Tensor | None,
+                 batch: int | None) -> dict[str, Tensor]:
         """Value range, dtypes and label shape of the real samples (``batch``: leading batch size, if any)."""
         lo, hi = self.value_range
         if (lo, hi) != (-1.0, 1.0):
@@ -133,7 +134,8 @@ class SyntheticAdapter(Dataset):
 
     def __init__(self, source: Dataset, template: SampleTemplate, transform: Callable | None = None,
                  flag: bool = False, to_sample: Callable[[dict], Any] | None = None):
-        self.source, self.template, self.transform, self.flag, self.to_sample = source, template, transform, flag, to_sample
+        self.source, self.template, self.transform = source, template, transform
+        self.flag, self.to_sample = flag, to_sample
 
     def __len__(self) -> int:
         return len(self.source)

@@ -207,8 +207,9 @@ class SyntheticMixDataModule(L.LightningDataModule):
         if template.has_mask and not getattr(source, "has_masks", False):
             raise ValueError("the real samples have masks but the synthetic source has none")
         if self.mode == "add" and self.ratio_schedule and self.trainer is not None \
-                and len({synthetic_count(len(real), r, self.mode) for r in [self.ratio, *self.ratio_schedule.values()]}) > 1 \
-                and self.trainer.reload_dataloaders_every_n_epochs != 1:
+                and self.trainer.reload_dataloaders_every_n_epochs != 1 \
+                and len({synthetic_count(len(real), r, self.mode)
+                         for r in [self.ratio, *self.ratio_schedule.values()]}) > 1:
             raise ValueError("a ratio schedule in 'add' mode changes the epoch length: "
                              "set Trainer(reload_dataloaders_every_n_epochs=1) or use mode='replace'")
 

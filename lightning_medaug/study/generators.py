@@ -97,7 +97,8 @@ def parse_generators(generators: dict[str, dict[str, Any]] | None,
         if factor is not None and float(factor) <= 0:
             raise ValueError(f"generators.{name}.bank_factor must be positive, got {factor}")
         specs[name] = GeneratorSpec(
-            name=name, recipe=spec.get("recipe"), epochs=spec.get("epochs"), overrides=dict(spec.get("overrides") or {}),
+            name=name, recipe=spec.get("recipe"), epochs=spec.get("epochs"),
+            overrides=dict(spec.get("overrides") or {}),
             sample_kwargs=dict(spec.get("sample_kwargs") or {}), weights_from=source, fractions=own_fractions,
             ratios=None if spec.get("ratios") is None else _ratios(spec["ratios"], f"generators.{name}.ratios"),
             synthetic_only=None if spec.get("synthetic_only") is None else bool(spec["synthetic_only"]),

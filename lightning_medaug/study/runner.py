@@ -145,7 +145,7 @@ class Study:
                 raise ValueError(f"seeds must not be empty (fraction {fraction:g})")
         self.generators = dict(generators or {})
         self.specs: dict[str, GeneratorSpec] = parse_generators(self.generators, bool(classic_augmentation))
-        for name, spec in self.specs.items():
+        for spec in self.specs.values():
             if spec.recipe is None:
                 continue
             load_recipe(spec.recipe)  # fail now, not after hours of other cells

@@ -49,7 +49,7 @@ def mask_layouts(masks: Tensor, n: int, seed: int) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
     dims = masks.ndim - 2
     out = []
-    for i in range(n):
+    for _ in range(n):
         mask = masks[int(torch.randint(len(masks), (), generator=generator))]
         for axis in range(1, dims + 1):
             if torch.rand((), generator=generator) < 0.5:

@@ -14,7 +14,6 @@ from lightning_medaug.bank import SyntheticBank, write_bank
 from lightning_medaug.bank.manifest import shard_files
 from lightning_medaug.registry import create_generator
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

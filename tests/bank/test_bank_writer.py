@@ -14,7 +14,6 @@ from lightning_medaug.bank import LabelPlan, SyntheticBank, label_plan, shard_se
 from lightning_medaug.bank.manifest import COLUMNS, shard_files
 from lightning_medaug.registry import create_generator
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -58,7 +57,8 @@ def test_bank_layout_manifest_and_plan(model_dir, tmp_path):
     assert {r["generator"] for r in rows} == {"cvae"}
     assert {r["generator_class"] for r in rows} == {"lightning_medaug.generative.vae.ConditionalVAE"}
     assert all(r["time"].endswith("+00:00") and r["library_version"] for r in rows)
-    assert str(tmp_path) not in (root / "manifest.csv").read_text(encoding="utf-8") + (root / "bank.json").read_text(encoding="utf-8")
+    written = (root / "manifest.csv").read_text(encoding="utf-8") + (root / "bank.json").read_text(encoding="utf-8")
+    assert str(tmp_path) not in written
     info = json.loads((root / "bank.json").read_text(encoding="utf-8"))["settings"]
     assert info["label_plan"]["counts"] == [14, 13, 13] and info["image_shape"] == [1, 16, 16]
     assert not list(root.rglob("*.tmp"))

@@ -137,8 +137,8 @@ def test_torchrun_two_ranks_write_the_same_bank(model_dir, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(_free_port()), "-m", "lightning_medaug.cli", "generate", "--model", str(model_dir), "--num-samples",
            "40", "--shard-size", "16", "--batch-size", "8", "--out", str(tmp_path / "ddp"), "--no-progress"]
-    result = subprocess.run(cmd, env=ONE_THREAD, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300,
-                            check=False)
+    result = subprocess.run(cmd, env=ONE_THREAD, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                            timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("wrote 3 of 3 shards") == 1  # rank 0 reports for all ranks
     write_bank(model_dir, tmp_path / "single", 40, shard_size=16, batch_size=8, progress=False)

@@ -126,7 +126,8 @@ def test_mix_overhead(run_script, tmp_path):
 def test_run_all_reprints_lines_and_summarises(tmp_path):
     out = tmp_path / "bench.jsonl"
     done = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--tiny", "--only", "gpu_memory",
-                           "--out", str(out)], check=False, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
+                           "--out", str(out)], check=False, capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", timeout=300)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert [line["benchmark"] for line in lines] == ["gpu_memory", "run_all"]

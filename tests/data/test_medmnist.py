@@ -2,8 +2,8 @@
 
 import functools
 import hashlib
-import logging
 import http.server
+import logging
 import threading
 import warnings
 from pathlib import Path

@@ -95,7 +95,10 @@ def test_training_reconstructs_and_moves_samples_toward_the_data(trained):
     assert 0.4 * data_std < samples.std() < 1.5 * data_std, (samples.std(), data_std)
     # ... and the mean image (a bright organ in the middle of a dark field) is approached too
     mean_image = train.images.mean(0)
-    gap = lambda images: (images.mean(0) - mean_image).abs().mean()
+
+    def gap(images):
+        return (images.mean(0) - mean_image).abs().mean()
+
     assert gap(samples) < 0.5 * gap(before["samples"]), (gap(samples), gap(before["samples"]))
 
 

@@ -126,7 +126,8 @@ def test_mismatches_raise_value_errors_naming_the_first_one(pretrained_cgan):
     loose = cgan(latent_dim=24)
     skipped = transfer_weights(source, loose, strict_shapes=False)
     assert {"generator.project.weight", "ema.averaged.module.project.weight"} <= set(skipped)
-    assert torch.equal(loose.state_dict()["generator.head.0.conv.weight"], source.state_dict()["generator.head.0.conv.weight"])
+    key = "generator.head.0.conv.weight"
+    assert torch.equal(loose.state_dict()[key], source.state_dict()[key])
     with pytest.raises(ValueError, match="matches no parameter.*generator.blocks"):
         freeze_parameters(cgan(), ["generator.block.0.*"])
     with pytest.raises(ValueError, match="list of glob patterns"):

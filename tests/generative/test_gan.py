@@ -216,8 +216,8 @@ def test_wgan_gp_trains_under_ddp(tmp_path):
     """
     script = tmp_path / "ddp_gan.py"
     script.write_text(DDP_SCRIPT)
-    result = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300,
-                            check=False)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                            encoding="utf-8", errors="replace", timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
     assert ranks[0]["checksum"] == ranks[1]["checksum"]  # gradients were all-reduced

@@ -156,7 +156,8 @@ def test_ddp_latent_scale_is_averaged_over_ranks(autoencoder_folders, tmp_path):
     script = tmp_path / "ddp_ldm.py"
     script.write_text(DDP_SCRIPT)
     result = subprocess.run([sys.executable, str(script), autoencoder_folders["vae"], str(tmp_path)],
-                            check=False, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300, cwd=tmp_path)
+                            check=False, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                            timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     (scale0, weights0, std0), (scale1, weights1, std1) = (
         map(float, (tmp_path / f"rank{r}.txt").read_text(encoding="utf-8").split()) for r in (0, 1))

@@ -81,7 +81,7 @@ def test_training_grows_to_full_size_and_moves_samples_toward_the_data(trained):
 
 def test_sample_contract(trained):
     model, *_ = trained
-    a, b, c = model.sample(5, generator=seeded(1)), model.sample(5, generator=seeded(1)), model.sample(5, generator=seeded(2))
+    a, b, c = (model.sample(5, generator=seeded(seed)) for seed in (1, 1, 2))
     assert a.shape == (5, *model.image_shape) and a.dtype == torch.float32
     assert a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, b) and not torch.equal(a, c)

@@ -44,7 +44,10 @@ def fit_fixed_batch(model, spatial_dims: int, steps: int, **trainer_kwargs):
 def test_overfit_sample_and_reload(name, spatial_dims, tmp_path):
     model = create_generator(name, **tiny_kwargs(name, spatial_dims))
     assert isinstance(model, CLASSES[name])
-    gen = lambda: torch.Generator().manual_seed(7)
+
+    def gen():
+        return torch.Generator().manual_seed(7)
+
     images = make_phantoms(16, spatial_dims, SIZES[spatial_dims])[0]
     before = model.sample(16, generator=gen())
 

@@ -27,7 +27,10 @@ def test_overfit_prior_sample_and_reload(spatial_dims, num_classes, tmp_path):
     model = tiny_vqvae(spatial_dims, num_classes=num_classes)
     data = PhantomDataModule(spatial_dims=spatial_dims, image_size=SIZES[spatial_dims], num_train=16, num_val=8,
                              num_test=8, batch_size=16)
-    gen = lambda: torch.Generator().manual_seed(3)
+
+    def gen():
+        return torch.Generator().manual_seed(3)
+
     before = model.sample(8, generator=gen())
     losses, perplexity = [], []
     record = LambdaCallback(on_train_batch_end=lambda tr, m, out, b, i: (

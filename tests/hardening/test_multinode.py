@@ -50,7 +50,8 @@ def assert_all_succeeded(results: list[tuple[int, str]]) -> None:
     """Every node's exit code and the end of every node's log: the node that failed first is not
     always rank 0, and the others' codes (-9: stopped by the harness) say which one it was."""
     if any(code != 0 for code, _ in results):
-        report = "\n".join(f"--- node {i}: exit code {code}\n{output[-2500:]}" for i, (code, output) in enumerate(results))
+        report = "\n".join(f"--- node {i}: exit code {code}\n{output[-2500:]}"
+                           for i, (code, output) in enumerate(results))
         raise AssertionError(report)
 
 

@@ -37,7 +37,8 @@ def test_generate_100k_samples_with_flat_memory(tmp_path):
            str(total), "--shard-size", str(shard), "--batch-size", "250", "--dtype", "uint8", "--out",
            str(tmp_path / "bank"), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            encoding="utf-8", errors="replace")
     readings, deadline = [], time.monotonic() + 300  # (shards on disk, resident MB)
     try:
         while proc.poll() is None:

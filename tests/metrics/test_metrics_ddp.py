@@ -23,7 +23,8 @@ SCRIPT = textwrap.dedent('''
     REAL_SPLIT, FAKE_SPLIT = (0, 37, 64), (0, 20, 48)  # uneven shares per process
 
     def metrics(extractor, **kwargs):
-        return {"fd": FrechetDistance(extractor, num_features=32, **kwargs), "kid": KernelDistance(extractor, 6, 16, **kwargs),
+        return {"fd": FrechetDistance(extractor, num_features=32, **kwargs),
+                "kid": KernelDistance(extractor, 6, 16, **kwargs),
                 "pr": PrecisionRecall(extractor, k=3, chunk_size=10, **kwargs),
                 "paired": PairedImageMetrics(sigma=0.5, **kwargs)}
 

@@ -18,7 +18,6 @@ from lightning_medaug.mixing import (
 from lightning_medaug.mixing.sampler import _permutation
 from lightning_medaug.registry import create_generator
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

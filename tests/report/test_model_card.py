@@ -62,7 +62,8 @@ def test_card_renders_model_data_training_and_evaluation(generator_folder, evalu
 
 def test_card_without_evaluation_invents_nothing(generator_folder):
     _, folder = generator_folder
-    text = write_model_card(folder, data={"name": "phantoms"}, training={}, license="CC-BY-4.0").read_text(encoding="utf-8")
+    card = write_model_card(folder, data={"name": "phantoms"}, training={}, license="CC-BY-4.0")
+    text = card.read_text(encoding="utf-8")
     assert "Not evaluated" in text and "copy rate was not measured" in text
     assert "Frechet distance" not in text and "| wall time | not recorded |" in text
     assert "| size | not recorded |" in text and "CC-BY-4.0" in text

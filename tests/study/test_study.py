@@ -283,8 +283,10 @@ def test_generator_entries_narrow_their_arms_and_reuse_trained_weights():
               generators={**only_small, "x_big": {"weights_from": "x", "fractions": [1.0]}})
     # a number in an override's key indexes a list: one callback argument, the rest of the recipe kept
     grids = {"x": {"recipe": "ddpm_pneumonia.yaml", "overrides": {"trainer.callbacks.1.init_args.every_n_epochs": 10}}}
-    callbacks = Study("classify_pneumonia.yaml", generators=grids)._generator_config("x", 0.1, 0)["trainer"]["callbacks"]
-    assert callbacks[1]["class_path"].endswith("SampleGridCallback") and callbacks[1]["init_args"]["every_n_epochs"] == 10
+    config = Study("classify_pneumonia.yaml", generators=grids)._generator_config("x", 0.1, 0)
+    callbacks = config["trainer"]["callbacks"]
+    assert callbacks[1]["class_path"].endswith("SampleGridCallback")
+    assert callbacks[1]["init_args"]["every_n_epochs"] == 10
     assert callbacks[1]["init_args"]["seed"] == 0 and callbacks[2]["class_path"].endswith("ModelCheckpoint")
     grids["x"]["overrides"] = {"trainer.callbacks.9.init_args.every_n_epochs": 10}
     with pytest.raises(ValueError, match="trainer.callbacks.9"):

@@ -44,7 +44,8 @@ def test_two_process_ddp_fit_validates_with_synced_metrics(tmp_path):
     script.write_text(SCRIPT)
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=180, check=False)
+                            capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=180,
+                            check=False)
     assert result.returncode == 0, result.stderr[-3000:]
 
     infos = [json.loads((tmp_path / f"rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
