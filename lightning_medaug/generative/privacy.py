@@ -29,6 +29,8 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from lightning_medaug.generative.privacy_accounting import calibrate_noise, epsilon_spent, steps_within_budget
+
 __all__ = ["ACCOUNTANTS", "PRIVACY_REPORT", "DifferentialPrivacy", "load_privacy_report", "unsupported_layers"]
 
 #: Privacy accountants offered: Renyi DP and the (tighter, slower) privacy random variable one.
@@ -65,43 +67,6 @@ def unsupported_layers(module: nn.Module) -> list[str]:
         if (validator is not None and validator(sub)) or (trainable and has_buffers):
             found.append(f"{name or '<root>'} ({type(sub).__name__})")
     return found
-
-
-def _epsilon(accountant: str, history: list[tuple[float, float, int]], delta: float) -> float:
-    """Epsilon spent by the steps in ``history`` ([(noise_multiplier, sample_rate, steps)])."""
-    from opacus.accountants import create_accountant
-
-    if not history:
-        return 0.0
-    acc = create_accountant(mechanism=accountant)
-    acc.history = list(history)
-    with warnings.catch_warnings():  # RDP's "optimal order is the largest alpha": a looser bound, still valid
-        warnings.filterwarnings("ignore", message="Optimal order")
-        return float(acc.get_epsilon(delta=delta))
-
-
-def _steps_within_budget(accountant: str, history: list, step: tuple[float, float], delta: float,
-                         budget: float, planned: float) -> int | None:
-    """The most further steps of ``step=(noise, rate)`` that keep epsilon within ``budget``;
-    ``None`` when all ``planned`` steps fit. Epsilon grows with steps, so a doubling then a
-    bisection search needs about ``2 log2(planned)`` accountant calls."""
-    def fits(k: int) -> bool:
-        return _epsilon(accountant, history + [(*step, k)], delta) <= budget
-
-    if math.isfinite(planned) and fits(int(planned)):
-        return None
-    if not fits(1):
-        return 0
-    lo, hi = 1, 2
-    while fits(hi):  # stops: epsilon grows without bound in the number of steps
-        lo, hi = hi, hi * 2
-        if hi >= planned:
-            hi = int(planned)
-            break
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
 
 
 class DifferentialPrivacy(L.Callback):
@@ -188,7 +153,7 @@ class DifferentialPrivacy(L.Callback):
             return 0.0
         if any(noise == 0 for noise, _, n in self.history if n):
             return math.inf
-        return _epsilon(self.accountant_name, self.history, self.delta)
+        return epsilon_spent(self.accountant_name, self.history, self.delta)
 
     def report(self) -> dict[str, Any]:
         """The figures a study report quotes; what :data:`PRIVACY_REPORT` holds."""
@@ -230,11 +195,12 @@ class DifferentialPrivacy(L.Callback):
         self.sample_rate, self.dataset_size = float(loader.sample_rate), len(loader.dataset)
         planned = trainer.estimated_stepping_batches - trainer.global_step
         if self.noise_multiplier is None:
-            self.noise_multiplier = self._calibrate_noise(planned)
+            self.noise_multiplier = calibrate_noise(self.accountant_name, self.target_epsilon, self.delta,
+                                                    self.sample_rate, planned)
         if self.target_epsilon is not None:
-            further = _steps_within_budget(self.accountant_name, self.history,
-                                           (self.noise_multiplier, self.sample_rate), self.delta,
-                                           self.target_epsilon, planned)
+            further = steps_within_budget(self.accountant_name, self.history,
+                                          (self.noise_multiplier, self.sample_rate), self.delta,
+                                          self.target_epsilon, planned)
             self._step_limit = None if further is None else self.steps + further
         _warn_if_empty_batches_likely(self.sample_rate, self.dataset_size, planned)
         if trainer.gradient_clip_val:
@@ -323,24 +289,6 @@ class DifferentialPrivacy(L.Callback):
             self.history[-1] = (*entry, self.history[-1][2] + 1)
         else:
             self.history.append((*entry, 1))
-
-    def _calibrate_noise(self, planned: float) -> float:
-        """The smallest noise (within 0.01 in epsilon) that keeps ``planned`` steps within the budget."""
-        from opacus.accountants.utils import get_noise_multiplier
-
-        if not math.isfinite(planned) or planned < 1:
-            raise ValueError("target_epsilon calibrates the noise to the planned number of steps: set "
-                             "trainer.max_steps or trainer.max_epochs (or pass noise_multiplier instead)")
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Optimal order")
-                return float(get_noise_multiplier(target_epsilon=self.target_epsilon, target_delta=self.delta,
-                                                  sample_rate=self.sample_rate, steps=int(planned),
-                                                  accountant=self.accountant_name))
-        except ValueError as err:
-            raise ValueError(f"target_epsilon={self.target_epsilon} cannot be met in {int(planned)} steps at "
-                             f"sample rate {self.sample_rate:.3g} ({err}); raise target_epsilon or train fewer "
-                             "steps") from err
 
     def _poisson_sample_train_loader(self, trainer: L.Trainer) -> None:
         """Make the fit loop's train loader Poisson-sampled (Opacus' ``DPDataLoader``), however it was
