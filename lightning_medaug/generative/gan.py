@@ -31,7 +31,7 @@ from lightning_medaug.generative.gan_networks import DCGANDiscriminator, DCGANGe
 from lightning_medaug.registry import register_generator
 from lightning_medaug.validation import check_adam_betas, check_at_least, check_positive
 
-__all__ = ["DCGAN", "GAN", "WGANGP", "ConditionalGAN", "input_gradients", "manual_step"]
+__all__ = ["DCGAN", "GAN", "WGANGP", "ConditionalGAN", "discriminator_rt", "input_gradients", "manual_step"]
 
 
 def input_gradients(critic: nn.Module, x: Tensor, labels: Tensor | None) -> Tensor:
@@ -44,6 +44,11 @@ def input_gradients(critic: nn.Module, x: Tensor, labels: Tensor | None) -> Tens
         x = x.detach().float().requires_grad_(True)
         (grad,) = torch.autograd.grad(critic(x, labels).sum(), x, create_graph=True)
     return grad
+
+
+def discriminator_rt(real_logits: Tensor) -> Tensor:
+    """``E[sign D(real)]``, the discriminator-overfitting heuristic of Karras et al. 2020 (detached)."""
+    return real_logits.detach().float().sign().mean()
 
 
 def manual_step(module: L.LightningModule, optimizer: Any, loss: Tensor, gradient_clip_val: float | None) -> None:
@@ -154,7 +159,7 @@ class GAN(GenerativeModule):
 
     def discriminator_logs(self, real_logits: Tensor) -> dict[str, Tensor]:
         """What a D step logs besides its loss, from its logits on the (augmented) reals: ``rt``."""
-        return {"rt": real_logits.detach().float().sign().mean()}
+        return {"rt": discriminator_rt(real_logits)}
 
     def discriminator_step(self, images: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
         """One D update on real ``images`` against fresh fakes; returns the detached loss

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.generative.diffaugment import DiffAugment
 from lightning_medaug.generative.ema import EMA
-from lightning_medaug.generative.gan import input_gradients, manual_step
+from lightning_medaug.generative.gan import discriminator_rt, input_gradients, manual_step
 from lightning_medaug.generative.progan_networks import (
     ProGANDiscriminator,
     ProGANGenerator,
@@ -159,7 +159,7 @@ class ProGAN(GenerativeModule):
         real_logits, fake_logits = critic(real_in, labels).float(), critic(fake_in, labels).float()
         if hp.loss == "logistic":
             loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
-            logs = {"loss_d": loss.detach(), "rt": real_logits.detach().sign().mean()}
+            logs = {"loss_d": loss.detach(), "rt": discriminator_rt(real_logits)}
             if hp.r1_gamma > 0:
                 r1 = input_gradients(critic, real_in, labels).flatten(1).square().sum(1).mean()
                 loss = loss + 0.5 * hp.r1_gamma * r1
