@@ -5,12 +5,14 @@
 ``curves.png`` land in every run folder. ``medaug demo`` runs the README's main job,
 ``medaug generate`` writes a synthetic bank, ``medaug study`` runs a resumable utility study and
 ``medaug list`` shows what the registries hold. Errors in what the user passed (a missing file, a
-bad value) print one line and exit with code 2; set ``MEDAUG_DEBUG=1`` for the full traceback.
+bad value) print one line and exit with code 2; running out of memory (GPU or host) prints one line
+with what to lower and exits with code 1. Set ``MEDAUG_DEBUG=1`` for the full traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import pickle
 import re
@@ -36,11 +38,22 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_medaug.registry import TASKS
 from lightning_medaug.report.run_summary import RunSummary
 
-__all__ = ["MedaugCLI", "check_checkpoint", "check_data_model_compatible", "main", "one_line"]
+__all__ = ["MedaugCLI", "check_checkpoint", "check_data_model_compatible", "main", "one_line", "out_of_memory"]
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError, TypeError,
                MisconfigurationException)
+
+#: What to lower when a command runs out of memory.
+_TRAINER_MEMORY_HINT = ("use smaller batches (--data.init_args.batch_size N), images or models, or bf16-mixed on a "
+                        "GPU (--trainer.precision bf16-mixed)")
+_MEMORY_HINTS = {
+    **dict.fromkeys(TRAINER_SUBCOMMANDS, _TRAINER_MEMORY_HINT),
+    "generate": ("lower --batch-size (samples per sample() call; it fixes the order in which a bank draws its "
+                 "noise, so write to a new --out folder) or --num-samples"),
+    "evaluate": "compare fewer images (--num-samples N) or run on the CPU (--device cpu)",
+    "study": "lower batch_size in the study's recipes",
+}
 
 #: attributes a data module and a model must agree on when both define them.
 _SHARED_ATTRIBUTES = ("spatial_dims", "in_channels", "image_size")
@@ -253,19 +266,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if command else 2
         print(f"medaug: error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    except (ArgumentError, *USER_ERRORS) as err:
-        if os.environ.get("MEDAUG_DEBUG"):
+    except (ArgumentError, MemoryError, RuntimeError, pickle.UnpicklingError, *USER_ERRORS) as err:
+        reported = None if os.environ.get("MEDAUG_DEBUG") else _error_line(err, command)
+        if reported is None:
             raise
-        print(f"medaug: error: {one_line(err)}", file=sys.stderr)
-        return 2
-    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused a checkpoint ("last", "hpc")
-        if os.environ.get("MEDAUG_DEBUG"):
-            raise
+        code, line = reported
+        print(f"medaug: error: {line}", file=sys.stderr)
+        return code
+
+
+def _error_line(err: BaseException, command: str | None) -> tuple[int, str] | None:
+    """Exit code and one line for an error the user can act on; ``None`` for a bug (full traceback)."""
+    # first: jsonargparse re-raises what a constructor raised as a ValueError with the same message
+    what = out_of_memory(err)
+    if what is not None:
+        return 1, f"out of memory ({what}); {_MEMORY_HINTS.get(command, 'use smaller batches')}"
+    if isinstance(err, pickle.UnpicklingError):  # torch.load(weights_only=True) refused a checkpoint ("last", "hpc")
         found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(err))
-        print(f"medaug: error: refused to load a checkpoint that is not plain weights "
-              f"({found.group(0) if found else one_line(err)[:200]}); medaug only loads checkpoints with "
-              "torch.load(weights_only=True)", file=sys.stderr)
-        return 2
+        return 2, (f"refused to load a checkpoint that is not plain weights "
+                   f"({found.group(0) if found else one_line(err)[:200]}); medaug only loads checkpoints with "
+                   "torch.load(weights_only=True)")
+    if isinstance(err, (ArgumentError, *USER_ERRORS)):
+        return 2, one_line(err)
+    return None
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """The gist of an out-of-memory error from CUDA's allocator, the CPU allocator or NumPy (also when
+    another rank's is re-raised here); ``None`` for any other error."""
+    text = one_line(err)
+    cpu = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
+    if cpu:  # the CPU allocator states a byte count behind an "[enforce fail at ...]" prefix
+        return f"the host could not allocate {_bytes(int(cpu.group(1)))}"
+    if not isinstance(err, (torch.OutOfMemoryError, MemoryError)) and "out of memory" not in text.lower():
+        return None
+    # CUDA's message goes on about fragmentation and the allocator's settings; its first three
+    # sentences say what was asked for and what was free
+    sentences = re.split(r"(?<=\.) (?=[A-Z])", text)
+    return " ".join(sentences[:3]).rstrip(".") or type(err).__name__
+
+
+def _bytes(count: int) -> str:
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    power = min(int(math.log(max(count, 1), 1024)), len(units) - 1)
+    return f"{count / 1024**power:.1f} {units[power]}"
 
 
 # Lines of jsonargparse's union-type explanations that say nothing about the actual mistake.

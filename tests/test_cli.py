@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
-from lightning_medaug.cli import main
+from lightning_medaug.cli import main, out_of_memory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,6 +137,43 @@ def test_bad_data_gives_one_line_and_exit_2(tmp_path, capsys, case):
 def test_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys, argv_tail, match):
     recipe = tiny_recipe(tmp_path)
     _fails_cleanly(capsys, ["fit", "--config", str(recipe), *argv_tail], match)
+
+
+def test_out_of_memory_gives_one_line_and_exit_1(tmp_path, capsys):
+    # 10^7-pixel phantoms ask the CPU allocator for 728 TiB: more than any address space holds
+    recipe = tiny_recipe(tmp_path)
+    assert main(["fit", "--config", str(recipe), "--data.init_args.image_size", str(10**7)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("medaug: error: out of memory (the host could not allocate 727.6 TiB)"), err[0]
+    assert "--data.init_args.batch_size" in err[0] and "bf16-mixed" in err[0]
+
+
+@pytest.mark.parametrize("error, expected", [
+    (torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.05 GiB "
+        "is free. Process 51 has 78.1 GiB memory in use. If reserved but unallocated memory is large try setting "
+        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."),
+     "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.05 GiB "
+     "is free"),
+    (RuntimeError("rank 1 failed: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 1 has a total capacity of "
+                  "79.19 GiB of which 3.94 MiB is free. Of the allocated memory 78.6 GiB is allocated by PyTorch"),
+     "rank 1 failed: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 1 has a total capacity of 79.19 GiB of "
+     "which 3.94 MiB is free"),
+    (RuntimeError("Expected all tensors to be on the same device"), None),
+    (ValueError("image_size must be at least 8"), None),
+])
+def test_out_of_memory_messages(error, expected):
+    assert out_of_memory(error) == expected
+
+
+def test_out_of_memory_from_real_allocators():
+    with pytest.raises(RuntimeError) as torch_error:
+        torch.empty(2**45)  # 128 TiB of float32
+    assert out_of_memory(torch_error.value) == "the host could not allocate 128.0 TiB"
+    with pytest.raises(MemoryError) as numpy_error:
+        np.empty(2**50, dtype=np.uint8)
+    assert out_of_memory(numpy_error.value).startswith("Unable to allocate 1.00 PiB")
 
 
 def test_missing_recipe_and_typo_in_recipe(tmp_path, capsys):

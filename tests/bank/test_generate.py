@@ -56,6 +56,13 @@ def test_cli_writes_a_proportional_bank_and_reports_errors(model_dir, tmp_path, 
     assert "--steps does not apply" in err and len(err.strip().splitlines()) == 1
     assert cli_main(["generate", "--num-samples", "4", "--out", str(tmp_path / "x")]) == 2
     assert "--model" in capsys.readouterr().err
+    # more than any machine can hold: one line saying what to lower, exit code 1, no bank folder
+    assert cli_main(["generate", "--model", str(model_dir), "--num-samples", str(10**15),
+                     "--out", str(tmp_path / "huge"), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("medaug: error: out of memory (") and "PiB" in err[0], err
+    assert "--batch-size" in err[0] and "--num-samples" in err[0]
+    assert not (tmp_path / "huge").exists()
 
 
 def test_cli_passes_sampler_options_to_models_that_take_them(tmp_path, capsys):
