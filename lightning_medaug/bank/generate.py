@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="sampling steps of diffusion models")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--shard-size", type=int, default=1024, help="samples per shard file (default 1024)")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per sample() call (default 256)")
+    p.add_argument("--batch-size", type=int,
+                   help="samples per sample() call (default: the resumed bank's; else 256 images up to 128x128, "
+                        "fewer for larger images and volumes: 128 at 32^3, 16 at 64^3, 2 at 128^3)")
     p.add_argument("--seed", type=int, default=0, help="base seed; shard k uses SeedSequence([seed, k])")
     p.add_argument("--device", default="auto", help="auto (this rank's GPU if any), cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float16", choices=DTYPES, help="storage dtype of the images (default float16)")

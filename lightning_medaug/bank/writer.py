@@ -7,7 +7,8 @@ shards can be written in any order, by any rank, again after a crash, and the sa
 bit-identical shards on CPU at the same intra-op thread count (``torch.set_num_threads`` /
 ``OMP_NUM_THREADS``, which torchrun sets to 1: convolutions round differently with more threads;
 GPU kernels may differ in the last bits too). ``batch_size`` is part of the settings, since
-splitting a shard into other batches draws its noise in another order.
+splitting a shard into other batches draws its noise in another order; left unset, it is sized to
+the images (:func:`default_batch_size`) for a new bank and read from ``bank.json`` for a resumed one.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,22 +24,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from lightning_medaug.bank import manifest as mf
+from lightning_medaug.bank.batch_size import default_batch_size
 from lightning_medaug.bank.distributed import RankContext, rank_context
 from lightning_medaug.bank.plan import LabelPlan, label_plan
+from lightning_medaug.bank.progress import shard_progress
 
 __all__ = ["write_bank", "WriteSummary", "shard_seed", "checkpoint_sha256", "DTYPES", "encode_images",
            "resolve_device"]
@@ -65,6 +57,14 @@ class WriteSummary:
     @property
     def was_complete(self) -> bool:
         return self.written == 0
+
+
+def _resumed_batch_size(root: Path) -> int | None:
+    """The batch size recorded by the bank in ``root``, so a resumed bank keeps it (``None``: no bank yet)."""
+    if not (root / mf.BANK_FILE).is_file():
+        return None
+    recorded = mf.read_bank_info(root).get("settings", {}).get("batch_size")
+    return recorded if isinstance(recorded, int) and recorded > 0 else None  # else the settings check says why
 
 
 def shard_seed(seed: int, shard: int) -> int:
@@ -149,7 +149,8 @@ def _prepare_masks(masks: Tensor | np.ndarray | None, mask_names: Sequence[str] 
 
 def write_bank(model: Any, out: str | Path, num_samples: int | None = None,
                labels: str | Mapping[int, int] | LabelPlan | None = None,
-               proportions: str | Mapping[int, float] | None = None, shard_size: int = 1024, batch_size: int = 256,
+               proportions: str | Mapping[int, float] | None = None, shard_size: int = 1024,
+               batch_size: int | None = None,
                seed: int = 0, sample_kwargs: Mapping[str, Any] | None = None,
                masks: Tensor | np.ndarray | None = None, mask_names: Sequence[str] | None = None,
                dtype: str = "float16", device: str | torch.device | None = None, progress: bool = True,
@@ -160,7 +161,9 @@ def write_bank(model: Any, out: str | Path, num_samples: int | None = None,
         model: a generator, or the folder ``save_pretrained`` wrote (its ``model.safetensors`` is
             hashed into the manifest either way).
         labels, proportions: the label plan, see :func:`~lightning_medaug.bank.plan.label_plan`.
-        shard_size: samples per shard file; batch_size: samples per ``sample`` call.
+        shard_size: samples per shard file.
+        batch_size: samples per ``sample`` call; ``None``: the batch size of the bank being resumed,
+            else :func:`default_batch_size` for the model's image size.
         seed: base seed; shard ``k`` draws with :func:`shard_seed` ``(seed, k)``.
         sample_kwargs: extra keyword arguments of ``model.sample`` (e.g. ``sampler``,
             ``num_inference_steps``, ``guidance_scale``); each must be in its signature.
@@ -176,8 +179,10 @@ def write_bank(model: Any, out: str | Path, num_samples: int | None = None,
     started) rank ``r`` writes the shards ``k`` with ``k % world_size == r``; rank 0 writes
     ``bank.json`` and ``manifest.csv``. A rerun with other settings into the same folder raises.
     """
-    if not isinstance(shard_size, int) or shard_size < 1 or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"shard_size and batch_size must be positive integers, got {shard_size} and {batch_size}")
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer (or unset, to size it to the images), got {batch_size!r}")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if dtype not in DTYPES:
@@ -194,6 +199,8 @@ def write_bank(model: Any, out: str | Path, num_samples: int | None = None,
     name, class_path = _names(model)
     spatial_dims, in_channels, image_size, num_classes = _model_spec(model)
     image_shape = (in_channels,) + (image_size,) * spatial_dims
+    if batch_size is None:
+        batch_size = _resumed_batch_size(Path(out)) or default_batch_size(image_shape)
     mask_array, names = _prepare_masks(masks, mask_names, bool(getattr(model, "requires_masks", False)),
                                        (1,) + (image_size,) * spatial_dims, type(model).__name__)
     plan = label_plan(labels, num_samples, num_classes, proportions)
@@ -375,21 +382,3 @@ def _write_rows(job: _ShardJob, shard: int, indices: range, seed: int, digest: s
              "mask_source": None if job.mask_names is None else job.mask_names[g % len(job.mask_names)], **common}
             for i, g in enumerate(indices)]
     mf.write_shard_rows(mf.shard_files(job.root, shard).manifest, rows)
-
-
-class _SamplesPerSecond(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f} samples/s" if speed else "- samples/s", style="progress.data.speed")
-
-
-@contextmanager
-def shard_progress(total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar over ``total`` samples (samples/s, ETA); yields ``advance(n)``."""
-    if not enabled:
-        yield lambda n: None
-        return
-    columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), _SamplesPerSecond(), TimeRemainingColumn())
-    with Progress(*columns) as bar:
-        task = bar.add_task("generating", total=total)
-        yield lambda n: bar.advance(task, n)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lightning_medaug.bank import LabelPlan, SyntheticBank, label_plan, shard_seed, write_bank
-from lightning_medaug.bank.manifest import COLUMNS, shard_files
+from lightning_medaug.bank.batch_size import default_batch_size
+from lightning_medaug.bank.manifest import COLUMNS, read_bank_info, shard_files
 from lightning_medaug.registry import create_generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -155,6 +156,30 @@ def test_explicit_plan_and_storage_dtypes(model_dir, tmp_path):
         assert torch.allclose(coarse[i]["image"], exact[i]["image"], atol=1 / 127.5 + 1e-6)
 
 
+@pytest.mark.parametrize("image_shape, expected", [
+    ((1, 28, 28), 256), ((3, 128, 128), 256), ((1, 256, 256), 64), ((1, 4096, 4096), 1),
+    ((1, 32, 32, 32), 128), ((1, 64, 64, 64), 16), ((1, 128, 128, 128), 2), ((1, 512, 512, 512), 1),
+])
+def test_default_batch_size_follows_the_image_size(image_shape, expected):
+    assert default_batch_size(image_shape) == expected
+
+
+def test_default_batch_size_is_recorded_and_kept_on_resume(model_dir, tmp_path):
+    """Without ``batch_size`` a new bank records the size-based default and a resumed bank keeps
+    its own batch size (the shards stay identical), so changing the default never strands a bank."""
+    root = tmp_path / "bank"
+    write_bank(model_dir, root, 12, shard_size=8, progress=False)
+    assert read_bank_info(root)["settings"]["batch_size"] == 256  # 16x16 images
+    resumed = tmp_path / "resumed"
+    write_bank(model_dir, resumed, 24, shard_size=8, batch_size=4, progress=False)
+    reference = bank_bytes(resumed)
+    shard_files(resumed, 2).images.unlink()
+    summary = write_bank(model_dir, resumed, 24, shard_size=8, progress=False)  # no batch_size: the bank's 4
+    assert summary.written == 1 and bank_bytes(resumed) == reference
+    with pytest.raises(ValueError, match="batch_size: 4 -> 8"):
+        write_bank(model_dir, resumed, 24, shard_size=8, batch_size=8, progress=False)
+
+
 def test_3d_bank(tmp_path):
     write_bank(tiny_cvae(3, num_classes=2), tmp_path / "bank", 6, shard_size=4, batch_size=4, progress=False)
     assert np.load(shard_files(tmp_path / "bank", 0).images).shape == (4, 1, 8, 8, 8)
@@ -184,7 +209,8 @@ def test_mask_conditional_bank_cycles_masks(tmp_path):
 
 
 def test_argument_errors(model_dir, tmp_path):
-    for kwargs in ({"shard_size": 0}, {"dtype": "int16"}, {"seed": -1}, {"sample_kwargs": {"sampler": "ddim"}},
+    for kwargs in ({"shard_size": 0}, {"batch_size": 0}, {"batch_size": 2.5}, {"dtype": "int16"}, {"seed": -1},
+                   {"sample_kwargs": {"sampler": "ddim"}},
                    {"masks": torch.ones(2, 1, 16, 16)}, {"labels": "0:4,7:1"}):
         with pytest.raises(ValueError):
             write_bank(model_dir, tmp_path / "bank", 5, progress=False, **kwargs)
