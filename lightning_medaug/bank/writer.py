@@ -182,7 +182,8 @@ def write_bank(model: Any, out: str | Path, num_samples: int | None = None,
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer (or unset, to size it to the images), got {batch_size!r}")
+        raise ValueError("batch_size must be a positive integer (or unset, to size it to the images), "
+                         f"got {batch_size!r}")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if dtype not in DTYPES:
