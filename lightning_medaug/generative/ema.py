@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-__all__ = ["EMA"]
+__all__ = ["EMA", "EMASampling"]
 
 
 class EMA(nn.Module):
@@ -49,3 +49,21 @@ class EMA(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.averaged.module(*args, **kwargs)
+
+
+class EMASampling:
+    """Mixin of GAN modules holding a ``generator`` and ``ema``, an :class:`EMA` of it or ``None``:
+    they sample from the average when they keep one (Karras et al. 2018)."""
+
+    generator: nn.Module
+    ema: EMA | None
+
+    @property
+    def sampling_network(self) -> nn.Module:
+        """The network :meth:`sample` uses: the EMA generator when enabled."""
+        return self.ema.module if self.ema is not None else self.generator
+
+    def update_ema(self) -> None:
+        """Blend the generator's new weights into its EMA, if one is kept; call after each generator step."""
+        if self.ema is not None:
+            self.ema.update(self.generator)

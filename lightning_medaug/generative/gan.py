@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.generative.diffaugment import DiffAugment
-from lightning_medaug.generative.ema import EMA
+from lightning_medaug.generative.ema import EMA, EMASampling
 from lightning_medaug.generative.gan_networks import DCGANDiscriminator, DCGANGenerator
 from lightning_medaug.registry import register_generator
 from lightning_medaug.validation import check_adam_betas, check_at_least, check_positive
@@ -64,7 +64,7 @@ def manual_step(module: L.LightningModule, optimizer: Any, loss: Tensor, gradien
     optimizer.step()
 
 
-class GAN(GenerativeModule):
+class GAN(EMASampling, GenerativeModule):
     """Base of the noise -> image GANs; subclasses choose the adversarial loss.
 
     Trained with manual optimisation: per batch one discriminator step and, every ``n_critic``
@@ -186,8 +186,7 @@ class GAN(GenerativeModule):
         loss = self.generator_loss(self.discriminator(self.augment(fake), labels))
         self._step(opt_g, loss)
         self.untoggle_optimizer(opt_g)
-        if self.ema is not None:
-            self.ema.update(self.generator)
+        self.update_ema()
         return loss.detach()
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -199,11 +198,6 @@ class GAN(GenerativeModule):
         self.log_terms("train", terms, images.shape[0], prog_bar=("loss_d", "loss_g"))
 
     # -- the generator contract --------------------------------------------------------------------
-    @property
-    def sampling_network(self) -> nn.Module:
-        """The network :meth:`sample` uses: the EMA generator when enabled."""
-        return self.ema.module if self.ema is not None else self.generator
-
     @torch.inference_mode()
     def sample(self, n: int, labels: Tensor | None = None, masks: Tensor | None = None,
                generator: torch.Generator | None = None) -> Tensor:

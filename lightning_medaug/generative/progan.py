@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.generative.diffaugment import DiffAugment
-from lightning_medaug.generative.ema import EMA
+from lightning_medaug.generative.ema import EMA, EMASampling
 from lightning_medaug.generative.gan import discriminator_rt, input_gradients, manual_step
 from lightning_medaug.generative.progan_networks import (
     ProGANDiscriminator,
@@ -52,7 +52,7 @@ LOSSES = ("wgan-gp", "logistic")
 
 
 @register_generator("progan")
-class ProGAN(GenerativeModule):
+class ProGAN(EMASampling, GenerativeModule):
     """Progressive-growing GAN as a LightningModule with manual optimisation.
 
     Per batch: one critic step (WGAN-GP loss plus drift, or logistic loss plus R1) and, every ``n_critic`` batches, one
@@ -188,8 +188,7 @@ class ProGAN(GenerativeModule):
         loss = F.softplus(-logits).mean() if self.hparams.loss == "logistic" else -logits.mean()
         manual_step(self, opt_g, loss, None)
         self.untoggle_optimizer(opt_g)
-        if self.ema is not None:
-            self.ema.update(self.generator)
+        self.update_ema()
         return {"loss_g": loss.detach()}
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -203,11 +202,6 @@ class ProGAN(GenerativeModule):
         self.log_terms("train", logs | {"level": float(level), "alpha": float(alpha)}, images.shape[0])
 
     # -- the generator contract ----------------------------------------------------------------------
-    @property
-    def sampling_network(self) -> nn.Module:
-        """The network :meth:`sample` uses: the EMA generator when enabled."""
-        return self.ema.module if self.ema is not None else self.generator
-
     @torch.inference_mode()
     def sample(self, n: int, labels: Tensor | None = None, masks: Tensor | None = None,
                generator: torch.Generator | None = None) -> Tensor:

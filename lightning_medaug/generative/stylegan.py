@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_medaug.generative.ada import AdaptiveAugment
 from lightning_medaug.generative.base import GenerativeModule
-from lightning_medaug.generative.ema import EMA
+from lightning_medaug.generative.ema import EMA, EMASampling
 from lightning_medaug.generative.gan import input_gradients, manual_step
 from lightning_medaug.generative.stylegan_networks import (
     StyleGAN2Discriminator,
@@ -37,7 +37,7 @@ __all__ = ["StyleGAN2"]
 
 
 @register_generator("stylegan2")
-class StyleGAN2(GenerativeModule):
+class StyleGAN2(EMASampling, GenerativeModule):
     """StyleGAN2 + ADA as a LightningModule with manual optimisation.
 
     Per batch: one D step (logistic loss, plus ``r1_gamma/2 * |grad D(real)|^2`` every
@@ -188,8 +188,7 @@ class StyleGAN2(GenerativeModule):
             logs["pl"] = penalty.detach()
         manual_step(self, opt_g, total, hp.gradient_clip_val)
         self.untoggle_optimizer(opt_g)
-        if self.ema is not None:
-            self.ema.update(self.generator)
+        self.update_ema()
         return logs
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -205,11 +204,6 @@ class StyleGAN2(GenerativeModule):
         self.log_terms("train", logs | {"loss": logs["loss_g"]}, images.shape[0])
 
     # -- the generator contract --------------------------------------------------------------------
-    @property
-    def sampling_network(self) -> nn.Module:
-        """The network :meth:`sample` uses: the EMA generator when enabled."""
-        return self.ema.module if self.ema is not None else self.generator
-
     @torch.inference_mode()
     def sample(self, n: int, labels: Tensor | None = None, masks: Tensor | None = None,
                generator: torch.Generator | None = None, truncation_psi: float = 1.0) -> Tensor:
