@@ -14,7 +14,8 @@ status=0
 step() { echo "== $1"; }
 
 step "GPU tests"
-timeout 120 $PY -m pytest -q -p no:cacheprovider tests/generative/test_cuda_graphs.py || status=1
+timeout 180 $PY -m pytest -q -p no:cacheprovider tests/generative/test_cuda_graphs.py \
+    "tests/benchmarks/test_benchmarks_smoke.py::test_unet_efficiency" || status=1
 
 step "medaug fit (DDPM, bf16-mixed, 60 steps) and generate (CUDA graphs)"
 RUN="$OUT/run"
@@ -56,7 +57,8 @@ for line in open(sys.argv[1]):
               "first batch (ms)", r["first_batch_ms"])
         continue
     print(r["benchmark"], r.get("batch_size"), r.get("precision"), "efficiency", r.get("efficiency"),
-          "ms/image", r.get("sampling_ms_per_image"), "matmul GFLOP/s", r.get("matmul_gflops_per_s"))
+          "ms/image", r.get("sampling_ms_per_image"), "matmul GFLOP/s", r.get("matmul_gflops_per_s"),
+          "UNet calls counted", r.get("unet_calls_per_sample_call"))
 PY
 [ $? -eq 0 ] || status=1
 exit $status

@@ -4,13 +4,20 @@ Prints one JSON line:
 
 * ``sampling_gflops_per_s``: FLOPs of one ``DDPM.sample`` call (counted by
   ``torch.utils.flop_counter.FlopCounterMode``; convolutions and matmuls, i.e. the UNet) divided
-  by its wall time;
+  by its wall time; ``unet_calls_per_sample_call`` (the count over one UNet forward's) checks the
+  count: one per step without guidance;
 * ``matmul_gflops_per_s``: a large ``torch.mm`` (fp32; bf16 under ``--precision bf16-mixed``),
   the practical peak of this machine, timed interleaved with the sampling runs, so both see the
   same load;
 * ``efficiency`` = sampling / matmul (medians; target >= 0.5), and ``unet_forward_efficiency``:
   the same for bare UNet forward passes on the same batch, which tells the sampler loop's own
   overhead apart from the network's.
+* the roofline of this device (Williams et al. 2009): ``flop_per_byte``, the sampler's FLOPs over
+  the bytes its operators read and write (:class:`ByteCounter`); ``memory_gb_per_s``, a large
+  copy timed in the same rounds; ``ridge_flop_per_byte`` = matmul peak / bandwidth; and
+  ``roofline_efficiency`` = min(1, intensity / ridge), the best ``efficiency`` eager sampling could
+  reach if every operand and result travelled through main memory. Below 1, the UNet is bound by
+  memory traffic on this device, and a target above it needs fusion or caches, not faster kernels.
 
 Weights are random (FLOPs and speed do not depend on them).
 
@@ -33,6 +40,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 from _common import emit, versions
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 TARGET = 0.5
@@ -95,6 +104,44 @@ def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int, devic
 
 
 # -- figure 2 ---------------------------------------------------------------------------------------
+class ByteCounter(TorchDispatchMode):
+    """Bytes that operators read and write, counting each operand and result once per operator.
+
+    Views move no data and are skipped, as are allocations; an expanded (broadcast) operand counts
+    its storage, not its shape. This is the traffic of eager execution if no operand stayed in a
+    cache between operators: fusion would lower it, caches make it an upper bound.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view and func.overloadpacket not in _NO_TRAFFIC:
+            operands = [t for t in tree_flatten((args, kwargs or {}, out))[0] if isinstance(t, torch.Tensor)]
+            self.bytes += sum(min(t.numel() * t.element_size(), t.untyped_storage().nbytes()) for t in operands)
+        return out
+
+
+_NO_TRAFFIC = {torch.ops.aten.empty, torch.ops.aten.empty_strided, torch.ops.aten.empty_like,
+               torch.ops.aten.detach, torch.ops.aten.alias, torch.ops.aten.lift_fresh}
+
+
+def count_bytes(run: Callable[[], object]) -> int:
+    """Bytes moved by one call of ``run``, as :class:`ByteCounter` counts them."""
+    with ByteCounter() as counter:
+        run()
+    return counter.bytes
+
+
+def copy_run(megabytes: int, device: torch.device) -> tuple[Callable[[], object], int]:
+    """A copy between two ``megabytes`` buffers, and the bytes it moves (read + write): the memory bandwidth."""
+    n = megabytes * 2**20 // 4
+    src, dst = torch.randn(n, device=device), torch.empty(n, device=device)
+    return (lambda: dst.copy_(src)), 2 * 4 * n
+
+
 def count_flops(run: Callable[[], object]) -> int:
     """FLOPs of one call of ``run`` (matmuls and convolutions, as FlopCounterMode counts them)."""
     with FlopCounterMode(display=False) as counter:
@@ -120,27 +167,37 @@ def measure(args: argparse.Namespace, channels: tuple[int, ...], device: torch.d
     x = torch.randn((args.batch_size,) + model.data_shape, device=device)
     t = torch.tensor(500, device=device)
 
-    def sample():
+    def sample(cuda_graph: bool | None = None):
         with precision_context(args.precision, device):
-            return model.sample(args.batch_size, sampler=args.sampler, num_inference_steps=args.steps)
+            return model.sample(args.batch_size, sampler=args.sampler, num_inference_steps=args.steps,
+                                cuda_graph=cuda_graph)
 
     def forward():
         with torch.inference_mode(), precision_context(args.precision, device):
             return model.denoise(net, x, t, None, None)
 
     matmul, matmul_flops = matmul_run(args.mm_size, args.precision, device)
-    sample_flops, forward_flops = count_flops(sample), count_flops(forward)
-    times = interleaved_times({"sample": sample, "forward": forward, "matmul": matmul}, args.repeats, device)
-    rate = {name: [flops / s for s in times[name]]
-            for name, flops in (("sample", sample_flops), ("forward", forward_flops), ("matmul", matmul_flops))}
+    copy, copy_bytes = copy_run(args.copy_mb, device)
+    # Counted eagerly: a CUDA graph's replays dispatch no operators, so on a GPU FlopCounterMode would
+    # see only the two warm-up calls and the capture, 3 of the loop's UNet calls. Same arithmetic.
+    sample_flops, forward_flops = count_flops(lambda: sample(cuda_graph=False)), count_flops(forward)
+    sample_bytes = count_bytes(lambda: sample(cuda_graph=False))
+    times = interleaved_times({"sample": sample, "forward": forward, "matmul": matmul, "copy": copy},
+                              args.repeats, device)
+    rate = {name: [work / s for s in times[name]] for name, work in (
+        ("sample", sample_flops), ("forward", forward_flops), ("matmul", matmul_flops), ("copy", copy_bytes))}
     med = {name: statistics.median(values) for name, values in rate.items()}
     efficiency = med["sample"] / med["matmul"]
+    # Roofline (Williams et al. 2009): at intensity I FLOP/byte, bandwidth B and peak P, eager
+    # sampling reaches at most min(P, I * B), i.e. an efficiency of min(1, I / (P / B)).
+    intensity, ridge = sample_flops / sample_bytes, med["matmul"] / med["copy"]
     return {
         "spatial_dims": args.spatial_dims, "image_size": args.image_size, "batch_size": args.batch_size,
         "sampler": args.sampler, "steps": args.steps, "channels": list(channels), "precision": args.precision,
         "device": str(device), "matmul_size": args.mm_size,
         "gflop_per_sample_call": round(sample_flops / 1e9, 3),
         "gflop_per_forward_per_image": round(forward_flops / args.batch_size / 1e9, 4),
+        "unet_calls_per_sample_call": round(sample_flops / forward_flops, 2),
         "sampling_ms_per_image": round(1000 * statistics.median(times["sample"]) / args.batch_size, 3),
         "sampling_gflops_per_s": round(med["sample"] / 1e9, 2),
         "unet_forward_gflops_per_s": round(med["forward"] / 1e9, 2),
@@ -149,6 +206,11 @@ def measure(args: argparse.Namespace, channels: tuple[int, ...], device: torch.d
         "efficiency": round(efficiency, 4),
         "efficiency_of_best_runs": round(max(rate["sample"]) / max(rate["matmul"]), 4),
         "unet_forward_efficiency": round(med["forward"] / med["matmul"], 4),
+        "gb_per_sample_call": round(sample_bytes / 1e9, 3),
+        "flop_per_byte": round(intensity, 2),
+        "memory_gb_per_s": round(med["copy"] / 1e9, 2),
+        "ridge_flop_per_byte": round(ridge, 2),
+        "roofline_efficiency": round(min(1.0, intensity / ridge), 4),
         "target": TARGET, "meets_target": bool(efficiency >= TARGET),
     }
 
@@ -162,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sampler", default="dpmsolver++")
     parser.add_argument("--channels", type=int, nargs="+", default=None, help="UNet channels (default: DDPM's)")
     parser.add_argument("--mm-size", type=int, default=2048, help="side of the square matmul giving the peak")
+    parser.add_argument("--copy-mb", type=int, default=256, help="buffer size of the copy giving the memory bandwidth")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--precision", default="32-true", choices=PRECISIONS)
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
@@ -174,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
 
     channels = tuple(args.channels or inspect.signature(DDPM).parameters["channels"].default)
     if args.tiny:
-        args.image_size, args.batch_size, args.steps, args.repeats, args.mm_size = 16, 4, 2, 1, 256
+        args.image_size, args.batch_size, args.steps, args.repeats, args.mm_size, args.copy_mb = 16, 4, 2, 1, 256, 4
         channels = (16, 32)
     record = {"benchmark": "unet_efficiency", "tiny": args.tiny, **measure(args, channels, resolve_device(args.device)),
               "versions": versions()}

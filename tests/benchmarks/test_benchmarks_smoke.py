@@ -47,11 +47,17 @@ def test_sample_speed(run_script):
     assert pipeline["ratio"] > 0 and record["dpmsolver_ms_per_sample"]
 
 
-def test_unet_efficiency(run_script):
-    record = run_script("unet_efficiency.py", "--tiny")
+@pytest.mark.parametrize("device", [
+    "cpu",
+    # on CUDA the sampler replays a CUDA graph, whose replays FlopCounterMode cannot see
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+])
+def test_unet_efficiency(run_script, device):
+    record = run_script("unet_efficiency.py", "--tiny", "--device", device)
     assert record["benchmark"] == "unet_efficiency" and record["target"] == 0.5
     assert 0 < record["efficiency"] and isinstance(record["meets_target"], bool)
     # FlopCounterMode saw every UNet call of the sampler: steps x batch forward passes.
+    assert record["unet_calls_per_sample_call"] == pytest.approx(record["steps"], rel=0.05)
     per_call = record["steps"] * record["batch_size"] * record["gflop_per_forward_per_image"]
     assert record["gflop_per_sample_call"] == pytest.approx(per_call, rel=0.05)
 
