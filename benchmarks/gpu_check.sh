@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks in one go, for a machine with a CUDA device: the GPU-only tests, a short bf16-mixed
 # fit and a bank written with CUDA-graph sampling through the CLI, then the GPU figures that
-# missed their targets there (efficiency, RHVAE latency, the fresh-fit ratio).
+# missed their targets there (efficiency with its roofline, RHVAE latency, the fresh-fit ratio).
 #   bash benchmarks/gpu_check.sh [OUT_DIR]       # JSON lines and logs land in OUT_DIR (default gpu_check/)
 set -uo pipefail
 OUT=${1:-gpu_check}
@@ -58,7 +58,8 @@ for line in open(sys.argv[1]):
         continue
     print(r["benchmark"], r.get("batch_size"), r.get("precision"), "efficiency", r.get("efficiency"),
           "ms/image", r.get("sampling_ms_per_image"), "matmul GFLOP/s", r.get("matmul_gflops_per_s"),
-          "UNet calls counted", r.get("unet_calls_per_sample_call"))
+          "UNet calls counted", r.get("unet_calls_per_sample_call"), "FLOP/byte", r.get("flop_per_byte"),
+          "GB/s", r.get("memory_gb_per_s"), "roofline ceiling", r.get("roofline_efficiency"))
 PY
 [ $? -eq 0 ] || status=1
 exit $status
