@@ -67,6 +67,20 @@ def test_fit_then_test_writes_a_complete_run_folder(tmp_path):
     assert set(test_metrics["test"]) >= {"test/auc", "test/acc", "test/loss"}
 
 
+def test_batch_size_finder_from_the_command_line_is_recorded(tmp_path):
+    """Lightning's BatchSizeFinder, added on the command line, sizes the batches; metrics.json says
+    which batch size the run trained with (config.yaml keeps the recipe's)."""
+    recipe = tiny_recipe(tmp_path)
+    assert main(["fit", "--config", str(recipe), "--trainer.max_epochs", "1",
+                 "--trainer.callbacks+=lightning.pytorch.callbacks.BatchSizeFinder",
+                 "--trainer.callbacks.init_args.max_trials", "2", "--trainer.callbacks.init_args.steps_per_trial",
+                 "1"]) == 0
+    folder = run_folder(tmp_path)
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["fit"]["batch_size"] == 4  # 2, then 4: two trials
+    assert yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))["data"]["init_args"]["batch_size"] == 16
+
+
 def _fails_cleanly(capsys, argv, match: str) -> str:
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()

@@ -119,6 +119,30 @@ class SyntheticMixDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> Any:
         return self.datamodule.predict_dataloader()
 
+    @property
+    def batch_size(self) -> int:
+        """The wrapped module's batch size (its attribute or hyperparameter), which mixed batches reuse.
+
+        Setting it sets the wrapped module's, so Lightning's ``BatchSizeFinder`` and
+        ``Tuner.scale_batch_size`` size mixed batches as they would the real ones.
+        """
+        holders = _batch_size_holders(self.datamodule)
+        if not holders:  # hasattr() is then False, as for any module without a batch size
+            raise AttributeError(f"{type(self.datamodule).__name__} keeps no batch_size attribute or hyperparameter")
+        holder = holders[0]
+        return holder["batch_size"] if isinstance(holder, dict) else holder.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        holders = _batch_size_holders(self.datamodule)
+        if not holders:
+            raise AttributeError(f"{type(self.datamodule).__name__} keeps no batch_size attribute or hyperparameter")
+        for holder in holders:  # both, when the module keeps it as attribute and hyperparameter
+            if isinstance(holder, dict):
+                holder["batch_size"] = value
+            else:
+                holder.batch_size = value
+
     # -- the mixed training loader --------------------------------------------------------------
     def _real_train_set(self) -> tuple[DataLoader, Dataset]:
         real_loader = self.datamodule.train_dataloader()
@@ -246,6 +270,14 @@ def _masks_of(dataset: Dataset, template: SampleTemplate, mask_key: str) -> Any:
         raise ValueError("the generator is mask-conditional but the real samples carry no masks to condition on")
     pick = (lambda s: s[mask_key]) if template.kind == "dict" else (lambda s: s[template.order.index("mask")])
     return torch.stack([torch.as_tensor(pick(dataset[i])).float() for i in range(len(dataset))])
+
+
+def _batch_size_holders(datamodule: L.LightningDataModule) -> list[Any]:
+    """Where ``datamodule`` keeps its batch size: itself and/or its hparams, as Lightning looks."""
+    holders: list[Any] = [datamodule] if hasattr(datamodule, "batch_size") else []
+    if "batch_size" in getattr(datamodule, "hparams", {}):
+        holders.append(datamodule.hparams)
+    return holders
 
 
 def _forward(name: str) -> property:

@@ -57,6 +57,10 @@ class RunSummary(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         fit = {"epochs": float(trainer.current_epoch), "global_step": float(trainer.global_step)}
+        # the batch size trained with, which BatchSizeFinder may have changed from the recipe's
+        batch_size = getattr(trainer.train_dataloader, "batch_size", None)
+        if batch_size:
+            fit["batch_size"] = float(batch_size)
         fit.update(_scalars(trainer.callback_metrics))
         ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "")
         self.results["fit"] = fit

@@ -211,6 +211,37 @@ def test_user_model_trains_unchanged_with_bf16(generator):
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
 
 
+class SizedUserDataModule(UserDataModule):
+    """A user's module that keeps its batch size as an attribute, as Lightning's batch-size finder expects."""
+
+    def __init__(self):
+        super().__init__()
+        self.batch_size = 4
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+
+def test_batch_size_finder_sizes_the_mixed_batches(generator, tmp_path):
+    """Lightning's BatchSizeFinder reaches the wrapped module's batch size through the mixer."""
+    from lightning.pytorch.callbacks import BatchSizeFinder
+
+    inner = SizedUserDataModule()
+    dm = SyntheticMixDataModule(inner, generator=generator, ratio=0.5)
+    assert dm.batch_size == 4
+    finder = BatchSizeFinder(mode="power", steps_per_trial=1, init_val=2, max_trials=3)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                        callbacks=[finder], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(UserClassifier(), datamodule=dm)
+    assert finder.optimal_batch_size == 8  # 2, 4, 8: three trials, each fits on a CPU
+    assert inner.batch_size == dm.batch_size == 8
+    loader = dm.train_dataloader()
+    assert next(iter(loader))[0].shape[0] == 8 and len(loader.dataset) == 120  # still mixed: 60 + 60
+    with pytest.raises(AttributeError, match="keeps no batch_size"):
+        SyntheticMixDataModule(UserDataModule(), generator=generator).batch_size  # noqa: B018
+
+
 def test_bank_pairs_stay_aligned_in_mixed_segmentation_batches(tmp_path):
     from lightning_medaug.bank import SyntheticBank, write_bank
 
