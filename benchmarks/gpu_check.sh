@@ -53,6 +53,7 @@ for line in open(sys.argv[1]):
         continue
     if r["benchmark"] == "train_overhead":
         print("train_overhead", r["precision"], "ratio", r["ratio"], "steady", r["steady_ratio"],
+              "to the plain loop with a fit's memory release", r["ratio_to_released_plain"],
               "ms/batch", r["lightning_ms_per_batch"], "vs", r["plain_ms_per_batch"], "phases (ms)", r["fit_phases_ms"],
               "first batch (ms)", r["first_batch_ms"])
         continue

@@ -86,6 +86,10 @@ def test_train_overhead(run_script):
     assert all(ms >= 0 for ms in phases.values()) and phases["first_batch"] > 0 and phases["later_batches"] > 0
     assert record["first_batch_ms"]["lightning"] == phases["first_batch"] and record["first_batch_ms"]["plain"] > 0
     assert sum(phases.values()) == pytest.approx(1000 * record["lightning_s"], rel=0.05)
+    # the third side: the plain loop with a fit's CUDA memory handling (on a CPU, the plain loop again)
+    assert record["released_plain_s"] > 0
+    assert record["ratio_to_released_plain"] == pytest.approx(record["lightning_s"] / record["released_plain_s"],
+                                                              rel=0.01)
 
 
 def test_generate_scaling(run_script):
