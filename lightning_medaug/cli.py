@@ -12,7 +12,6 @@ with what to lower and exits with code 1. Set ``MEDAUG_DEBUG=1`` for the full tr
 from __future__ import annotations
 
 import importlib
-import math
 import os
 import pickle
 import re
@@ -308,7 +307,7 @@ def out_of_memory(err: BaseException) -> str | None:
 
 def _bytes(count: int) -> str:
     units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-    power = min(int(math.log(max(count, 1), 1024)), len(units) - 1)
+    power = min((max(count, 1).bit_length() - 1) // 10, len(units) - 1)  # exact at powers of 1024
     return f"{count / 1024**power:.1f} {units[power]}"
 
 

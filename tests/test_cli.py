@@ -174,6 +174,9 @@ def test_out_of_memory_gives_one_line_and_exit_1(tmp_path, capsys):
                   "79.19 GiB of which 3.94 MiB is free. Of the allocated memory 78.6 GiB is allocated by PyTorch"),
      "rank 1 failed: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 1 has a total capacity of 79.19 GiB of "
      "which 3.94 MiB is free"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)"),
+     "the host could not allocate 1.0 TiB"),
     (RuntimeError("Expected all tensors to be on the same device"), None),
     (ValueError("image_size must be at least 8"), None),
 ])
