@@ -60,6 +60,10 @@ def test_unet_efficiency(run_script, device):
     assert record["unet_calls_per_sample_call"] == pytest.approx(record["steps"], rel=0.05)
     per_call = record["steps"] * record["batch_size"] * record["gflop_per_forward_per_image"]
     assert record["gflop_per_sample_call"] == pytest.approx(per_call, rel=0.05)
+    # the roofline: intensity over the ridge, capped at 1
+    assert record["flop_per_byte"] > 0 and record["memory_gb_per_s"] > 0
+    expected = min(1.0, record["flop_per_byte"] / record["ridge_flop_per_byte"])
+    assert record["roofline_efficiency"] == pytest.approx(expected, rel=0.01)
 
 
 def test_family_latency_covers_every_registered_family(run_script):
