@@ -27,7 +27,7 @@ from torch import Tensor
 from lightning_medaug.generative.term_logging import TermAccumulator, logs_this_batch
 from lightning_medaug.registry import GENERATORS
 
-__all__ = ["GenerativeModule", "load_generator", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["GenerativeModule", "load_generator", "CONFIG_NAME", "WEIGHTS_NAME", "SharedStepModule"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -213,6 +213,24 @@ class GenerativeModule(L.LightningModule):
         if not isinstance(model, cls):
             raise ValueError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
         return model
+
+
+class SharedStepModule(GenerativeModule):
+    """A generator with one loss for training, validation and test (Lightning's shared-step
+    pattern): subclasses implement :meth:`_shared_step`; GANs, whose steps differ, do not use it."""
+
+    def _shared_step(self, batch: Any, stage: str) -> Tensor:
+        """The loss of one batch, logged under ``stage`` (``"train"``, ``"val"`` or ``"test"``)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "test")
 
 
 def _detached(value: Tensor | float) -> Tensor | float:

@@ -23,7 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 from lightning_medaug.data.batch import IMAGE_KEY, MASK_KEY, unpack_batch
-from lightning_medaug.generative.base import GenerativeModule
+from lightning_medaug.generative.base import SharedStepModule
 from lightning_medaug.generative.cuda_graphs import GraphedCall, use_cuda_graph
 from lightning_medaug.generative.diffusion_unet import TimestepUNet
 from lightning_medaug.generative.ema import EMA
@@ -40,7 +40,7 @@ __all__ = ["DDPM", "DiffusionGenerator"]
 DATA_KEYS = (IMAGE_KEY, MASK_KEY)
 
 
-class DiffusionGenerator(GenerativeModule):
+class DiffusionGenerator(SharedStepModule):
     """Base of the diffusion families; subclasses call :meth:`setup_diffusion` after
     ``save_hyperparameters()`` and implement :meth:`to_diffusion_space` / :meth:`from_diffusion_space`.
 
@@ -118,15 +118,6 @@ class DiffusionGenerator(GenerativeModule):
         loss = F.mse_loss(pred.float(), target.float())
         self.log_terms(stage, {"loss": loss}, x0.shape[0])
         return loss
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "test")
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:

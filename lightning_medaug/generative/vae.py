@@ -26,7 +26,7 @@ from monai.networks.nets import AutoencoderKL
 from torch import Tensor, nn
 
 from lightning_medaug.data.batch import unpack_batch
-from lightning_medaug.generative.base import GenerativeModule
+from lightning_medaug.generative.base import SharedStepModule
 from lightning_medaug.registry import register_generator
 from lightning_medaug.validation import (
     check_at_least,
@@ -58,7 +58,7 @@ def reconstruction_loss(recon: Tensor, image: Tensor, kind: str) -> Tensor:
     return F.mse_loss(recon, image) if kind == "mse" else F.l1_loss(recon, image)
 
 
-class AutoencoderModule(GenerativeModule):
+class AutoencoderModule(SharedStepModule):
     """Base of generators built on an autoencoder; subclasses implement :meth:`loss_terms`,
     :meth:`encode`, :meth:`decode`, :attr:`latent_shape` and :meth:`sample`.
 
@@ -85,15 +85,6 @@ class AutoencoderModule(GenerativeModule):
         terms = self.loss_terms(image, self._labels_for(label))
         self.log_terms(stage, terms, image.shape[0])
         return terms["loss"]
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
