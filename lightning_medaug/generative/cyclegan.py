@@ -29,6 +29,7 @@ from lightning_medaug.generative.gan import manual_step
 from lightning_medaug.generative.gan_networks import PatchGAN, unet_generator
 from lightning_medaug.generative.unpaired_data import IMAGE_A_KEY, IMAGE_B_KEY
 from lightning_medaug.registry import register_generator
+from lightning_medaug.validation import check_adam_betas, check_at_least, check_non_negative, check_positive
 
 __all__ = ["CycleGAN"]
 
@@ -75,14 +76,10 @@ class CycleGAN(GenerativeModule):
         if num_classes != 0:
             raise ValueError(f"CycleGAN translates between two domains and takes no labels: "
                              f"set num_classes=0, got {num_classes}")
-        if generator_channels < 1 or discriminator_channels < 1:
-            raise ValueError("generator_channels and discriminator_channels must be at least 1")
-        if cycle_weight < 0 or identity_weight < 0:
-            raise ValueError(f"cycle_weight and identity_weight must be >= 0, got {cycle_weight} and {identity_weight}")
-        if lr <= 0 or not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
-            raise ValueError(f"need lr > 0 and betas in [0, 1), got lr={lr}, beta1={beta1}, beta2={beta2}")
-        if gradient_clip_val is not None and gradient_clip_val <= 0:
-            raise ValueError(f"gradient_clip_val must be positive or None, got {gradient_clip_val}")
+        check_at_least(1, generator_channels=generator_channels, discriminator_channels=discriminator_channels)
+        check_non_negative(cycle_weight=cycle_weight, identity_weight=identity_weight)
+        check_positive(lr=lr, **({} if gradient_clip_val is None else {"gradient_clip_val": gradient_clip_val}))
+        check_adam_betas(beta1, beta2)
         self.automatic_optimization = False
 
         def generator():
