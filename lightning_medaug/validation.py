@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = ["check_adam_betas", "check_at_least", "check_channels", "check_choice", "check_loader_args",
-           "check_non_negative", "check_positive"]
+           "check_non_negative", "check_positive", "check_spatial_dims"]
 
 
 def check_at_least(minimum: int, **values: int) -> None:
@@ -18,6 +18,12 @@ def check_at_least(minimum: int, **values: int) -> None:
     for name, value in values.items():
         if value < minimum:
             raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def check_spatial_dims(spatial_dims: int) -> None:
+    """2 for images, 3 for volumes (MONAI's ``spatial_dims``)."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
 
 
 def check_non_negative(**values: float) -> None:

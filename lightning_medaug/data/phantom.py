@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY, MASK_KEY
 from lightning_medaug.data.split_module import SplitDataModule
 from lightning_medaug.hparams import save_own_hyperparameters
-from lightning_medaug.validation import check_at_least, check_loader_args
+from lightning_medaug.validation import check_at_least, check_loader_args, check_spatial_dims
 
 __all__ = ["PhantomDataset", "PhantomDataModule", "make_phantoms"]
 
@@ -47,8 +47,7 @@ def make_phantoms(
     style: str = "mr",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Return ``(images, labels, masks)``: float32 (N,1,*S) in [-1,1], int64 (N,), float32 (N,1,*S)."""
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    check_spatial_dims(spatial_dims)
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size}")
     if num_classes < 1:

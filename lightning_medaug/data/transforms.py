@@ -23,6 +23,7 @@ from monai.transforms import (
 from torch import Tensor
 
 from lightning_medaug.data.batch import IMAGE_KEY, MASK_KEY
+from lightning_medaug.validation import check_spatial_dims
 
 __all__ = ["ClassicAugmentation", "classic_augmentation"]
 
@@ -49,8 +50,7 @@ class ClassicAugmentation:
                  affine_prob: float = 0.5, rotate_degrees: float = 10.0, scale: float = 0.1, translate: float = 0.05,
                  contrast_prob: float = 0.3, gamma: tuple[float, float] = (0.8, 1.25), noise_prob: float = 0.2,
                  noise_std: float = 0.02, seed: int = 0):
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        check_spatial_dims(spatial_dims)
         for name, p in (("flip_prob", flip_prob), ("affine_prob", affine_prob), ("contrast_prob", contrast_prob),
                         ("noise_prob", noise_prob)):
             if not 0.0 <= p <= 1.0:

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from lightning_medaug.generative.term_logging import TermAccumulator, logs_this_batch
 from lightning_medaug.registry import GENERATORS
+from lightning_medaug.validation import check_at_least, check_spatial_dims
 
 __all__ = ["GenerativeModule", "load_generator", "CONFIG_NAME", "WEIGHTS_NAME", "SharedStepModule"]
 
@@ -52,10 +53,8 @@ class GenerativeModule(L.LightningModule):
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: int = 32, num_classes: int = 0):
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+        check_spatial_dims(spatial_dims)
+        check_at_least(1, in_channels=in_channels)
         if image_size < 4:
             raise ValueError(f"image_size must be at least 4, got {image_size}")
         if num_classes < 0:

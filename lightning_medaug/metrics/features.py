@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 
 from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.registry import register_feature_extractor
+from lightning_medaug.validation import check_at_least, check_spatial_dims
 
 if TYPE_CHECKING:  # imported where used: the metrics need no timm or MONAI until a classifier is built
     from lightning_medaug.tasks.classification import ClassificationTask
@@ -69,10 +70,8 @@ class DomainFeatureExtractor(nn.Module):
 
     def __init__(self, classifier: nn.Module, spatial_dims: int, in_channels: int):
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+        check_spatial_dims(spatial_dims)
+        check_at_least(1, in_channels=in_channels)
         self.net, self.num_features = _strip_head(classifier)
         self.spatial_dims, self.in_channels = spatial_dims, in_channels
         self.requires_grad_(False)

@@ -22,6 +22,7 @@ from torchmetrics.image import (
 )
 
 from lightning_medaug.data.batch import IMAGE_RANGE
+from lightning_medaug.validation import check_spatial_dims
 
 __all__ = ["MS_SSIM_BETAS", "PairedImageMetrics", "gaussian_kernel_size", "ms_ssim_min_size", "paired_image_metrics"]
 
@@ -60,8 +61,7 @@ class PairedImageMetrics(MetricCollection):
 
     def __init__(self, spatial_dims: int = 2, ms_ssim: bool = False, sigma: float = 1.5,
                  betas: Sequence[float] = MS_SSIM_BETAS, **kwargs: Any):
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        check_spatial_dims(spatial_dims)
         if not sigma > 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
         betas = tuple(float(b) for b in betas)

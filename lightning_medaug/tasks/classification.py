@@ -19,6 +19,7 @@ from torchmetrics import AUROC, Accuracy, MetricCollection
 
 from lightning_medaug.registry import register_task
 from lightning_medaug.tasks.base import EVAL_STAGES, DownstreamTask
+from lightning_medaug.validation import check_at_least, check_spatial_dims
 
 __all__ = ["CLASSIFIER_3D_BACKBONES", "ClassificationTask", "build_classifier"]
 
@@ -112,10 +113,8 @@ class ClassificationTask(DownstreamTask):
                  multilabel: bool = False, small_input_stem: bool = False, lr: float = 1e-3,
                  weight_decay: float = 1e-4, image_key: str = "image", label_key: str = "label"):
         super().__init__(lr, weight_decay, image_key=image_key, label_key=label_key)
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+        check_spatial_dims(spatial_dims)
+        check_at_least(1, in_channels=in_channels)
         if num_classes < (1 if multilabel else 2):
             raise ValueError(f"num_classes must be at least 2 (at least 1 with multilabel=True), got {num_classes}; "
                              "a binary problem is num_classes=2")

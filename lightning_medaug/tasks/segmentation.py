@@ -21,6 +21,7 @@ from torchmetrics.segmentation import DiceScore
 
 from lightning_medaug.registry import register_task
 from lightning_medaug.tasks.base import EVAL_STAGES, DownstreamTask
+from lightning_medaug.validation import check_at_least, check_spatial_dims
 
 __all__ = ["SegmentationTask", "build_segmenter"]
 
@@ -97,10 +98,8 @@ class SegmentationTask(DownstreamTask):
                  num_classes: int = 1, channels: list[int] | None = None, lr: float = 1e-3,
                  weight_decay: float = 1e-4, image_key: str = "image", mask_key: str = "mask"):
         super().__init__(lr, weight_decay, image_key=image_key, mask_key=mask_key)
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+        check_spatial_dims(spatial_dims)
+        check_at_least(1, in_channels=in_channels)
         if num_classes < 1:
             raise ValueError(f"num_classes must be 1 (binary foreground) or the number of classes, got {num_classes}")
         self.save_hyperparameters()
