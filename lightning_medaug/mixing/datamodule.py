@@ -126,18 +126,12 @@ class SyntheticMixDataModule(L.LightningDataModule):
         Setting it sets the wrapped module's, so Lightning's ``BatchSizeFinder`` and
         ``Tuner.scale_batch_size`` size mixed batches as they would the real ones.
         """
-        holders = _batch_size_holders(self.datamodule)
-        if not holders:  # hasattr() is then False, as for any module without a batch size
-            raise AttributeError(f"{type(self.datamodule).__name__} keeps no batch_size attribute or hyperparameter")
-        holder = holders[0]
+        holder = _batch_size_holders(self.datamodule)[0]
         return holder["batch_size"] if isinstance(holder, dict) else holder.batch_size
 
     @batch_size.setter
     def batch_size(self, value: int) -> None:
-        holders = _batch_size_holders(self.datamodule)
-        if not holders:
-            raise AttributeError(f"{type(self.datamodule).__name__} keeps no batch_size attribute or hyperparameter")
-        for holder in holders:  # both, when the module keeps it as attribute and hyperparameter
+        for holder in _batch_size_holders(self.datamodule):  # both, when the module keeps it as attribute and hparam
             if isinstance(holder, dict):
                 holder["batch_size"] = value
             else:
@@ -273,10 +267,16 @@ def _masks_of(dataset: Dataset, template: SampleTemplate, mask_key: str) -> Any:
 
 
 def _batch_size_holders(datamodule: L.LightningDataModule) -> list[Any]:
-    """Where ``datamodule`` keeps its batch size: itself and/or its hparams, as Lightning looks."""
+    """Where ``datamodule`` keeps its batch size: itself and/or its hparams, as Lightning looks.
+
+    Raises ``AttributeError`` when it keeps none, so ``hasattr`` on the mixer is then False, as for
+    any module without a batch size.
+    """
     holders: list[Any] = [datamodule] if hasattr(datamodule, "batch_size") else []
     if "batch_size" in getattr(datamodule, "hparams", {}):
         holders.append(datamodule.hparams)
+    if not holders:
+        raise AttributeError(f"{type(datamodule).__name__} keeps no batch_size attribute or hyperparameter")
     return holders
 
 
