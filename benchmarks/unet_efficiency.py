@@ -128,11 +128,12 @@ _NO_TRAFFIC = {torch.ops.aten.empty, torch.ops.aten.empty_strided, torch.ops.ate
                torch.ops.aten.detach, torch.ops.aten.alias, torch.ops.aten.lift_fresh}
 
 
-def count_bytes(run: Callable[[], object]) -> int:
-    """Bytes moved by one call of ``run``, as :class:`ByteCounter` counts them."""
-    with ByteCounter() as counter:
+def count_flops_and_bytes(run: Callable[[], object]) -> tuple[int, int]:
+    """FLOPs (as :func:`count_flops`) and bytes moved (as :class:`ByteCounter`) of one call of ``run``:
+    both modes see every operator, so one counted run serves both."""
+    with FlopCounterMode(display=False) as flops, ByteCounter() as moved:
         run()
-    return counter.bytes
+    return int(flops.get_total_flops()), moved.bytes
 
 
 def copy_run(megabytes: int, device: torch.device) -> tuple[Callable[[], object], int]:
@@ -180,8 +181,8 @@ def measure(args: argparse.Namespace, channels: tuple[int, ...], device: torch.d
     copy, copy_bytes = copy_run(args.copy_mb, device)
     # Counted eagerly: a CUDA graph's replays dispatch no operators, so on a GPU FlopCounterMode would
     # see only the two warm-up calls and the capture, 3 of the loop's UNet calls. Same arithmetic.
-    sample_flops, forward_flops = count_flops(lambda: sample(cuda_graph=False)), count_flops(forward)
-    sample_bytes = count_bytes(lambda: sample(cuda_graph=False))
+    (sample_flops, sample_bytes), forward_flops = count_flops_and_bytes(lambda: sample(cuda_graph=False)), \
+        count_flops(forward)
     times = interleaved_times({"sample": sample, "forward": forward, "matmul": matmul, "copy": copy},
                               args.repeats, device)
     rate = {name: [work / s for s in times[name]] for name, work in (
