@@ -153,16 +153,11 @@ class DiffusionGenerator(SharedStepModule):
         Returns a normal tensor (not an inference tensor), safe to feed to a model in training.
         """
         labels, masks = self.check_sample_args(n, labels, masks, generator)
-        sampler = sampler or self.hparams.sampler
-        steps = num_inference_steps or self.hparams.num_inference_steps
-        _check_sampler(sampler, steps, self.schedule.num_train_timesteps)
-        scale = self.hparams.guidance_scale if guidance_scale is None else guidance_scale
+        sampler, steps, scale = self.sampling_settings(sampler, num_inference_steps, guidance_scale)
         batch_size = batch_size or n
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        net = self.ema.module if self.ema is not None else self.unet
-        # prepared once for the whole loop (channels-last on the CPU), see TimestepUNet.for_sampling
-        net = net.for_sampling() if isinstance(net, TimestepUNet) else net
+        net = self.sampling_net()
         graphed = use_cuda_graph(cuda_graph, self.device)
         chunks = []
         with torch.inference_mode():
@@ -177,6 +172,21 @@ class DiffusionGenerator(SharedStepModule):
         # leaves inference mode (usable in autograd graphs downstream), in the usual NCHW layout
         return out.clone(memory_format=torch.contiguous_format)
 
+    def sampling_settings(self, sampler: str | None, num_inference_steps: int | None,
+                          guidance_scale: float | None) -> tuple[str, int, float]:
+        """``(sampler, steps, guidance_scale)`` for one call: the arguments given, else the hyperparameters."""
+        sampler = sampler or self.hparams.sampler
+        steps = num_inference_steps or self.hparams.num_inference_steps
+        _check_sampler(sampler, steps, self.schedule.num_train_timesteps)
+        scale = self.hparams.guidance_scale if guidance_scale is None else guidance_scale
+        return sampler, steps, scale
+
+    def sampling_net(self) -> nn.Module:
+        """The network that samples: the EMA's when there is one, prepared for a whole sampling loop."""
+        net = self.ema.module if self.ema is not None else self.unet
+        # prepared once for the whole loop (channels-last on the CPU), see TimestepUNet.for_sampling
+        return net.for_sampling() if isinstance(net, TimestepUNet) else net
+
     def _sample_batch(self, net: nn.Module, n: int, labels: Tensor | None, cond: Tensor | None,
                       generator: torch.Generator | None, sampler: str, steps: int, scale: float,
                       graphed: bool = False) -> Tensor:
@@ -186,6 +196,15 @@ class DiffusionGenerator(SharedStepModule):
         scheduler.set_timesteps(steps)
         dtype = next(net.parameters()).dtype
         x = randn_tensor((n,) + self.data_shape, generator=generator, device=self.device, dtype=dtype)
+        x = self.denoise_loop(net, scheduler, scheduler.timesteps, x, labels, cond, generator, scale, graphed)
+        return self.from_diffusion_space(x, labels)
+
+    def denoise_loop(self, net: nn.Module, scheduler: Any, timesteps: Tensor, x: Tensor, labels: Tensor | None,
+                     cond: Tensor | None, generator: torch.Generator | None, scale: float,
+                     graphed: bool = False) -> Tensor:
+        """Step ``scheduler`` over ``timesteps`` from ``x`` (in diffusion space) with classifier-free
+        guidance at ``scale``; returns the denoised sample, still in diffusion space. Shared by
+        :meth:`sample` (from pure noise) and :meth:`~.editing.DiffusionEditing.edit` (from noised images)."""
         guided = labels is not None and scale != 1.0
         net_labels = labels
         if guided:  # cond and uncond in one batched forward pass
@@ -196,7 +215,7 @@ class DiffusionGenerator(SharedStepModule):
             return self.denoise(net, x_in, t, net_labels, cond)
 
         graph = GraphedCall(call) if graphed else None
-        for t in scheduler.timesteps:
+        for t in timesteps:
             x_in = scheduler.scale_model_input(x, t)
             x_in = torch.cat([x_in, x_in]) if guided else x_in
             out = graph(x_in, t) if graph is not None else call(x_in, t.to(self.device))
@@ -204,7 +223,7 @@ class DiffusionGenerator(SharedStepModule):
                 out_cond, out_uncond = out.chunk(2)
                 out = out_uncond + scale * (out_cond - out_uncond)
             x = scheduler.step(out, t, x, generator=generator).prev_sample
-        return self.from_diffusion_space(x, labels)
+        return x
 
 
 def _check_sampler(sampler: str, steps: int, num_train_timesteps: int) -> None:
