@@ -26,6 +26,7 @@ from lightning_medaug.data.batch import IMAGE_KEY, MASK_KEY, unpack_batch
 from lightning_medaug.generative.base import SharedStepModule
 from lightning_medaug.generative.cuda_graphs import GraphedCall, use_cuda_graph
 from lightning_medaug.generative.diffusion_unet import TimestepUNet
+from lightning_medaug.generative.editing import DiffusionEditing
 from lightning_medaug.generative.ema import EMA
 from lightning_medaug.generative.schedulers import (
     SAMPLERS,
@@ -40,7 +41,7 @@ __all__ = ["DDPM", "DiffusionGenerator"]
 DATA_KEYS = (IMAGE_KEY, MASK_KEY)
 
 
-class DiffusionGenerator(SharedStepModule):
+class DiffusionGenerator(DiffusionEditing, SharedStepModule):
     """Base of the diffusion families; subclasses call :meth:`setup_diffusion` after
     ``save_hyperparameters()`` and implement :meth:`to_diffusion_space` / :meth:`from_diffusion_space`.
 
