@@ -1,8 +1,10 @@
 """Make synthetic samples look exactly like the wrapped data module's real samples.
 
-A user's training step must not notice which samples are synthetic, so each synthetic sample is
-rebuilt in the structure of a real one (dict keys or tuple layout), with the same dtypes, label
-shape and value range, and passed through the same per-sample transform.
+:class:`SampleTemplate` is the real sample's structure (:class:`~lightning_medaug.mixing.structure.SampleStructure`)
+plus the conversions of synthetic parts into it: value range, dtype (rounded for integer images),
+layout, and label encoding (a class index becomes the real label's shape: ``()``, ``(1,)`` or a
+one-hot vector). :class:`SyntheticAdapter` serves a synthetic source through it, and runs the
+user's own per-sample transform on samples in the user's keys and layout.
 """
 
 from __future__ import annotations
@@ -10,127 +12,151 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY, MASK_KEY
+from lightning_medaug.mixing.structure import IS_SYNTHETIC_KEY, Leaf, SampleStructure
 
-__all__ = ["SampleTemplate", "SyntheticAdapter", "MixedDataset", "IS_SYNTHETIC_KEY"]
+__all__ = ["SampleTemplate", "SyntheticAdapter", "MixedDataset", "IS_SYNTHETIC_KEY", "infer_value_range"]
 
-IS_SYNTHETIC_KEY = "is_synthetic"
+#: Value ranges recognised from real images, tried in this order (uint8 images are always 0..255).
+KNOWN_RANGES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0))
 
 
-class SampleTemplate:
-    """The structure of one real sample: where the image, label and mask sit, and their types.
+class SampleTemplate(SampleStructure):
+    """The structure of one real sample, and synthetic samples (images in [-1, 1]) converted into it.
 
     Args:
-        sample: one real training sample (a dict, or a tuple/list like ``(image, label)``).
-        image_key, label_key, mask_key: dict keys used by the real data.
+        sample: one real training sample, as the user's dataset returns it.
+        image_key, label_key, mask_key: dict keys of the image, label and mask.
         value_range: value range of the real images; synthetic images (always [-1, 1]) are mapped to it.
+        fill: constants for fields no generator can provide, by key.
     """
 
     def __init__(self, sample: Any, image_key: str = IMAGE_KEY, label_key: str = LABEL_KEY,
-                 mask_key: str = MASK_KEY, value_range: Sequence[float] = (-1.0, 1.0)):
+                 mask_key: str = MASK_KEY, value_range: Sequence[float] = (-1.0, 1.0),
+                 fill: Mapping[str, Any] | None = None):
+        super().__init__(sample, image_key, label_key, mask_key, fill)
         self.value_range = (float(value_range[0]), float(value_range[1]))
-        if isinstance(sample, Mapping):
-            self.kind = "dict"
-            if image_key not in sample:
-                raise ValueError(f"the real samples have no {image_key!r} key (keys: {sorted(sample)}); "
-                                 "set image_key to the key holding the image")
-            unknown = [k for k in sample if k not in (image_key, label_key, mask_key)]
-            if unknown:
-                raise ValueError(f"the real samples carry keys {unknown} that synthetic samples cannot provide; "
-                                 "pass to_sample= to build them yourself")
-            self.keys = {"image": image_key, "label": label_key if label_key in sample else None,
-                         "mask": mask_key if mask_key in sample else None}
-            self.image, self.label, self.mask = (sample.get(k) if k else None for k in self.keys.values())
-        elif isinstance(sample, Sequence) and not isinstance(sample, (str, bytes)) and 1 <= len(sample) <= 3:
-            self.kind = "tuple" if isinstance(sample, tuple) else "list"
-            self.image = torch.as_tensor(sample[0])
-            self.label = self.mask = None
-            self.order = ["image"]
-            for extra in sample[1:]:
-                extra = torch.as_tensor(extra)
-                is_mask = extra.ndim == self.image.ndim and extra.shape[1:] == self.image.shape[1:]
-                self.order.append("mask" if is_mask else "label")
-                setattr(self, self.order[-1], extra)
-        else:
-            raise ValueError(f"cannot mix into samples of type {type(sample).__name__}: expected a dict or "
-                             "a tuple like (image, label); pass to_sample= for other layouts")
-        self.image = torch.as_tensor(self.image)
-        # Converted once here, not once per synthetic sample.
-        self._label_ref = None if self.label is None else torch.as_tensor(self.label)
-        self._mask_dtype = None if self.mask is None else torch.as_tensor(self.mask).dtype
+        if not self.value_range[0] < self.value_range[1]:
+            raise ValueError(f"value_range must be (low, high) with low < high, got {tuple(value_range)}")
+        label = self.roles.get("label")
+        if label is not None and len(label.shape) > 1:
+            raise ValueError(f"the real label at {label.where()} has shape {label.shape}; synthetic labels can be "
+                             "a class index (shape () or (1,)) or a one-hot vector: pass to_sample= for others")
 
     @property
-    def has_label(self) -> bool:
-        return self.label is not None
-
-    @property
-    def has_mask(self) -> bool:
-        return self.mask is not None
+    def label_classes(self) -> int | None:
+        """Length of a one-hot / multi-hot real label vector (None for class-index labels)."""
+        label = self.roles.get("label")
+        if label is None or len(label.shape) != 1 or label.shape[0] == 1:
+            return None
+        return int(label.shape[0])
 
     def build(self, image: Tensor, label: Tensor | None, mask: Tensor | None, is_synthetic: bool | None = None) -> Any:
-        """A sample in the real structure from synthetic parts (image in [-1, 1])."""
-        parts = self._convert(image, label, mask, None)
-        if is_synthetic is not None:
-            parts[IS_SYNTHETIC_KEY] = torch.tensor(is_synthetic)
-        return self._assemble(parts)
+        """A sample in the real structure from synthetic parts (image in [-1, 1], class-index label)."""
+        one = self.build_batch(image.unsqueeze(0), None if label is None else torch.as_tensor(label).unsqueeze(0),
+                               None if mask is None else mask.unsqueeze(0), is_synthetic)
+        return one[0]
 
     def build_batch(self, images: Tensor, labels: Tensor | None, masks: Tensor | None,
                     is_synthetic: bool | None = None) -> list[Any]:
-        """``build`` for a stacked batch of synthetic parts: the same samples as ``build`` one by
-        one, with the conversions done once per batch (the samples are views into batch tensors)."""
-        parts = self._convert(images, labels, masks, images.shape[0])
-        if is_synthetic is not None:
-            parts[IS_SYNTHETIC_KEY] = torch.full((images.shape[0],), bool(is_synthetic))
-        names = list(parts)
-        return [self._assemble(dict(zip(names, row))) for row in zip(*(parts[n].unbind(0) for n in names))]
+        """``build`` for a stacked batch: conversions run once per batch, then each row is wrapped."""
+        fields = self._convert(images, labels, masks)
+        rows = {path: tensor.unbind(0) for path, (_, tensor) in fields.items()}
+        samples = []
+        for i in range(images.shape[0]):
+            parts = {path: leaf.wrap(rows[path][i]) for path, (leaf, _) in fields.items()}
+            samples.append(self.assemble(parts, is_synthetic))
+        return samples
 
-    def _convert(self, image: Tensor, label: Tensor | None, mask: Tensor | None,
-                 batch: int | None) -> dict[str, Tensor]:
-        """Value range, dtypes and label shape of the real samples (``batch``: leading batch size, if any)."""
+    def _convert(self, images: Tensor, labels: Tensor | None, masks: Tensor | None) -> dict[Any, tuple[Leaf, Tensor]]:
+        image = self.image
         lo, hi = self.value_range
         if (lo, hi) != (-1.0, 1.0):
-            image = (image + 1.0) / 2.0 * (hi - lo) + lo
-        parts = {"image": image.to(self.image.dtype)}
+            images = (images + 1.0) / 2.0 * (hi - lo) + lo
+        fields = {image.path: (image, _cast(_arrange(images, image.layout), image.torch_dtype))}
         if self.has_label:
-            if label is None:
+            leaf = self.roles["label"]
+            if labels is None:
                 raise ValueError("the real samples have labels but the synthetic source has none")
-            ref = self._label_ref
-            shape = ref.shape if batch is None else (batch, *ref.shape)
-            parts["label"] = torch.as_tensor(label).to(ref.dtype).reshape(shape)
+            fields[leaf.path] = (leaf, _encode_label(torch.as_tensor(labels), leaf))
         if self.has_mask:
-            if mask is None:
+            leaf = self.roles["mask"]
+            if masks is None:
                 raise ValueError("the real samples have masks but the synthetic source has none; "
                                  "write the bank from a mask-conditional generator or a pair synthesizer")
-            parts["mask"] = mask.to(self._mask_dtype)
-        return parts
-
-    def _assemble(self, parts: dict[str, Tensor]) -> Any:
-        """One sample in the real layout from ``{"image", "label", "mask", IS_SYNTHETIC_KEY}`` parts."""
-        flag = parts.pop(IS_SYNTHETIC_KEY, None)
-        if self.kind == "dict":
-            out = {self.keys[name]: value for name, value in parts.items()}
-            if flag is not None:
-                out[IS_SYNTHETIC_KEY] = flag
-            return out
-        items = [parts[name] for name in self.order]
-        if flag is not None:
-            items.append(flag)
-        return tuple(items) if self.kind == "tuple" else items
+            fields[leaf.path] = (leaf, _cast(_arrange(masks, leaf.layout), leaf.torch_dtype))
+        return fields
 
     def mark_real(self, sample: Any) -> Any:
         """Add the ``is_synthetic=False`` flag to a real sample (only when flags are requested)."""
-        if self.kind == "dict":
-            return {**sample, IS_SYNTHETIC_KEY: torch.tensor(False)}
-        items = [*sample, torch.tensor(False)]
-        return tuple(items) if self.kind == "tuple" else items
+        return self.with_flag(sample, False)
+
+
+def _arrange(batch: Tensor, layout: str) -> Tensor:
+    """``(N, C, *spatial)`` in the real field's layout."""
+    if layout == "channel_last":
+        return batch.movedim(1, -1)
+    if layout == "no_channel":
+        return batch.squeeze(1)
+    return batch
+
+
+def _cast(batch: Tensor, dtype: torch.dtype) -> Tensor:
+    if dtype.is_floating_point or dtype == torch.bool:
+        return batch.to(dtype)
+    info = torch.iinfo(dtype)  # integer images (uint8 PNG-style): round, and stay inside the type
+    return batch.round().clamp(info.min, info.max).to(dtype)
+
+
+def _encode_label(labels: Tensor, leaf: Leaf) -> Tensor:
+    """Class indices (N,) or soft labels (N, K) in the real label's shape and dtype."""
+    n = labels.shape[0]
+    shape = leaf.shape
+    if int(np.prod(shape)) == 1:
+        if labels.ndim == 2:  # soft labels for a class-index target: the most likely class
+            labels = labels.argmax(1)
+        return labels.to(leaf.torch_dtype).reshape(n, *shape)
+    classes = shape[0]
+    if labels.ndim == 2:
+        if labels.shape[1] != classes:
+            raise ValueError(f"synthetic soft labels have {labels.shape[1]} classes but the real label vector at "
+                             f"{leaf.where()} has {classes}")
+        return labels.to(leaf.torch_dtype)
+    if n and int(labels.max()) >= classes:
+        raise ValueError(f"a synthetic label {int(labels.max())} does not fit the real one-hot label vector of "
+                         f"length {classes} at {leaf.where()}")
+    return torch.nn.functional.one_hot(labels.long(), classes).to(leaf.torch_dtype)
+
+
+def infer_value_range(samples: Sequence[Any], template: SampleStructure) -> tuple[float, float]:
+    """The value range of real images, recognised from a few samples: uint8 images are 0..255; float
+    images within [0, 1], [-1, 1] or [0, 255] are taken to use that range. Anything else is refused:
+    the range cannot be guessed, so the user passes ``value_range=``."""
+    dtype = template.image.torch_dtype
+    if dtype == torch.uint8:
+        return (0.0, 255.0)
+    values = [template.get(s, "image").float() for s in samples]
+    lo = min(float(v.min()) for v in values)
+    hi = max(float(v.max()) for v in values)
+    if dtype.is_floating_point:
+        for low, high in KNOWN_RANGES:
+            if low - 1e-3 <= lo and hi <= high + 1e-3:
+                return (low, high)
+    raise ValueError(f"cannot tell the value range of the real images ({dtype}, values seen in [{lo:.4g}, {hi:.4g}]); "
+                     "pass value_range=(low, high), the range synthetic images in [-1, 1] should be mapped to")
 
 
 class SyntheticAdapter(Dataset):
-    """A synthetic source (a ``SyntheticBank`` or generated tensors) seen as real samples."""
+    """A synthetic source (a ``SyntheticBank`` or generated tensors) seen as real samples.
+
+    ``transform`` (the user's per-sample transform) runs on each sample built in the user's own
+    structure, and its output is cast back to the real fields' types.
+    """
 
     def __init__(self, source: Dataset, template: SampleTemplate, transform: Callable | None = None,
                  flag: bool = False, to_sample: Callable[[dict], Any] | None = None):
@@ -162,13 +188,17 @@ class SyntheticAdapter(Dataset):
         return getitems(list(indices)) if getitems is not None else [self.source[i] for i in indices]
 
     def finish(self, item: dict[str, Tensor]) -> Any:
-        """A source item as a real-looking sample: ``to_sample``, or the real transform and the template."""
+        """A source item as a real-looking sample: ``to_sample``, or the template and the real transform."""
+        flag = True if self.flag else None
         if self.to_sample is not None:
-            return self.to_sample(item)
-        if self.transform is not None:  # the real data's per-sample transform, on our dict layout
-            item = self.transform(dict(item))
-        return self.template.build(item[IMAGE_KEY], item.get(LABEL_KEY), item.get(MASK_KEY),
-                                   True if self.flag else None)
+            sample = self.to_sample(item)
+            return sample if flag is None else self.template.with_flag(sample, True)
+        template = self.template
+        if self.transform is None:
+            return template.build(item[IMAGE_KEY], item.get(LABEL_KEY), item.get(MASK_KEY), flag)
+        sample = template.conform(self.transform(template.build(item[IMAGE_KEY], item.get(LABEL_KEY),
+                                                                item.get(MASK_KEY))))
+        return sample if flag is None else template.with_flag(sample, True)
 
 
 class FlaggedReal(Dataset):

@@ -12,7 +12,7 @@ objects, so no synthetic sample can reach model selection or evaluation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +26,37 @@ from lightning_medaug.mixing.adapter import (
     MixedDataset,
     SampleTemplate,
     SyntheticAdapter,
+    infer_value_range,
 )
+from lightning_medaug.mixing.batch_sampler import MixBatchSampler
 from lightning_medaug.mixing.generated import GeneratedPool, generate_pool
+from lightning_medaug.mixing.inherit import inherited_transform
+from lightning_medaug.mixing.iterable import EpochLoader, MixedIterable
+from lightning_medaug.mixing.real import (
+    batch_size_holders,
+    labels_of,
+    masks_of,
+    probe_indices,
+    user_batch_sampler,
+    user_sampler,
+)
 from lightning_medaug.mixing.sampler import MODES, MixSampler, synthetic_count
 
 __all__ = ["SyntheticMixDataModule"]
 
 _FORWARDED = ("spatial_dims", "in_channels", "image_size", "num_classes", "task", "class_names")
+#: Synthetic pool drawn from a generator for a streamed real set of unknown length (``num_generated`` overrides).
+_STREAM_POOL = 1024
 
 
 class SyntheticMixDataModule(L.LightningDataModule):
     """Real + synthetic training data at a fixed synthetic fraction; everything else untouched.
+
+    Synthetic samples mirror the real ones field by field (container, keys, Python / NumPy / torch
+    types, dtype, shape, layout, value range), so any collate function takes a mixed batch; what
+    cannot be mirrored is refused at ``setup()`` with one line. The wrapped loader's own sampler or
+    batch sampler still chooses the real samples; a streamed (``IterableDataset``) real set is
+    interleaved with synthetic samples at the ratio.
 
     Args:
         datamodule: the user's data module, used unchanged.
@@ -52,25 +72,33 @@ class SyntheticMixDataModule(L.LightningDataModule):
         ratio_schedule: ``{epoch: ratio}`` from that epoch on, e.g. ``{0: 0.0, 5: 0.5}``; in ``add``
             mode the epoch length changes, so set ``reload_dataloaders_every_n_epochs=1``.
         bank_labels: keep only these labels of the bank; ``min_score``: keep samples scoring at least this.
-        value_range: value range of the real images (synthetic ones are [-1, 1] and get mapped).
-        synthetic_transform: ``"inherit"`` applies the real training set's per-sample ``transform``
-            (for dict samples) to synthetic ones too; ``None`` applies none; or a callable on dicts.
+        value_range: value range of the real images (synthetic ones are [-1, 1] and get mapped);
+            by default recognised from the real images: uint8 is 0..255, floats within [0, 1],
+            [-1, 1] or [0, 255] use that range, anything else must be given.
+        synthetic_transform: ``"inherit"`` runs the real training set's random augmentations on
+            synthetic samples too (a MONAI ``Compose`` from its first random transform on, as
+            ``CacheDataset`` re-runs it; another dict transform whole; none for tuple samples, whose
+            torchvision transforms start from files); ``None`` runs none; or a callable on samples
+            in your layout.
         num_generated: pool size drawn from ``generator`` (default: one epoch's need).
         regenerate_every_epoch: draw a fresh pool from ``generator`` every epoch (needs
             ``reload_dataloaders_every_n_epochs=1``).
         sample_kwargs: extra ``sample`` arguments for ``generator`` (sampler, steps, guidance...).
-        to_sample: build a synthetic sample yourself from ``{"image", "label", "mask"}``.
-        image_key, label_key, mask_key: keys of the real dict samples.
+        to_sample: build a synthetic sample yourself from ``{"image", "label", "mask"}`` (tensors,
+            image in [-1, 1], label a class index).
+        image_key, label_key, mask_key: keys of the real dict samples (at any depth).
+        fill: constants for fields of the real samples that no generator can provide, by key.
     """
 
     def __init__(self, datamodule: L.LightningDataModule, bank: str | None = None, generator: Any = None,
                  ratio: float = 0.5, mode: str = "add", class_balance: bool = False, seed: int = 0,
                  return_is_synthetic: bool = False, ratio_schedule: dict[int, float] | None = None,
                  bank_labels: list[int] | None = None, min_score: float | None = None,
-                 value_range: tuple[float, float] = (-1.0, 1.0), synthetic_transform: Any = "inherit",
+                 value_range: tuple[float, float] | None = None, synthetic_transform: Any = "inherit",
                  num_generated: int | None = None, regenerate_every_epoch: bool = False,
                  sample_kwargs: dict[str, Any] | None = None, to_sample: Callable[[dict], Any] | None = None,
-                 image_key: str = "image", label_key: str = "label", mask_key: str = "mask"):
+                 image_key: str = "image", label_key: str = "label", mask_key: str = "mask",
+                 fill: dict[str, Any] | None = None):
         super().__init__()
         if not isinstance(datamodule, L.LightningDataModule):
             raise ValueError(f"datamodule must be a LightningDataModule, got {type(datamodule).__name__}")
@@ -84,16 +112,22 @@ class SyntheticMixDataModule(L.LightningDataModule):
         if mode == "add" and max([ratio, *(ratio_schedule or {}).values()]) >= 1.0:
             raise ValueError("ratio=1 needs mode='replace' (synthetic-only training); 'add' keeps every real sample")
         if synthetic_transform != "inherit" and synthetic_transform is not None and not callable(synthetic_transform):
-            raise ValueError("synthetic_transform must be 'inherit', None or a callable on sample dicts")
-        save_own_hyperparameters(self, ignore=["datamodule", "generator", "to_sample", "synthetic_transform"])
+            raise ValueError("synthetic_transform must be 'inherit', None or a callable on samples")
+        if value_range is not None and not (len(value_range) == 2 and float(value_range[0]) < float(value_range[1])):
+            raise ValueError(f"value_range must be (low, high) with low < high, got {value_range!r}")
+        if fill is not None and not isinstance(fill, Mapping):
+            raise ValueError(f"fill must be a dict of constant values by key, got {type(fill).__name__}")
+        save_own_hyperparameters(self, ignore=["datamodule", "generator", "to_sample", "synthetic_transform", "fill"])
         self.datamodule, self.bank_path, self.generator = datamodule, bank, generator
         self.ratio, self.mode, self.class_balance, self.seed = float(ratio), mode, class_balance, seed
         self.ratio_schedule = {int(k): float(v) for k, v in (ratio_schedule or {}).items()}
-        self.synthetic_transform, self.to_sample = synthetic_transform, to_sample
+        self.synthetic_transform, self.to_sample, self.fill = synthetic_transform, to_sample, dict(fill or {})
         self.keys = (image_key, label_key, mask_key)
         self._source: Dataset | None = None
+        self._source_epoch: int | None = None
+        self._template: SampleTemplate | None = None
         self._epoch = 0
-        self.sampler: MixSampler | None = None
+        self.sampler: MixSampler | MixBatchSampler | None = None
 
     def prepare_data(self) -> None:
         self.datamodule.prepare_data()
@@ -102,10 +136,11 @@ class SyntheticMixDataModule(L.LightningDataModule):
         if self.datamodule.trainer is None and self.trainer is not None:
             self.datamodule.trainer = self.trainer
         self.datamodule.setup(stage)
-        if self.bank_path is not None and stage in (None, "fit"):
-            # Open and check the bank now, so a bad one fails before the run writes anything.
-            _, real = self._real_train_set()
-            self._synthetic_source(SampleTemplate(real[0], *self.keys, value_range=self.hparams.value_range), real, 0)
+        self._template = None
+        if stage in (None, "fit"):
+            # Read the real structure, open the source and build one mixed pair now, so whatever
+            # cannot be mixed fails here with one line, before the run writes anything.
+            self._check_pair()
 
     def teardown(self, stage: str | None = None) -> None:
         self.datamodule.teardown(stage)
@@ -126,12 +161,12 @@ class SyntheticMixDataModule(L.LightningDataModule):
         Setting it sets the wrapped module's, so Lightning's ``BatchSizeFinder`` and
         ``Tuner.scale_batch_size`` size mixed batches as they would the real ones.
         """
-        holder = _batch_size_holders(self.datamodule)[0]
+        holder = batch_size_holders(self.datamodule)[0]
         return holder["batch_size"] if isinstance(holder, dict) else holder.batch_size
 
     @batch_size.setter
     def batch_size(self, value: int) -> None:
-        for holder in _batch_size_holders(self.datamodule):  # both, when the module keeps it as attribute and hparam
+        for holder in batch_size_holders(self.datamodule):  # both, when the module keeps it as attribute and hparam
             if isinstance(holder, dict):
                 holder["batch_size"] = value
             else:
@@ -141,39 +176,85 @@ class SyntheticMixDataModule(L.LightningDataModule):
     def _real_train_set(self) -> tuple[DataLoader, Dataset]:
         real_loader = self.datamodule.train_dataloader()
         if not isinstance(real_loader, DataLoader):
-            raise ValueError("the wrapped train_dataloader() must return one torch DataLoader to mix into")
+            raise ValueError("the wrapped train_dataloader() must return one torch DataLoader to mix into, got "
+                             f"{type(real_loader).__name__}")
         real = real_loader.dataset
-        if isinstance(real, IterableDataset):
-            raise ValueError("cannot mix into an IterableDataset: the wrapped training set must be map-style")
-        if len(real) == 0:
+        if not isinstance(real, IterableDataset) and len(real) == 0:
             raise ValueError("the wrapped module's training set is empty")
         return real_loader, real
 
-    def train_dataloader(self) -> DataLoader:
+    def _real_template(self, real: Dataset) -> SampleTemplate:
+        """The real sample's structure (read once per ``setup``), with the value range of its images."""
+        if self._template is None:
+            if isinstance(real, IterableDataset):
+                probe = [next(iter(real))]
+            else:
+                probe = [real[i] for i in probe_indices(len(real))]
+            template = SampleTemplate(probe[0], *self.keys, fill=self.fill)
+            value_range = self.hparams.value_range or infer_value_range(probe, template)
+            self._template = SampleTemplate(probe[0], *self.keys, value_range=value_range, fill=self.fill)
+        return self._template
+
+    def _parts(self) -> tuple[DataLoader, Dataset, SampleTemplate, Dataset, SyntheticAdapter, int]:
         real_loader, real = self._real_train_set()
-        template = SampleTemplate(real[0], *self.keys, value_range=self.hparams.value_range)
+        template = self._real_template(real)
         epoch = self.trainer.current_epoch if self.trainer is not None else self._epoch
         source = self._synthetic_source(template, real, epoch)
         transform = self._transform(real, template)
         synthetic = SyntheticAdapter(source, template, transform, self.hparams.return_is_synthetic, self.to_sample)
-        real_part = FlaggedReal(real, template) if self.hparams.return_is_synthetic else real
+        return real_loader, real, template, source, synthetic, epoch
+
+    def _check_pair(self) -> None:
+        """Collate one real and one synthetic sample with the user's collate function."""
+        real_loader, real, template, _, synthetic, _ = self._parts()
+        made = synthetic[0]
+        try:
+            real_loader.collate_fn([template.sample, made])
+        except Exception as err:  # whatever the user's collate raises, said at set-up and in one line
+            raise ValueError(f"a synthetic sample does not collate with a real one in the wrapped loader's "
+                             f"collate_fn ({type(err).__name__}: {err}); pass to_sample= to build synthetic samples "
+                             "in your layout") from err
+
+    def train_dataloader(self) -> DataLoader:
+        real_loader, real, template, source, synthetic, epoch = self._parts()
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
-        real_labels = _labels_of(real, template, self.keys[1]) if self.class_balance else None
+        common = dict(num_workers=real_loader.num_workers, collate_fn=real_loader.collate_fn,
+                      pin_memory=real_loader.pin_memory, worker_init_fn=real_loader.worker_init_fn,
+                      persistent_workers=real_loader.persistent_workers and real_loader.num_workers > 0)
+        flag = self.hparams.return_is_synthetic
+        if isinstance(real, IterableDataset):
+            if self.class_balance:
+                raise ValueError("class_balance needs a map-style real training set; a streamed one has no "
+                                 "labels to count ahead")
+            mixed = MixedIterable(real, synthetic, self.ratio, self.mode, self.seed, self.ratio_schedule, world,
+                                  rank, template.mark_real if flag else None)
+            epoch_of = (lambda: self.trainer.current_epoch) if self.trainer is not None else None
+            return EpochLoader(mixed, epoch_of, batch_size=real_loader.batch_size, drop_last=real_loader.drop_last,
+                               **common)
+        real_part = FlaggedReal(real, template) if flag else real
+        batches = user_batch_sampler(real_loader)
+        if batches is not None:
+            if self.class_balance:
+                raise ValueError("class_balance cannot be combined with the wrapped loader's own batch_sampler "
+                                 f"({type(batches).__name__}), which already chooses each batch's samples")
+            self.sampler = MixBatchSampler(batches, len(real), source.labels, self.ratio, self.mode, self.seed,
+                                           self.ratio_schedule, world, rank)
+            self.sampler.set_epoch(epoch)
+            return DataLoader(MixedDataset(real_part, synthetic), batch_sampler=self.sampler, **common)
+        real_labels = labels_of(real, template) if self.class_balance else None
         self.sampler = MixSampler(len(real), source.labels, self.ratio, self.mode, self.seed, real_labels,
-                                  self.class_balance, self.ratio_schedule, world, rank)
+                                  self.class_balance, self.ratio_schedule, world, rank,
+                                  real_sampler=user_sampler(real_loader))
         self.sampler.set_epoch(epoch)
         batch_size = real_loader.batch_size or getattr(real_loader.batch_sampler, "batch_size", None)
         if batch_size is None:
             raise ValueError("the wrapped train_dataloader() has no batch_size to reuse")
         return DataLoader(MixedDataset(real_part, synthetic), batch_size=batch_size, sampler=self.sampler,
-                          num_workers=real_loader.num_workers, collate_fn=real_loader.collate_fn,
-                          pin_memory=real_loader.pin_memory, drop_last=real_loader.drop_last,
-                          worker_init_fn=real_loader.worker_init_fn,
-                          persistent_workers=real_loader.persistent_workers and real_loader.num_workers > 0)
+                          drop_last=real_loader.drop_last, **common)
 
     def _transform(self, real: Dataset, template: SampleTemplate) -> Callable | None:
         if self.synthetic_transform == "inherit":
-            return getattr(real, "transform", None) if template.kind == "dict" else None
+            return inherited_transform(real, template.kind == "dict")
         return self.synthetic_transform
 
     def _synthetic_source(self, template: SampleTemplate, real: Dataset, epoch: int) -> Dataset:
@@ -183,8 +264,8 @@ class SyntheticMixDataModule(L.LightningDataModule):
 
                 self._source = SyntheticBank(str(self.bank_path), labels=self.hparams.bank_labels,
                                              min_score=self.hparams.min_score)
-        elif self._source is None or self.hparams.regenerate_every_epoch:
-            self._source = self._generate(template, real, epoch)
+        elif self._source is None or (self.hparams.regenerate_every_epoch and self._source_epoch != epoch):
+            self._source, self._source_epoch = self._generate(template, real, epoch), epoch
         self._check_compatible(self._source, template, real)
         return self._source
 
@@ -197,35 +278,47 @@ class SyntheticMixDataModule(L.LightningDataModule):
         if self.hparams.regenerate_every_epoch and self.trainer is not None \
                 and self.trainer.reload_dataloaders_every_n_epochs != 1:
             raise ValueError("regenerate_every_epoch needs Trainer(reload_dataloaders_every_n_epochs=1)")
-        ratios = [self.ratio, *self.ratio_schedule.values()]
-        need = max(synthetic_count(len(real), r, self.mode)[1] for r in ratios)
-        count = self.hparams.num_generated or max(1, need)
         masks = None
         if getattr(model, "requires_masks", False):
-            masks = _masks_of(real, template, self.keys[2])
+            if isinstance(real, IterableDataset):
+                raise ValueError("a mask-conditional generator needs the real masks up front; a streamed real set "
+                                 "has none: write a bank with `medaug generate` and pass bank=")
+            template.bind_layout(_model_image_shape(model))
+            masks = masks_of(real, template)
+        if self.hparams.num_generated:
+            count = self.hparams.num_generated
+        elif isinstance(real, IterableDataset):
+            count = _STREAM_POOL
+        else:
+            ratios = [self.ratio, *self.ratio_schedule.values()]
+            count = max(1, max(synthetic_count(len(real), r, self.mode)[1] for r in ratios))
         return generate_pool(model, count, seed=self.seed * 100_003 + epoch, masks=masks,
                              sample_kwargs=self.hparams.sample_kwargs)
 
     def _check_compatible(self, source: Any, template: SampleTemplate, real: Dataset) -> None:
         if len(source) == 0:
             raise ValueError("the synthetic source is empty")
-        real_shape = tuple(template.image.shape)
-        if tuple(source.image_shape) != real_shape:
-            raise ValueError(f"synthetic images have shape {tuple(source.image_shape)} but the real ones {real_shape}: "
-                             "the bank was written for another image size or channel count")
+        if self.to_sample is None:
+            template.bind_layout(tuple(source.image_shape))
         data_classes = getattr(self.datamodule, "num_classes", None)
         labels = np.asarray(source.labels)
         if template.has_label and data_classes and labels.size and int(labels.max()) >= int(data_classes):
             raise ValueError(f"the synthetic source has labels up to {int(labels.max())} but the data has "
                              f"{data_classes} classes (0..{int(data_classes) - 1}): use a generator trained on this "
                              f"data, or keep its classes with bank_labels")
+        vector = template.label_classes
+        if template.has_label and vector and labels.size and int(labels.max()) >= vector:
+            raise ValueError(f"the synthetic source has labels up to {int(labels.max())} but the real labels are "
+                             f"vectors of {vector} classes: use a generator trained on this data, or bank_labels")
+        if self.to_sample is not None:
+            return
         if template.has_label and not getattr(source, "has_labels", True):
             raise ValueError("the real samples have labels but the synthetic source has none: use a class-conditional "
                              "generator, or to_sample= to label synthetic samples yourself")
         if template.has_mask and not getattr(source, "has_masks", False):
             raise ValueError("the real samples have masks but the synthetic source has none")
         if self.mode == "add" and self.ratio_schedule and self.trainer is not None \
-                and self.trainer.reload_dataloaders_every_n_epochs != 1 \
+                and self.trainer.reload_dataloaders_every_n_epochs != 1 and not isinstance(real, IterableDataset) \
                 and len({synthetic_count(len(real), r, self.mode)
                          for r in [self.ratio, *self.ratio_schedule.values()]}) > 1:
             raise ValueError("a ratio schedule in 'add' mode changes the epoch length: "
@@ -246,38 +339,12 @@ class SyntheticMixDataModule(L.LightningDataModule):
         self.datamodule.load_state_dict(state_dict.get("datamodule", {}))
 
 
-def _labels_of(dataset: Dataset, template: SampleTemplate, label_key: str) -> np.ndarray:
-    """Labels of a real dataset: its ``labels`` attribute when it has one, else read sample by sample."""
-    labels = getattr(dataset, "labels", None)
-    if labels is not None and len(labels) == len(dataset):
-        return np.asarray(labels).reshape(len(dataset), -1)[:, 0].astype(np.int64)
-    if not template.has_label:
-        raise ValueError("class_balance needs labelled real samples")
-    pick = (lambda s: s[label_key]) if template.kind == "dict" else (lambda s: s[template.order.index("label")])
-    return np.array([int(np.asarray(pick(dataset[i])).reshape(-1)[0]) for i in range(len(dataset))])
-
-
-def _masks_of(dataset: Dataset, template: SampleTemplate, mask_key: str) -> Any:
-    import torch
-
-    if not template.has_mask:
-        raise ValueError("the generator is mask-conditional but the real samples carry no masks to condition on")
-    pick = (lambda s: s[mask_key]) if template.kind == "dict" else (lambda s: s[template.order.index("mask")])
-    return torch.stack([torch.as_tensor(pick(dataset[i])).float() for i in range(len(dataset))])
-
-
-def _batch_size_holders(datamodule: L.LightningDataModule) -> list[Any]:
-    """Where ``datamodule`` keeps its batch size: itself and/or its hparams, as Lightning looks.
-
-    Raises ``AttributeError`` when it keeps none, so ``hasattr`` on the mixer is then False, as for
-    any module without a batch size.
-    """
-    holders: list[Any] = [datamodule] if hasattr(datamodule, "batch_size") else []
-    if "batch_size" in getattr(datamodule, "hparams", {}):
-        holders.append(datamodule.hparams)
-    if not holders:
-        raise AttributeError(f"{type(datamodule).__name__} keeps no batch_size attribute or hyperparameter")
-    return holders
+def _model_image_shape(model: Any) -> tuple[int, ...]:
+    """``(C, *spatial)`` of a generator's samples, from its recorded hyperparameters."""
+    hp = model.hparams
+    size = hp["image_size"]
+    spatial = tuple(size) if isinstance(size, (list, tuple)) else (int(size),) * int(hp["spatial_dims"])
+    return (int(hp["in_channels"]), *spatial)
 
 
 def _forward(name: str) -> property:

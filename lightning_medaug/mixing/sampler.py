@@ -8,13 +8,16 @@ run replays the same epochs, and each DDP rank takes a disjoint, equal share of 
 from __future__ import annotations
 
 import functools
+import random
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DistributedSampler
 
-__all__ = ["MixSampler", "synthetic_count", "balance_allocation", "ratio_at"]
+__all__ = ["MixSampler", "synthetic_count", "balance_allocation", "ratio_at", "seeded_draw"]
 
 MODES = ("add", "replace")
 
@@ -88,12 +91,17 @@ class MixSampler(DistributedSampler):
         ratio_schedule: ``{epoch: ratio}`` changes of the ratio from that epoch on (warm-up etc.).
         num_replicas, rank: the DDP world size and this process's rank.
         shuffle: shuffle the epoch (real and synthetic interleaved); off keeps real first.
+        real_sampler: the user's own sampler of real indices (``WeightedRandomSampler``, a subset
+            sampler, ...): its draws, not a permutation of all real samples, are the real share of an
+            epoch, and the synthetic share comes on top of them (``add``) or replaces some (``replace``).
+            It is drawn with a generator seeded by ``(seed, epoch)``, the same on every rank, so DDP
+            shares stay disjoint.
     """
 
     def __init__(self, num_real: int, synthetic_labels: Sequence[int] | np.ndarray, ratio: float = 0.5,
                  mode: str = "add", seed: int = 0, real_labels: Sequence[int] | np.ndarray | None = None,
                  class_balance: bool = False, ratio_schedule: Mapping[int, float] | None = None,
-                 num_replicas: int = 1, rank: int = 0, shuffle: bool = True):
+                 num_replicas: int = 1, rank: int = 0, shuffle: bool = True, real_sampler: Any = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         for r in [ratio, *(ratio_schedule or {}).values()]:
@@ -113,6 +121,7 @@ class MixSampler(DistributedSampler):
         self.num_real, self.ratio, self.mode, self.seed = num_real, float(ratio), mode, seed
         self.class_balance, self.ratio_schedule = class_balance, dict(ratio_schedule or {})
         self.num_replicas, self.rank, self.shuffle, self.epoch = num_replicas, rank, shuffle, 0
+        self.real_sampler = real_sampler
         self.drop_last = True  # shares are truncated, never padded: no sample twice in an epoch
         self._warned = False
         self._pools: list[np.ndarray] | None = None
@@ -120,7 +129,8 @@ class MixSampler(DistributedSampler):
     def counts(self, epoch: int | None = None) -> tuple[int, int]:
         """``(real, synthetic)`` counts of the whole epoch (all ranks together)."""
         epoch = self.epoch if epoch is None else epoch
-        n_real, n_syn = synthetic_count(self.num_real, ratio_at(self.ratio, self.ratio_schedule, epoch), self.mode)
+        base = self.num_real if self.real_sampler is None else len(self.real_sampler)
+        n_real, n_syn = synthetic_count(base, ratio_at(self.ratio, self.ratio_schedule, epoch), self.mode)
         if n_syn and self.synthetic_labels.size == 0:
             raise ValueError("the synthetic pool is empty but the ratio asks for synthetic samples")
         return n_real, n_syn
@@ -130,7 +140,10 @@ class MixSampler(DistributedSampler):
         epoch = self.epoch if epoch is None else epoch
         n_real, n_syn = self.counts(epoch)
         rng = np.random.default_rng([self.seed, epoch])
-        real = rng.permutation(self.num_real)[:n_real] if self.shuffle else np.arange(n_real)
+        if self.real_sampler is not None:
+            real = seeded_draw(self.real_sampler, self.seed, epoch)[:n_real]
+        else:
+            real = rng.permutation(self.num_real)[:n_real] if self.shuffle else np.arange(n_real)
         synthetic = self._synthetic(epoch, n_syn, real) + self.num_real
         order = np.concatenate([real, synthetic])
         return rng.permutation(order) if self.shuffle else order
@@ -173,6 +186,35 @@ class MixSampler(DistributedSampler):
         """Share of synthetic samples in the epoch (all ranks)."""
         n_real, n_syn = self.counts(epoch)
         return n_syn / max(1, n_real + n_syn)
+
+
+def seeded_draw(sampler: Iterable, seed: int, epoch: int) -> np.ndarray:
+    """One pass of a user's sampler, seeded by ``(seed, epoch)`` whichever RNG it draws from.
+
+    Samplers with a ``generator`` attribute (torch's random, weighted and subset samplers) get a
+    seeded one for the pass; torch's, NumPy's and Python's global generators are seeded inside a
+    saved-and-restored state for samplers that use those. Every DDP rank thus draws the same
+    indices and takes its own share of them.
+    """
+    key = int(np.random.SeedSequence([seed, epoch, 7]).generate_state(1)[0])
+    if callable(getattr(sampler, "set_epoch", None)):
+        sampler.set_epoch(epoch)
+    has_generator = hasattr(sampler, "generator")
+    old = getattr(sampler, "generator", None)
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key)
+            np.random.seed(key)
+            random.seed(key)
+            if has_generator:
+                sampler.generator = torch.Generator().manual_seed(key)
+            return np.fromiter((int(i) for i in iter(sampler)), dtype=np.int64)
+    finally:
+        if has_generator:
+            sampler.generator = old
+        np.random.set_state(np_state)
+        random.setstate(py_state)
 
 
 @functools.lru_cache(maxsize=8)

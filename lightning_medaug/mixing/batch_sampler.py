@@ -1,0 +1,101 @@
+"""Mixing into batches chosen by the user's own batch sampler.
+
+Some projects choose whole batches themselves (class-balanced batches, batches grouped by size or
+by patient): :class:`MixBatchSampler` keeps each of those batches and puts the synthetic share on
+top of it (``add``) or in place of some of its samples (``replace``), so the user's batching rule
+still decides which real samples train together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightning_medaug.bank.plan import largest_remainder
+from lightning_medaug.mixing.sampler import MixSampler, ratio_at, synthetic_count
+
+__all__ = ["MixBatchSampler"]
+
+
+class MixBatchSampler:
+    """Batches of the user's ``batch_sampler`` over real indices, with synthetic indices mixed in.
+
+    Indices follow ``ConcatDataset([real, synthetic])``. The real batches of an epoch are drawn
+    with a generator seeded by ``(seed, epoch)`` (the same on every rank); the epoch's synthetic
+    count is that of :func:`synthetic_count` over all its real samples, spread over the batches in
+    proportion to their size. Under DDP each rank takes every ``num_replicas``-th batch.
+    """
+
+    def __init__(self, batch_sampler: Any, num_real: int, synthetic_labels: Sequence[int] | np.ndarray,
+                 ratio: float = 0.5, mode: str = "add", seed: int = 0,
+                 ratio_schedule: Mapping[int, float] | None = None, num_replicas: int = 1, rank: int = 0):
+        self.batch_sampler, self.num_real = batch_sampler, num_real
+        self.ratio, self.mode, self.seed = ratio, mode, seed
+        self.ratio_schedule = dict(ratio_schedule or {})
+        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+        # The synthetic picks (a walk over the shuffled pool, epoch after epoch) are MixSampler's.
+        self._picks = MixSampler(num_real, synthetic_labels, ratio, mode, seed, ratio_schedule=ratio_schedule,
+                                 num_replicas=num_replicas, rank=rank)
+
+    @property
+    def sampler(self) -> MixBatchSampler:
+        """Lightning calls ``set_epoch`` on ``batch_sampler.sampler``: that is this object."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _real_batches(self, epoch: int) -> list[list[int]]:
+        key = int(np.random.SeedSequence([self.seed, epoch, 11]).generate_state(1)[0])
+        inner = getattr(self.batch_sampler, "sampler", None)
+        if callable(getattr(self.batch_sampler, "set_epoch", None)):
+            self.batch_sampler.set_epoch(epoch)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key)
+            state = np.random.get_state()
+            np.random.seed(key)
+            old = getattr(inner, "generator", None)
+            try:
+                if inner is not None and hasattr(inner, "generator"):
+                    inner.generator = torch.Generator().manual_seed(key)
+                return [[int(i) for i in batch] for batch in self.batch_sampler]
+            finally:
+                if inner is not None and hasattr(inner, "generator"):
+                    inner.generator = old
+                np.random.set_state(state)
+
+    def epoch_batches(self, epoch: int | None = None) -> list[list[int]]:
+        """Every batch of the epoch, across all ranks."""
+        epoch = self.epoch if epoch is None else epoch
+        batches = self._real_batches(epoch)
+        sizes = np.array([len(b) for b in batches], dtype=np.float64)
+        if not len(batches):
+            return []
+        n_syn = synthetic_count(int(sizes.sum()), ratio_at(self.ratio, self.ratio_schedule, epoch), self.mode)[1]
+        per_batch = largest_remainder(sizes / sizes.sum(), n_syn)
+        picks = iter(self._picks._synthetic(epoch, n_syn, np.zeros(0, dtype=np.int64)) + self.num_real)
+        rng = np.random.default_rng([self.seed, epoch, 13])
+        mixed = []
+        for batch, k in zip(batches, per_batch):
+            synthetic = [int(next(picks)) for _ in range(int(k))]
+            if self.mode == "replace":  # swap k of the batch's real samples, at random places
+                batch = list(batch)
+                for place, index in zip(rng.choice(len(batch), size=min(int(k), len(batch)), replace=False),
+                                        synthetic):
+                    batch[place] = index
+                mixed.append(batch)
+            else:
+                joined = np.array(batch + synthetic)
+                mixed.append(joined[rng.permutation(len(joined))].tolist())
+        return mixed
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.epoch_batches()
+        per_rank = len(batches) // self.num_replicas
+        return iter(batches[self.rank: per_rank * self.num_replicas: self.num_replicas])
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler) // self.num_replicas
