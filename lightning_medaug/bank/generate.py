@@ -6,6 +6,8 @@
     medaug generate --model runs/ddpm/ --num-samples 5000 --labels proportional \\
         --proportions 0:0.26,1:0.74 --sampler ddim --steps 50 --guidance-scale 2 --out banks/ddpm/
     medaug generate --model runs/pix2pix/ --num-samples 2000 --masks data/label/ --out banks/p2p/
+    medaug generate --model runs/ddpm/ --edit-from recipes/classify_pneumonia.yaml --strength 0.5 \
+        --target-labels other --out banks/ddpm_edits/   # edits of the real training images
     torchrun --nproc_per_node 4 -m lightning_medaug.cli generate ...   # one shard stream per rank
 
 An interrupted run resumes when rerun with the same arguments; see :func:`write_bank`.
@@ -23,7 +25,7 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
-from lightning_medaug.bank.writer import DTYPES, write_bank
+from lightning_medaug.bank.writer import DTYPES, WriteSummary, write_bank
 
 __all__ = ["main", "build_parser", "read_mask_folder", "sampler_kwargs"]
 
@@ -42,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="balanced (default), proportional, or counts like 0:1000,1:500")
     p.add_argument("--proportions", help="class shares for --labels proportional, like 0:0.26,1:0.74")
     p.add_argument("--masks", help="folder of mask files (any SimpleITK format), cycled, for mask-conditional models")
+    p.add_argument("--edit-from", help="recipe (its 'data' section) or data config whose real training images a "
+                   "diffusion model edits, one edit per image (cycled up to --num-samples)")
+    p.add_argument("--strength", type=float, help="edit strength in (0, 1] (with --edit-from): how far along the "
+                   "noise schedule the real images are taken back; 1 = from pure noise")
+    p.add_argument("--target-labels", help="classes edits are guided to (with --edit-from): same (default), other "
+                   "(a random other class, Diff-Mix counterfactuals) or a map like 0:1,1:0")
     p.add_argument("--sampler", help="sampler of diffusion models, e.g. ddim, dpmsolver++, ddpm")
     p.add_argument("--steps", type=int, help="sampling steps of diffusion models")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (1 = none)")
@@ -77,7 +85,7 @@ def sampler_kwargs(model: Any, sampler: str | None, steps: int | None, guidance:
     return kwargs
 
 
-def read_mask_folder(folder: str | Path, spatial_dims: int, image_size: int,
+def read_mask_folder(folder: str | Path, spatial_dims: int, image_size: int | Sequence[int],
                      threshold: float = 0.5) -> tuple[np.ndarray, list[str]]:
     """Masks of a folder as a uint8 (M, 1, *S) {0, 1} array plus their file names.
 
@@ -113,17 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lightning_medaug.generative.base import load_generator
 
     model = load_generator(args.model)
-    hp = model.hparams
-    masks, names = (None, None)
-    if args.masks is not None:
-        masks, names = read_mask_folder(args.masks, int(hp["spatial_dims"]), int(hp["image_size"]))
-    summary = write_bank(
-        model, args.out, args.num_samples, labels=args.labels, proportions=args.proportions,
-        shard_size=args.shard_size, batch_size=args.batch_size, seed=args.seed,
-        sample_kwargs=sampler_kwargs(model, args.sampler, args.steps, args.guidance_scale), masks=masks,
-        mask_names=names, dtype=args.dtype, device=args.device, progress=not args.no_progress,
-        checkpoint_folder=args.model,
-    )
+    summary = _write_edits(model, args) if args.edit_from is not None else _write_samples(model, args)
     if summary.world_size > 1:  # which rank drew what: a cluster log shows the split at a glance
         print(f"rank {summary.rank} of {summary.world_size} drew {len(summary.drawn_here)} shard(s): "
               f"{list(summary.drawn_here)}", flush=True)
@@ -135,3 +133,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {summary.written} of {summary.num_shards} shards; bank {summary.path} is complete "
                   f"({summary.num_samples} samples)")
     return 0
+
+
+def _write_samples(model: Any, args: argparse.Namespace) -> WriteSummary:
+    given = [f"--{name.replace('_', '-')}" for name in ("strength", "target_labels") if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"generate: {', '.join(given)} only apply to edits of real images: add --edit-from")
+    hp = model.hparams
+    masks, names = (None, None)
+    if args.masks is not None:
+        masks, names = read_mask_folder(args.masks, int(hp["spatial_dims"]), hp["image_size"])
+    return write_bank(
+        model, args.out, args.num_samples, labels=args.labels, proportions=args.proportions,
+        shard_size=args.shard_size, batch_size=args.batch_size, seed=args.seed,
+        sample_kwargs=sampler_kwargs(model, args.sampler, args.steps, args.guidance_scale), masks=masks,
+        mask_names=names, dtype=args.dtype, device=args.device, progress=not args.no_progress,
+        checkpoint_folder=args.model,
+    )
+
+
+def _write_edits(model: Any, args: argparse.Namespace) -> WriteSummary:
+    from lightning_medaug.bank.edits import load_training_set, write_edit_bank
+
+    given = [f"--{name}" for name in ("labels", "proportions", "masks") if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"generate: {', '.join(given)} do not apply with --edit-from (an edit keeps its image's "
+                         "class, or takes --target-labels)")
+    if args.strength is None:
+        raise ValueError("generate: --edit-from needs --strength, a number in (0, 1], e.g. --strength 0.5")
+    dataset, section = load_training_set(args.edit_from)
+    return write_edit_bank(
+        model, args.out, dataset, args.strength, target_labels=args.target_labels, num_samples=args.num_samples,
+        shard_size=args.shard_size, batch_size=args.batch_size, seed=args.seed,
+        sample_kwargs=sampler_kwargs(model, args.sampler, args.steps, args.guidance_scale), dtype=args.dtype,
+        device=args.device, progress=not args.no_progress, checkpoint_folder=args.model, source=section,
+    )

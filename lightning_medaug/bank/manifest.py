@@ -15,7 +15,8 @@ arrays, masks included), ``label`` (-1 for unconditional generators), ``mask_sou
 of the source mask, never a path), ``generator`` (registry name), ``generator_class``,
 ``checkpoint_sha256`` (of ``model.safetensors``), ``seed`` (the shard's seed), ``sampler``,
 ``steps``, ``guidance`` (empty when the generator has none), ``library_version``, ``time`` (UTC,
-ISO 8601) and ``shard_sha256`` (of the shard's images file followed by its masks file).
+ISO 8601) and ``shard_sha256`` (of the shard's images file followed by its masks file). Banks of
+edits of real images add their provenance columns (:data:`~.edits.EDIT_COLUMNS`).
 
 Shard ``k`` holds global sample indices ``[k * shard_size, (k + 1) * shard_size)``; a sample's
 ``id`` is its global index. A shard is complete iff its manifest file exists with one row per
@@ -31,7 +32,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -169,9 +170,9 @@ def settings_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[st
 
 
 # -- per-shard rows --------------------------------------------------------------------------------
-def write_shard_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+def write_shard_rows(path: Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str] = COLUMNS) -> None:
     """Write a shard's rows as JSON lines, atomically: the shard's completion marker."""
-    atomic_write_text(path, "".join(json.dumps({c: row[c] for c in COLUMNS}) + "\n" for row in rows))
+    atomic_write_text(path, "".join(json.dumps({c: row[c] for c in columns}) + "\n" for row in rows))
 
 
 def read_shard_rows(path: Path) -> list[dict[str, Any]]:
@@ -195,17 +196,17 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def write_manifest_csv(root: Path, shards: int) -> int:
+def write_manifest_csv(root: Path, shards: int, columns: Sequence[str] = COLUMNS) -> int:
     """Concatenate the shards' rows (already in id order) into ``manifest.csv``; returns the row count."""
     path = root / MANIFEST_FILE
     tmp = temporary(path)
     count = 0
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(COLUMNS)
+        writer.writerow(columns)
         for shard in range(shards):
             rows = read_shard_rows(shard_files(root, shard).manifest)
-            writer.writerows([_cell(row[c]) for c in COLUMNS] for row in sorted(rows, key=lambda r: r["id"]))
+            writer.writerows([_cell(row[c]) for c in columns] for row in sorted(rows, key=lambda r: r["id"]))
             count += len(rows)
     commit(tmp, path)
     return count

@@ -99,8 +99,9 @@ def encode_images(x: np.ndarray, dtype: str) -> np.ndarray:
     return x.astype(dtype)
 
 
-def _check_sample_kwargs(model: Any, sample_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    params = inspect.signature(model.sample).parameters
+def check_sample_kwargs(model: Any, sample_kwargs: Mapping[str, Any], method: str = "sample") -> dict[str, Any]:
+    """``sample_kwargs`` as a dict; ValueError for one that ``model.<method>`` does not take."""
+    params = inspect.signature(getattr(model, method)).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     reserved = {"n", "labels", "masks", "generator"} & set(sample_kwargs)
     if reserved:
@@ -108,7 +109,7 @@ def _check_sample_kwargs(model: Any, sample_kwargs: Mapping[str, Any]) -> dict[s
     unknown = [k for k in sample_kwargs if k not in params and not takes_any]
     if unknown:
         accepted = [k for k in params if k not in ("n", "labels", "masks", "generator")]
-        raise ValueError(f"{type(model).__name__}.sample() does not take {unknown}; "
+        raise ValueError(f"{type(model).__name__}.{method}() does not take {unknown}; "
                          f"it takes {accepted or 'no options'}")
     return dict(sample_kwargs)
 
@@ -179,6 +180,28 @@ def write_bank(model: Any, out: str | Path, num_samples: int | None = None,
     started) rank ``r`` writes the shards ``k`` with ``k % world_size == r``; rank 0 writes
     ``bank.json`` and ``manifest.csv``. A rerun with other settings into the same folder raises.
     """
+    model, settings = prepare_generator(model, out, shard_size, batch_size, seed, dtype, device, checkpoint_folder)
+    spatial_dims, _, image_size, num_classes = _model_spec(model)
+    mask_array, names = _prepare_masks(masks, mask_names, bool(getattr(model, "requires_masks", False)),
+                                       (1,) + (image_size,) * spatial_dims, type(model).__name__)
+    plan = label_plan(labels, num_samples, num_classes, proportions)
+    kwargs = check_sample_kwargs(model, sample_kwargs or {})
+    settings |= {
+        "label_plan": plan.to_dict(), "num_samples": plan.num_samples, "sample_kwargs": kwargs,
+        "masks": None if mask_array is None else {"count": len(mask_array), "shape": list(mask_array.shape[1:]),
+                                                  "sha256": hashlib.sha256(mask_array.tobytes()).hexdigest()},
+    }
+    job = _ShardJob(model, Path(out), settings, plan.labels(), mask_array, names, kwargs,
+                    _sampler_record(model, kwargs))
+    with rank_context() as ctx:
+        return _run(job, ctx, progress)
+
+
+def prepare_generator(model: Any, out: str | Path, shard_size: int, batch_size: int | None, seed: int, dtype: str,
+                      device: str | torch.device | None,
+                      checkpoint_folder: str | Path | None) -> tuple[Any, dict[str, Any]]:
+    """Check the settings every bank shares, load ``model`` (a generator or its folder) onto ``device``;
+    returns the model in eval mode and those settings (generator, weights' hash, shapes, sharding, seed)."""
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -202,23 +225,12 @@ def write_bank(model: Any, out: str | Path, num_samples: int | None = None,
     image_shape = (in_channels,) + (image_size,) * spatial_dims
     if batch_size is None:
         batch_size = _resumed_batch_size(Path(out)) or default_batch_size(image_shape)
-    mask_array, names = _prepare_masks(masks, mask_names, bool(getattr(model, "requires_masks", False)),
-                                       (1,) + (image_size,) * spatial_dims, type(model).__name__)
-    plan = label_plan(labels, num_samples, num_classes, proportions)
-    kwargs = _check_sample_kwargs(model, sample_kwargs or {})
-    settings = {
+    return model, {
         "generator": name, "generator_class": class_path,
         "checkpoint_sha256": checkpoint or checkpoint_sha256(model, name),
-        "image_shape": list(image_shape), "num_classes": num_classes, "label_plan": plan.to_dict(),
-        "num_samples": plan.num_samples, "shard_size": shard_size, "batch_size": batch_size, "dtype": dtype,
-        "seed": seed, "sample_kwargs": kwargs,
-        "masks": None if mask_array is None else {"count": len(mask_array), "shape": list(mask_array.shape[1:]),
-                                                  "sha256": hashlib.sha256(mask_array.tobytes()).hexdigest()},
+        "image_shape": list(image_shape), "num_classes": num_classes, "shard_size": shard_size,
+        "batch_size": batch_size, "dtype": dtype, "seed": seed,
     }
-    job = _ShardJob(model, Path(out), settings, plan.labels(), mask_array, names, kwargs,
-                    _sampler_record(model, kwargs))
-    with rank_context() as ctx:
-        return _run(job, ctx, progress)
 
 
 def _file_digest(folder: str | Path) -> str:
@@ -276,6 +288,18 @@ class _ShardJob:
     def shard_size(self) -> int:
         return int(self.settings["shard_size"])
 
+    #: manifest columns; a job kind with more per-sample records (edits) extends them
+    columns = mf.COLUMNS
+
+    def draw(self, part: np.ndarray, labels: Tensor | None, masks: Tensor | None,
+             generator: torch.Generator) -> Tensor:
+        """The images of global indices ``part`` (labels and masks already on the model's device)."""
+        return self.model.sample(len(part), labels=labels, masks=masks, generator=generator, **self.sample_kwargs)
+
+    def row_extras(self, index: int) -> dict[str, Any]:
+        """Manifest fields of global index ``index`` beyond :data:`~.manifest.COLUMNS`."""
+        return {}
+
 
 def _run(job: _ShardJob, ctx: RankContext, progress: bool) -> WriteSummary:
     root, total = job.root, mf.num_shards(job.num_samples, job.shard_size)
@@ -296,7 +320,7 @@ def _run(job: _ShardJob, ctx: RankContext, progress: bool) -> WriteSummary:
 
     def consolidate() -> None:
         if ctx.rank == 0 and (written or not (root / mf.MANIFEST_FILE).is_file()):
-            rows = mf.write_manifest_csv(root, total)
+            rows = mf.write_manifest_csv(root, total, job.columns)
             if rows != job.num_samples:
                 raise ValueError(f"{root} holds {rows} manifest rows but the bank has {job.num_samples} samples; "
                                  "a shard manifest was edited: delete it and rerun to regenerate that shard")
@@ -350,7 +374,7 @@ def _write_shard(job: _ShardJob, shard: int, advance: Callable[[int], None]) -> 
         masks = None if job.masks is None else job.masks[part % len(job.masks)]
         condition = None if masks is None else torch.as_tensor(masks, device=model.device).float()
         with torch.inference_mode():
-            images = model.sample(len(part), labels=labels, masks=condition, generator=generator, **job.sample_kwargs)
+            images = job.draw(part, labels, condition, generator)
         arrays[0][start:start + len(part)] = encode_images(_checked(images, len(part), image_shape, shard), dtype)
         if masks is not None:
             arrays[1][start:start + len(part)] = masks
@@ -380,6 +404,6 @@ def _write_rows(job: _ShardJob, shard: int, indices: range, seed: int, digest: s
               "checkpoint_sha256": s["checkpoint_sha256"], "seed": seed, **job.sampler,
               "library_version": __version__, "time": now, "shard_sha256": digest}
     rows = [{"id": g, "shard": shard, "index": i, "label": int(job.labels[g]),
-             "mask_source": None if job.mask_names is None else job.mask_names[g % len(job.mask_names)], **common}
-            for i, g in enumerate(indices)]
-    mf.write_shard_rows(mf.shard_files(job.root, shard).manifest, rows)
+             "mask_source": None if job.mask_names is None else job.mask_names[g % len(job.mask_names)], **common,
+             **job.row_extras(g)} for i, g in enumerate(indices)]
+    mf.write_shard_rows(mf.shard_files(job.root, shard).manifest, rows, job.columns)
