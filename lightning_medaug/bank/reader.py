@@ -250,8 +250,10 @@ class SyntheticBank(Dataset):
         return self._image_shape[0]
 
     @property
-    def image_size(self) -> int:
-        return self._image_shape[1]
+    def image_size(self) -> int | tuple[int, ...]:
+        """The side of every spatial axis, or one per axis when they differ (non-square images)."""
+        spatial = tuple(self._image_shape[1:])
+        return spatial[0] if len(set(spatial)) == 1 else spatial
 
     @property
     def num_classes(self) -> int:

@@ -32,6 +32,7 @@ from lightning_medaug.bank.batch_size import default_batch_size
 from lightning_medaug.bank.distributed import RankContext, rank_context
 from lightning_medaug.bank.plan import LabelPlan, label_plan
 from lightning_medaug.bank.progress import shard_progress
+from lightning_medaug.generative.shapes import spatial_size
 
 __all__ = ["write_bank", "WriteSummary", "shard_seed", "checkpoint_sha256", "DTYPES", "encode_images",
            "resolve_device"]
@@ -114,15 +115,17 @@ def check_sample_kwargs(model: Any, sample_kwargs: Mapping[str, Any], method: st
     return dict(sample_kwargs)
 
 
-def _model_spec(model: Any) -> tuple[int, int, int, int]:
+def _model_spec(model: Any) -> tuple[int, int, tuple[int, ...], int]:
+    """``(spatial_dims, in_channels, spatial size per axis, num_classes)`` from the hyperparameters."""
     hp = getattr(model, "hparams", {})
-    values = []
+    values = {}
     for name in ("spatial_dims", "in_channels", "image_size", "num_classes"):
         value = hp.get(name, getattr(model, name, None))
         if value is None:
             raise ValueError(f"{type(model).__name__} does not record {name}; generators must save it in hparams")
-        values.append(int(value))
-    return tuple(values)  # type: ignore[return-value]
+        values[name] = value if name == "image_size" else int(value)
+    size = spatial_size(values["image_size"], values["spatial_dims"], min_side=1)
+    return values["spatial_dims"], values["in_channels"], size, values["num_classes"]
 
 
 def _prepare_masks(masks: Tensor | np.ndarray | None, mask_names: Sequence[str] | None, requires: bool,
@@ -181,9 +184,9 @@ def write_bank(model: Any, out: str | Path, num_samples: int | None = None,
     ``bank.json`` and ``manifest.csv``. A rerun with other settings into the same folder raises.
     """
     model, settings = prepare_generator(model, out, shard_size, batch_size, seed, dtype, device, checkpoint_folder)
-    spatial_dims, _, image_size, num_classes = _model_spec(model)
+    _, _, size, num_classes = _model_spec(model)
     mask_array, names = _prepare_masks(masks, mask_names, bool(getattr(model, "requires_masks", False)),
-                                       (1,) + (image_size,) * spatial_dims, type(model).__name__)
+                                       (1,) + size, type(model).__name__)
     plan = label_plan(labels, num_samples, num_classes, proportions)
     kwargs = check_sample_kwargs(model, sample_kwargs or {})
     settings |= {
@@ -221,8 +224,8 @@ def prepare_generator(model: Any, out: str | Path, shard_size: int, batch_size: 
     checkpoint = None if checkpoint_folder is None else _file_digest(checkpoint_folder)
     model = model.to(resolve_device(device, model.device)).eval()
     name, class_path = _names(model)
-    spatial_dims, in_channels, image_size, num_classes = _model_spec(model)
-    image_shape = (in_channels,) + (image_size,) * spatial_dims
+    _, in_channels, size, num_classes = _model_spec(model)
+    image_shape = (in_channels,) + size
     if batch_size is None:
         batch_size = _resumed_batch_size(Path(out)) or default_batch_size(image_shape)
     return model, {

@@ -10,6 +10,7 @@ import gzip
 import re
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,13 +164,15 @@ def rescale_intensity(arr: np.ndarray, percentiles: tuple[float, float]) -> np.n
     return ((np.clip(arr, lo, hi) - lo) / (hi - lo) * 2.0 - 1.0).astype(np.float32)
 
 
-def resize(x: Tensor, size: int | None, is_mask: bool) -> Tensor:
+def resize(x: Tensor, size: int | Sequence[int] | None, is_mask: bool) -> Tensor:
+    """Resize ``x`` (C, *S) to ``size`` (one side or one per axis); masks nearest, images (bi/tri)linear."""
     if size is None:
         return x
     sd = x.ndim - 1
+    size = (size,) * sd if isinstance(size, int) else tuple(int(s) for s in size)
     if is_mask:
-        return F.interpolate(x[None], size=(size,) * sd, mode="nearest-exact")[0]
+        return F.interpolate(x[None], size=size, mode="nearest-exact")[0]
     mode = "bilinear" if sd == 2 else "trilinear"
     # Anti-aliasing matters when shrinking 512x512 EM to 128; torch offers it for 2D only.
-    out = F.interpolate(x[None], size=(size,) * sd, mode=mode, align_corners=False, antialias=sd == 2)
+    out = F.interpolate(x[None], size=size, mode=mode, align_corners=False, antialias=sd == 2)
     return out[0].clamp(-1.0, 1.0)

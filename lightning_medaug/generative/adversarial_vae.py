@@ -168,7 +168,7 @@ class VAEGAN(AdversarialVAE):
             raise ValueError(f"discriminator_channels must be at least 1, got {discriminator_channels}")
         if lr_d <= 0:
             raise ValueError(f"lr_d must be positive, got {lr_d}")
-        self.discriminator = DCGANDiscriminator(self.spatial_dims, self.in_channels, self.image_size,
+        self.discriminator = DCGANDiscriminator(self.spatial_dims, self.in_channels, self.spatial_size,
                                                 discriminator_channels, num_downsamples, self.num_classes,
                                                 spectral_norm)
         blocks = len(self.discriminator.features) // 2  # (conv, LeakyReLU) pairs

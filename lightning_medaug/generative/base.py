@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from lightning_medaug.generative.shapes import SizeLike, crop_to, pad_to, spatial_size
 from lightning_medaug.generative.term_logging import TermAccumulator, logs_this_batch
 from lightning_medaug.registry import GENERATORS
 from lightning_medaug.validation import check_at_least, check_spatial_dims
@@ -44,24 +45,28 @@ class GenerativeModule(L.LightningModule):
     Args:
         spatial_dims: 2 (images) or 3 (volumes).
         in_channels: image channels.
-        image_size: side length of every spatial axis.
+        image_size: side length of every spatial axis, or one per axis ((H, W) or (D, H, W)); a
+            family whose networks need other sizes pads inside (:mod:`.shapes`).
         num_classes: number of classes for class conditioning; 0 for an unconditional model.
     """
 
     #: whether ``sample`` needs ``masks`` (mask -> image models set this to True).
     requires_masks: bool = False
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: int = 32, num_classes: int = 0):
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0):
         super().__init__()
         check_spatial_dims(spatial_dims)
         check_at_least(1, in_channels=in_channels)
-        if image_size < 4:
-            raise ValueError(f"image_size must be at least 4, got {image_size}")
+        #: the size of every spatial axis, a tuple also when ``image_size`` is one int
+        self.spatial_size = spatial_size(image_size, spatial_dims)
+        #: the grid the networks run on; families whose networks need multiples set it (see pad/crop)
+        self.network_size = self.spatial_size
         if num_classes < 0:
             raise ValueError(f"num_classes must be 0 (unconditional) or more, got {num_classes}")
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
-        self.image_size = image_size
+        # as given (an int stays an int), with JSON's lists made tuples
+        self.image_size = image_size if isinstance(image_size, int) else self.spatial_size
         self.num_classes = num_classes
         self._train_terms = TermAccumulator()  # this epoch's training terms (log_terms)
 
@@ -69,12 +74,20 @@ class GenerativeModule(L.LightningModule):
     @property
     def image_shape(self) -> tuple[int, ...]:
         """Shape of one sample: (C, H, W) or (C, D, H, W)."""
-        return (self.in_channels,) + (self.image_size,) * self.spatial_dims
+        return (self.in_channels,) + self.spatial_size
 
     @property
     def mask_shape(self) -> tuple[int, ...]:
         """Shape of one conditioning mask: (1, H, W) or (1, D, H, W)."""
-        return (1,) + (self.image_size,) * self.spatial_dims
+        return (1,) + self.spatial_size
+
+    def pad_to_network(self, x: Tensor) -> Tensor:
+        """Images (N, C, *spatial_size) padded to :attr:`network_size` (edge replication, centred)."""
+        return pad_to(x, self.network_size)
+
+    def crop_to_image(self, x: Tensor) -> Tensor:
+        """Network outputs (N, C, *network_size) cut back to :attr:`spatial_size`."""
+        return crop_to(x, self.spatial_size)
 
     def sample(self, n: int, labels: Tensor | None = None, masks: Tensor | None = None,
                generator: torch.Generator | None = None) -> Tensor:

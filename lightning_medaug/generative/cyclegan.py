@@ -27,6 +27,7 @@ from torch import Tensor
 from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.generative.gan import manual_step
 from lightning_medaug.generative.gan_networks import PatchGAN, unet_generator
+from lightning_medaug.generative.shapes import SizeLike
 from lightning_medaug.generative.unpaired_data import IMAGE_A_KEY, IMAGE_B_KEY
 from lightning_medaug.registry import register_generator
 from lightning_medaug.validation import check_adam_betas, check_at_least, check_non_negative, check_positive
@@ -66,7 +67,7 @@ class CycleGAN(GenerativeModule):
         gradient_clip_val: clip each optimiser's gradient norm; ``None`` disables it.
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: int = 32, num_classes: int = 0,
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0,
                  generator_channels: int = 32, generator_levels: int = 3, num_res_units: int = 1,
                  discriminator_channels: int = 64, discriminator_layers: int | None = None,
                  cycle_weight: float = 10.0, identity_weight: float = 0.5, lr: float = 2e-4, beta1: float = 0.5,
@@ -83,11 +84,11 @@ class CycleGAN(GenerativeModule):
         self.automatic_optimization = False
 
         def generator():
-            return unet_generator(spatial_dims, in_channels, in_channels, image_size, generator_channels,
+            return unet_generator(spatial_dims, in_channels, in_channels, self.spatial_size, generator_channels,
                                   generator_levels, num_res_units=num_res_units)
 
         def discriminator():
-            return PatchGAN(spatial_dims, in_channels, image_size, discriminator_channels, discriminator_layers)
+            return PatchGAN(spatial_dims, in_channels, self.spatial_size, discriminator_channels, discriminator_layers)
 
         self.generator_ab, self.generator_ba = generator(), generator()
         self.discriminator_a, self.discriminator_b = discriminator(), discriminator()

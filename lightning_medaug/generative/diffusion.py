@@ -34,6 +34,7 @@ from lightning_medaug.generative.schedulers import (
     build_sampler,
     build_training_scheduler,
 )
+from lightning_medaug.generative.shapes import SizeLike, crop_to, pad_to, padded_size
 from lightning_medaug.registry import register_generator
 
 __all__ = ["DDPM", "DiffusionGenerator"]
@@ -51,8 +52,9 @@ class DiffusionGenerator(DiffusionEditing, SharedStepModule):
     ``guidance_scale``, ``sampler``, ``num_inference_steps``, ``lr``, ``ema_decay``.
     """
 
-    def setup_diffusion(self, data_channels: int, data_size: int, cond_channels: int, clip_sample: bool) -> None:
-        """Build the UNet, its EMA and the training scheduler for data of shape (data_channels, *[data_size])."""
+    def setup_diffusion(self, data_channels: int, data_size: tuple[int, ...], cond_channels: int,
+                        clip_sample: bool) -> None:
+        """Build the UNet, its EMA and the training scheduler for data of shape (data_channels, *data_size)."""
         hp = self.hparams
         if not 0.0 <= hp.cond_drop_prob < 1.0:
             raise ValueError(f"cond_drop_prob must be in [0, 1), got {hp.cond_drop_prob}")
@@ -63,10 +65,9 @@ class DiffusionGenerator(DiffusionEditing, SharedStepModule):
             raise ValueError(f"lr must be positive, got {hp.lr}")
         self.schedule = NoiseSchedule(hp.num_train_timesteps, hp.beta_schedule, hp.prediction_type, clip_sample)
         self.noise_scheduler = build_training_scheduler(self.schedule)
-        self.data_shape = (data_channels,) + (data_size,) * self.spatial_dims
-        # The UNet halves the size len(channels) - 1 times; other sizes (28 -> 32) are padded.
-        multiple = 2 ** (len(hp.channels) - 1)
-        self.pad_total = -data_size % multiple
+        self.data_shape = (data_channels,) + tuple(data_size)
+        # The UNet halves every side len(channels) - 1 times; other sizes (28 -> 32) are padded.
+        self.unet_size = padded_size(data_size, 2 ** (len(hp.channels) - 1))
         self.unet = TimestepUNet(
             self.spatial_dims, data_channels + cond_channels, data_channels, hp.channels, hp.num_res_blocks,
             hp.norm_num_groups,
@@ -93,14 +94,8 @@ class DiffusionGenerator(DiffusionEditing, SharedStepModule):
         """One UNet evaluation on ``x`` (with ``cond`` channels), padded to a size the UNet accepts."""
         if cond is not None:
             x = torch.cat([x, cond.to(x.dtype)], dim=1)
-        before, after = self.pad_total // 2, self.pad_total - self.pad_total // 2
-        if self.pad_total:
-            # replicate (not zeros) so the border looks like the data to the convolutions
-            x = F.pad(x, (before, after) * self.spatial_dims, mode="replicate")
-        out = net(x, timesteps=t.expand(x.shape[0]), class_labels=labels)
-        if self.pad_total:
-            out = out[(slice(None), slice(None)) + (slice(before, before + self.data_shape[1]),) * self.spatial_dims]
-        return out
+        out = net(pad_to(x, self.unet_size), timesteps=t.expand(x.shape[0]), class_labels=labels)
+        return crop_to(out, self.data_shape[1:])
 
     # -- training ---------------------------------------------------------------------------------
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
@@ -244,7 +239,8 @@ class DDPM(DiffusionGenerator):
 
     Sizes the UNet cannot halve ``len(channels) - 1`` times (28 with the default four levels) are
     padded internally by edge replication to the next multiple (32) and cropped back, so any
-    ``image_size`` works; the loss and the samples cover the real image only.
+    ``image_size`` works, one int or one per axis (e.g. ``(16, 24, 32)``); the loss and the samples
+    cover the real image only.
 
     Args:
         spatial_dims, in_channels, image_size, num_classes: see :class:`GenerativeModule`.
@@ -270,7 +266,7 @@ class DDPM(DiffusionGenerator):
         ema_decay: EMA decay of the UNet weights used for sampling; 0 disables the EMA.
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: int = 32, num_classes: int = 0,
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0,
                  channels: Sequence[int] = (16, 32, 64, 64), num_res_blocks: int = 1, norm_num_groups: int = 16,
                  num_train_timesteps: int = 1000, beta_schedule: str = "linear", prediction_type: str = "v_prediction",
                  cond_drop_prob: float = 0.1, guidance_scale: float = 1.0, mask_conditional: bool = False,
@@ -283,7 +279,7 @@ class DDPM(DiffusionGenerator):
         if data_key == MASK_KEY and (in_channels != 1 or mask_conditional):
             raise ValueError("data_key='mask' generates masks: use in_channels=1 and mask_conditional=False")
         self.requires_masks = mask_conditional
-        self.setup_diffusion(in_channels, image_size, cond_channels=int(mask_conditional), clip_sample=True)
+        self.setup_diffusion(in_channels, self.spatial_size, cond_channels=int(mask_conditional), clip_sample=True)
 
     def to_diffusion_space(self, batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
         images, _, masks = unpack_batch(batch)

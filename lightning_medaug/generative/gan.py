@@ -28,6 +28,7 @@ from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.generative.diffaugment import DiffAugment
 from lightning_medaug.generative.ema import EMA, EMASampling
 from lightning_medaug.generative.gan_networks import DCGANDiscriminator, DCGANGenerator
+from lightning_medaug.generative.shapes import SizeLike, resampling_grid
 from lightning_medaug.registry import register_generator
 from lightning_medaug.validation import check_adam_betas, check_at_least, check_positive
 
@@ -81,7 +82,8 @@ class GAN(EMASampling, GenerativeModule):
         spatial_dims, in_channels, image_size, num_classes: see :class:`GenerativeModule`.
         latent_dim: size of the noise vector ``z``.
         generator_channels, discriminator_channels: width of the finest layer of each network.
-        num_upsamples: x2 stages of both networks; ``None`` picks them from ``image_size``.
+        num_upsamples: x2 stages of both networks; ``None`` picks them from ``image_size``. Sizes
+            they cannot halve exactly are padded (reals) and cropped (samples), see :mod:`.shapes`.
         embed_dim: size of the generator's label embedding (conditional models).
         lr_g, lr_d, beta1, beta2: Adam settings of the generator and the discriminator. The
             default learning rates follow the two time-scale rule (TTUR, Heusel et al. 2017): a
@@ -97,7 +99,7 @@ class GAN(EMASampling, GenerativeModule):
             (``Trainer(gradient_clip_val=...)`` does not apply under manual optimisation).
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: int = 32, num_classes: int = 0,
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0,
                  latent_dim: int = 128, generator_channels: int = 64, discriminator_channels: int = 64,
                  num_upsamples: int | None = None, embed_dim: int = 32, lr_g: float = 1e-4, lr_d: float = 4e-4,
                  beta1: float = 0.5, beta2: float = 0.999, n_critic: int = 1,
@@ -117,10 +119,12 @@ class GAN(EMASampling, GenerativeModule):
         if gradient_clip_val is not None and gradient_clip_val <= 0:
             raise ValueError(f"gradient_clip_val must be positive or None, got {gradient_clip_val}")
         self.automatic_optimization = False
-        self.generator = DCGANGenerator(spatial_dims, latent_dim, in_channels, image_size, generator_channels,
-                                        num_upsamples, num_classes, embed_dim)
-        self.discriminator = DCGANDiscriminator(spatial_dims, in_channels, image_size, discriminator_channels,
-                                                num_upsamples, num_classes, spectral_norm)
+        # both networks run on a grid they can halve; reals are padded to it, samples cropped
+        ups, self.network_size = resampling_grid(self.spatial_size, num_upsamples)
+        self.generator = DCGANGenerator(spatial_dims, latent_dim, in_channels, self.network_size, generator_channels,
+                                        ups, num_classes, embed_dim)
+        self.discriminator = DCGANDiscriminator(spatial_dims, in_channels, self.network_size, discriminator_channels,
+                                                ups, num_classes, spectral_norm)
         self.augment = DiffAugment(diffaugment)
         self.ema = EMA(self.generator, ema_decay) if use_ema else None
         self._critic_steps = 0  # counts D steps across epochs, so n_critic works with tiny epochs
@@ -191,7 +195,7 @@ class GAN(EMASampling, GenerativeModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         images, labels = self.read_batch(batch)
-        terms = self.discriminator_step(images, labels)
+        terms = self.discriminator_step(self.pad_to_network(images), labels)
         self._critic_steps += 1
         if self._critic_steps % self.hparams.n_critic == 0:
             terms["loss_g"] = terms["loss"] = self.generator_step(images.shape[0], labels)
@@ -211,7 +215,7 @@ class GAN(EMASampling, GenerativeModule):
             images = net(z, labels)
         finally:
             net.train(was_training)
-        return images.float()
+        return self.crop_to_image(images).float()
 
 
 @register_generator("dcgan")

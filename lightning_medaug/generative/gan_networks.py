@@ -10,9 +10,14 @@
 * :func:`unet_generator` - MONAI's ``UNet`` with a ``tanh`` head, for pix2pix and CycleGAN.
 
 Every layer is built by MONAI from ``spatial_dims``, so one code path serves images and volumes.
+Sizes are per axis (:mod:`.shapes`): a network is given the grid it runs on, which its module pads
+the images to.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks import Convolution
@@ -22,35 +27,19 @@ from monai.networks.utils import normal_init
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-__all__ = ["DCGANDiscriminator", "DCGANGenerator", "PatchGAN", "num_resamplings", "patch_layers", "unet_generator"]
+from lightning_medaug.generative.shapes import (
+    SizeLike,
+    crop_to,
+    format_size,
+    pad_to,
+    padded_size,
+    resampling_count,
+    spatial_size,
+)
+
+__all__ = ["DCGANDiscriminator", "DCGANGenerator", "PaddedUNet", "PatchGAN", "patch_layers", "unet_generator"]
 
 _LEAKY = ("leakyrelu", {"negative_slope": 0.2})
-
-
-def num_resamplings(image_size: int, requested: int | None = None, min_size: int = 4) -> int:
-    """Number of x2 up/down-samplings between ``image_size`` and the networks' coarsest grid.
-
-    With ``requested=None`` the largest count leaving a grid of at least ``min_size`` is chosen
-    (28 -> 7 after 2, 32 -> 4 after 3). Raises ``ValueError`` when ``image_size`` cannot be reached.
-    """
-    if requested is not None:
-        if requested < 1:
-            raise ValueError(f"num_upsamples must be at least 1, got {requested}")
-        if image_size % 2**requested != 0:
-            raise ValueError(
-                f"image_size={image_size} is not reachable with {requested} x2 upsamplings: "
-                f"use an image_size divisible by {2**requested} or fewer upsamplings"
-            )
-        return requested
-    count = 0
-    while image_size % 2 ** (count + 1) == 0 and image_size // 2 ** (count + 1) >= min_size:
-        count += 1
-    if count == 0:
-        raise ValueError(
-            f"image_size={image_size} cannot be reached by x2 upsampling from a grid of at least {min_size}: "
-            f"use an even image_size of at least {2 * min_size} (e.g. 28, 32, 64)"
-        )
-    return count
 
 
 def _sn(module: nn.Module, enabled: bool) -> nn.Module:
@@ -64,24 +53,25 @@ class DCGANGenerator(nn.Module):
         spatial_dims: 2 or 3.
         latent_dim: size of ``z``.
         out_channels: image channels.
-        image_size: output side length; the start grid is ``image_size / 2**num_upsamples``.
+        image_size: output size per axis; the start grid is ``image_size / 2**num_upsamples``.
         channels: width of the last (finest) block; coarser blocks double it.
         num_upsamples: number of x2 transposed-convolution blocks; ``None`` picks it from
-            ``image_size`` (see :func:`num_resamplings`).
+            ``image_size`` (see :func:`~.shapes.resampling_count`).
         num_classes: > 0 adds a label embedding concatenated to ``z``.
         embed_dim: size of that label embedding.
     """
 
-    def __init__(self, spatial_dims: int, latent_dim: int, out_channels: int, image_size: int, channels: int = 64,
-                 num_upsamples: int | None = None, num_classes: int = 0, embed_dim: int = 32):
+    def __init__(self, spatial_dims: int, latent_dim: int, out_channels: int, image_size: SizeLike,
+                 channels: int = 64, num_upsamples: int | None = None, num_classes: int = 0, embed_dim: int = 32):
         super().__init__()
+        image_size = spatial_size(image_size, spatial_dims, min_side=1)
         self.spatial_dims, self.latent_dim, self.num_classes = spatial_dims, latent_dim, num_classes
-        ups = num_resamplings(image_size, num_upsamples)
-        self.start_size = image_size // 2**ups
+        ups = resampling_count(image_size, num_upsamples)
+        self.start_size = tuple(s // 2**ups for s in image_size)
         self.start_channels = channels * 2**ups
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes > 0 else None
         in_features = latent_dim + (embed_dim if num_classes > 0 else 0)
-        self.project = nn.Linear(in_features, self.start_channels * self.start_size**spatial_dims)
+        self.project = nn.Linear(in_features, self.start_channels * math.prod(self.start_size))
         self.start = nn.Sequential(Norm[Norm.BATCH, spatial_dims](self.start_channels), nn.ReLU())
         blocks = []
         for i in range(ups):
@@ -100,7 +90,7 @@ class DCGANGenerator(nn.Module):
             if labels is None:
                 raise ValueError("this generator is class-conditional: pass labels")
             z = torch.cat([z, self.embed(labels)], dim=1)
-        h = self.project(z).view(z.shape[0], self.start_channels, *([self.start_size] * self.spatial_dims))
+        h = self.project(z).view(z.shape[0], self.start_channels, *self.start_size)
         return self.head(self.blocks(self.start(h)))
 
 
@@ -114,10 +104,11 @@ class DCGANDiscriminator(nn.Module):
     per sample, and batch statistics would leak between real and fake batches.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, image_size: int, channels: int = 64,
+    def __init__(self, spatial_dims: int, in_channels: int, image_size: SizeLike, channels: int = 64,
                  num_downsamples: int | None = None, num_classes: int = 0, spectral_norm: bool = True):
         super().__init__()
-        downs = num_resamplings(image_size, num_downsamples)
+        image_size = spatial_size(image_size, spatial_dims, min_side=1)
+        downs = resampling_count(image_size, num_downsamples)
         conv = Conv[Conv.CONV, spatial_dims]
         layers: list[nn.Module] = []
         c_in = in_channels
@@ -140,8 +131,10 @@ class DCGANDiscriminator(nn.Module):
         return out
 
 
-def patch_layers(image_size: int, requested: int | None = None) -> int:
-    """Strided layers of a PatchGAN: at most 3 (the 70x70 PatchGAN), leaving a patch grid >= 3."""
+def patch_layers(image_size: Sequence[int], requested: int | None = None) -> int:
+    """Strided layers of a PatchGAN: at most 3 (the 70x70 PatchGAN), leaving a patch grid >= 4 on
+    the smallest axis."""
+    image_size = min(image_size)
     if requested is not None:
         if requested < 1 or image_size // 2**requested < 4:
             raise ValueError(
@@ -163,15 +156,16 @@ class PatchGAN(nn.Module):
     Args:
         spatial_dims: 2 or 3.
         in_channels: input channels (e.g. mask + image for pix2pix).
-        image_size: side length of the input, used to choose the depth.
+        image_size: size of the input per axis, used to choose the depth.
         channels: width of the first layer.
         num_layers: strided layers; ``None`` chooses from ``image_size`` (see :func:`patch_layers`).
         norm: MONAI norm name; instance norm keeps the output independent of the batch.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, image_size: int, channels: int = 64,
+    def __init__(self, spatial_dims: int, in_channels: int, image_size: SizeLike, channels: int = 64,
                  num_layers: int | None = None, norm: str = "INSTANCE"):
         super().__init__()
+        image_size = spatial_size(image_size, spatial_dims, min_side=1)
         # MONAI counts the first (un-normalised) conv separately; its last layer has stride 1.
         self.net = PatchDiscriminator(spatial_dims=spatial_dims, channels=channels, in_channels=in_channels,
                                       num_layers_d=patch_layers(image_size, num_layers), activation=_LEAKY,
@@ -181,23 +175,38 @@ class PatchGAN(nn.Module):
         return self.net(x)[-1]
 
 
-def unet_generator(spatial_dims: int, in_channels: int, out_channels: int, image_size: int, channels: int = 32,
-                   levels: int = 4, dropout: float = 0.0, num_res_units: int = 0) -> nn.Sequential:
+class PaddedUNet(nn.Sequential):
+    """A U-Net (and its head) that pads its input to ``network_size`` and crops the output back
+    to the input's size, so any image size passes its x2 downsamplings."""
+
+    def __init__(self, network_size: Sequence[int], *modules: nn.Module):
+        super().__init__(*modules)
+        self.network_size = tuple(network_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return crop_to(super().forward(pad_to(x, self.network_size)), x.shape[2:])
+
+
+def unet_generator(spatial_dims: int, in_channels: int, out_channels: int, image_size: SizeLike,
+                   channels: int = 32, levels: int = 4, dropout: float = 0.0, num_res_units: int = 0) -> PaddedUNet:
     """MONAI ``UNet`` (Ronneberger et al. 2015) with a ``tanh`` head: widths ``channels * 2**i``.
 
     Instance norm, so translation does not depend on the batch (Isola 2017 used test-time batch
-    statistics for the same reason). ``image_size / 2**(levels-1)`` must be at least 2.
+    statistics for the same reason). Sizes are padded inside to multiples of ``2**(levels-1)``,
+    which must leave a bottleneck of at least 2.
     """
     if levels < 2:
         raise ValueError(f"generator_levels must be at least 2, got {levels}")
-    if image_size % 2 ** (levels - 1) != 0 or image_size // 2 ** (levels - 1) < 2:
+    image_size = spatial_size(image_size, spatial_dims, min_side=1)
+    network_size = padded_size(image_size, 2 ** (levels - 1))
+    if min(network_size) // 2 ** (levels - 1) < 2:
         raise ValueError(
-            f"image_size={image_size} does not fit a U-Net with {levels} levels: it must be divisible by "
-            f"{2 ** (levels - 1)} and leave a bottleneck of at least 2; lower generator_levels"
+            f"image_size={format_size(tuple(image_size))} does not fit a U-Net with {levels} levels: every side "
+            f"must leave a bottleneck of at least 2 after {levels - 1} halvings; lower generator_levels"
         )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     unet = UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
                 channels=[channels * 2**i for i in range(levels)], strides=[2] * (levels - 1),
                 num_res_units=num_res_units, norm="INSTANCE", dropout=dropout)
-    return nn.Sequential(unet, nn.Tanh())
+    return PaddedUNet(network_size, unet, nn.Tanh())

@@ -20,12 +20,12 @@ from torch import Tensor, nn
 from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.generative.base import GenerativeModule, load_generator
 from lightning_medaug.generative.diffusion import DiffusionGenerator
+from lightning_medaug.generative.shapes import SizeLike, spatial_size
 from lightning_medaug.registry import GENERATORS, register_generator
 
 __all__ = ["LatentDiffusion"]
 
 _AUTOENCODER_API = ("encode", "decode", "latent_shape")
-_SHARED = ("spatial_dims", "in_channels", "image_size")
 
 
 @register_generator("ldm")
@@ -55,7 +55,7 @@ class LatentDiffusion(DiffusionGenerator):
 
     def __init__(self, autoencoder_path: str | None = None, autoencoder_config: dict[str, Any] | None = None,
                  num_classes: int = 0, spatial_dims: int | None = None, in_channels: int | None = None,
-                 image_size: int | None = None, channels: Sequence[int] = (32, 64), num_res_blocks: int = 1,
+                 image_size: SizeLike | None = None, channels: Sequence[int] = (32, 64), num_res_blocks: int = 1,
                  norm_num_groups: int = 16, num_train_timesteps: int = 1000, beta_schedule: str = "linear",
                  prediction_type: str = "v_prediction", cond_drop_prob: float = 0.1, guidance_scale: float = 1.0,
                  sampler: str = "dpmsolver++", num_inference_steps: int = 20, lr: float = 2e-4,
@@ -64,9 +64,12 @@ class LatentDiffusion(DiffusionGenerator):
         # *this* module, and the autoencoder's own save_hyperparameters() would otherwise record them.
         autoencoder, config = contextvars.Context().run(_build_autoencoder, autoencoder_path, autoencoder_config)
         given = {"spatial_dims": spatial_dims, "in_channels": in_channels, "image_size": image_size}
-        shared = {name: int(autoencoder.hparams[name]) for name in _SHARED}
+        shared = {"spatial_dims": autoencoder.spatial_dims, "in_channels": autoencoder.in_channels,
+                  "image_size": autoencoder.image_size}
         for name, value in given.items():
-            if value is not None and value != shared[name]:
+            same = (value == shared[name] if name != "image_size" or value is None
+                    else spatial_size(value, shared["spatial_dims"]) == autoencoder.spatial_size)
+            if value is not None and not same:
                 raise ValueError(f"{name}={value} but the autoencoder has {name}={shared[name]}: "
                                  f"leave {name} unset (it is read from the autoencoder)")
         super().__init__(shared["spatial_dims"], shared["in_channels"], shared["image_size"], num_classes)
@@ -74,9 +77,9 @@ class LatentDiffusion(DiffusionGenerator):
         self.hparams.update(shared, autoencoder_config=config)
         self.autoencoder = autoencoder.requires_grad_(False).eval()
         latent_shape = tuple(int(s) for s in autoencoder.latent_shape)
-        if len(set(latent_shape[1:])) != 1 or len(latent_shape) != self.spatial_dims + 1:
-            raise ValueError(f"latent_shape {latent_shape} must be (channels, *[side] * spatial_dims)")
-        self.setup_diffusion(latent_shape[0], latent_shape[1], cond_channels=0, clip_sample=False)
+        if len(latent_shape) != self.spatial_dims + 1:
+            raise ValueError(f"latent_shape {latent_shape} must be (channels, *spatial) with spatial_dims sizes")
+        self.setup_diffusion(latent_shape[0], latent_shape[1:], cond_channels=0, clip_sample=False)
         # 0 means "not measured yet"; set from the first training batch.
         self.register_buffer("latent_scale", torch.zeros(()))
         self._scale_known: bool | None = None

@@ -22,6 +22,7 @@ from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.generative.gan import manual_step
 from lightning_medaug.generative.gan_networks import PatchGAN, unet_generator
+from lightning_medaug.generative.shapes import SizeLike
 from lightning_medaug.registry import register_generator
 from lightning_medaug.validation import check_adam_betas, check_at_least, check_non_negative, check_positive
 
@@ -41,7 +42,8 @@ class Pix2Pix(GenerativeModule):
         spatial_dims, in_channels, image_size: see :class:`GenerativeModule`.
         num_classes: must be 0; pix2pix is conditioned on masks, not labels.
         generator_channels: width of the U-Net's first level; level ``i`` has ``channels * 2**i``.
-        generator_levels: U-Net depth; ``image_size / 2**(levels - 1)`` must be at least 2.
+        generator_levels: U-Net depth; sizes are padded inside to multiples of ``2**(levels - 1)``,
+            which must leave at least 2 on every axis.
         num_res_units: residual units per U-Net level; >= 1 adds 3x3 convolutions after each
             transposed convolution, which smooths its checkerboard artefacts.
         discriminator_channels: width of the PatchGAN's first layer.
@@ -56,7 +58,7 @@ class Pix2Pix(GenerativeModule):
 
     requires_masks = True
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: int = 256, num_classes: int = 0,
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 256, num_classes: int = 0,
                  generator_channels: int = 32, generator_levels: int = 4, num_res_units: int = 1,
                  discriminator_channels: int = 64, discriminator_layers: int | None = None, dropout: float = 0.0,
                  noise_channel: bool = False, l1_weight: float = 100.0, lr: float = 2e-4, beta1: float = 0.5,
@@ -70,10 +72,10 @@ class Pix2Pix(GenerativeModule):
         check_positive(lr=lr, **({} if gradient_clip_val is None else {"gradient_clip_val": gradient_clip_val}))
         check_adam_betas(beta1, beta2)
         self.automatic_optimization = False
-        self.generator = unet_generator(spatial_dims, 1 + int(noise_channel), in_channels, image_size,
+        self.generator = unet_generator(spatial_dims, 1 + int(noise_channel), in_channels, self.spatial_size,
                                         generator_channels, generator_levels, dropout, num_res_units)
         # The discriminator sees the mask and the image stacked as channels (a conditional GAN).
-        self.discriminator = PatchGAN(spatial_dims, 1 + in_channels, image_size, discriminator_channels,
+        self.discriminator = PatchGAN(spatial_dims, 1 + in_channels, self.spatial_size, discriminator_channels,
                                       discriminator_layers)
 
     def translate(self, masks: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -35,6 +35,7 @@ from lightning_medaug.generative.progan_networks import (
     ProGANDiscriminator,
     ProGANGenerator,
 )
+from lightning_medaug.generative.shapes import SizeLike, resampling_grid
 from lightning_medaug.registry import register_generator
 from lightning_medaug.validation import (
     check_adam_betas,
@@ -78,7 +79,7 @@ class ProGAN(EMASampling, GenerativeModule):
         use_ema, ema_decay: keep an EMA of the generator and sample from it.
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: int = 32, num_classes: int = 0,
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0,
                  latent_dim: int = 64, embed_dim: int = 32, channel_base: int = 1024, channel_max: int = 128,
                  num_upsamples: int | None = None, stage_batches: int = 400, lr: float = 1e-3, beta1: float = 0.0,
                  beta2: float = 0.99, n_critic: int = 1, loss: str = "wgan-gp", gp_weight: float = 10.0,
@@ -96,10 +97,12 @@ class ProGAN(EMASampling, GenerativeModule):
         if not 0.0 < ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
         self.automatic_optimization = False
-        self.generator = ProGANGenerator(spatial_dims, latent_dim, in_channels, image_size, channel_base,
-                                         channel_max, num_upsamples, num_classes, embed_dim)
-        self.discriminator = ProGANDiscriminator(spatial_dims, in_channels, image_size, channel_base, channel_max,
-                                                 num_upsamples, num_classes, mbstd_group_size)
+        # the levels double a grid up to one they can halve; reals are padded to it, samples cropped
+        ups, self.network_size = resampling_grid(self.spatial_size, num_upsamples)
+        self.generator = ProGANGenerator(spatial_dims, latent_dim, in_channels, self.network_size, channel_base,
+                                         channel_max, ups, num_classes, embed_dim)
+        self.discriminator = ProGANDiscriminator(spatial_dims, in_channels, self.network_size, channel_base,
+                                                 channel_max, ups, num_classes, mbstd_group_size)
         self.augment = DiffAugment(diffaugment)
         self.ema = EMA(self.generator, ema_decay) if use_ema else None
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
@@ -194,7 +197,7 @@ class ProGAN(EMASampling, GenerativeModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         images, labels = self.read_batch(batch)
         level, alpha = self.schedule()
-        logs = self.critic_step(self.reals_at(images, level, alpha), labels, level, alpha)
+        logs = self.critic_step(self.reals_at(self.pad_to_network(images), level, alpha), labels, level, alpha)
         if int(self.batches_seen) % self.hparams.n_critic == 0:
             logs.update(self.generator_step(images.shape[0], labels, level, alpha))
             logs["loss"] = logs["loss_g"]
@@ -212,7 +215,7 @@ class ProGAN(EMASampling, GenerativeModule):
         z = self.draw_noise((n, self.hparams.latent_dim), generator)
         level, alpha = self.schedule()
         images = self.sampling_network(z, labels, level, alpha)
-        if images.shape[-1] != self.image_size:
-            images = F.interpolate(images, size=(self.image_size,) * self.spatial_dims, mode="nearest")
+        if tuple(images.shape[2:]) != self.network_size:
+            images = F.interpolate(images, size=self.network_size, mode="nearest")
         # The toRGB layers are linear: clamp into the library's image range.
-        return images.float().clamp(-1.0, 1.0)
+        return self.crop_to_image(images).float().clamp(-1.0, 1.0)

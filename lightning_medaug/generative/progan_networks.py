@@ -21,12 +21,13 @@ this paper); upsampling is nearest-neighbour, as in the paper.
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_medaug.generative.gan_networks import num_resamplings
+from lightning_medaug.generative.shapes import SizeLike, resolution_ladder, spatial_size
 from lightning_medaug.generative.stylegan_networks import (
     EqualConv,
     EqualLinear,
@@ -46,12 +47,6 @@ def pixel_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
 
 def _upsample(x: Tensor) -> Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
-
-
-def _levels(image_size: int, num_upsamples: int | None) -> list[int]:
-    """Resolutions of the levels, coarsest first (28 -> [7, 14, 28])."""
-    ups = num_resamplings(image_size, num_upsamples)
-    return [image_size // 2 ** (ups - i) for i in range(ups + 1)]
 
 
 def check_level(level: int, alpha: float, num_levels: int) -> None:
@@ -79,22 +74,23 @@ class ProGANGenerator(nn.Module):
 
     Args:
         spatial_dims: 2 or 3. latent_dim: z size. out_channels: image channels.
-        image_size: final side. channel_base, channel_max: channels at resolution r are
+        image_size: final size per axis. channel_base, channel_max: channels at resolution r are
             ``min(channel_max, channel_base // r)``. num_upsamples: levels - 1 (``None``: from
             ``image_size``). num_classes, embed_dim: label embedding concatenated to z.
     """
 
-    def __init__(self, spatial_dims: int, latent_dim: int, out_channels: int, image_size: int,
+    def __init__(self, spatial_dims: int, latent_dim: int, out_channels: int, image_size: SizeLike,
                  channel_base: int = 1024, channel_max: int = 128, num_upsamples: int | None = None,
                  num_classes: int = 0, embed_dim: int = 32):
         super().__init__()
+        image_size = spatial_size(image_size, spatial_dims, min_side=1)
         self.spatial_dims, self.num_classes = spatial_dims, num_classes
-        self.resolutions = _levels(image_size, num_upsamples)
+        self.resolutions = resolution_ladder(image_size, num_upsamples)
         chans = [channels_at(r, channel_base, channel_max) for r in self.resolutions]
         self.start = self.resolutions[0]
         self.embed = EqualLinear(num_classes, embed_dim) if num_classes > 0 else None
         in_dim = latent_dim + (embed_dim if num_classes > 0 else 0)
-        self.dense = EqualLinear(in_dim, chans[0] * self.start**spatial_dims, activate=True)
+        self.dense = EqualLinear(in_dim, chans[0] * math.prod(self.start), activate=True)
         self.conv = EqualConv(spatial_dims, chans[0], chans[0], 3, activate=True)
         self.blocks = nn.ModuleList(_GeneratorBlock(spatial_dims, a, b) for a, b in itertools.pairwise(chans))
         self.to_rgb = nn.ModuleList(EqualConv(spatial_dims, c, out_channels, 1) for c in chans)
@@ -112,7 +108,7 @@ class ProGANGenerator(nn.Module):
             if labels is None:
                 raise ValueError("this generator is class-conditional: pass labels")
             x = torch.cat([x, pixel_norm(self.embed(F.one_hot(labels, self.num_classes).to(x.dtype)))], dim=1)
-        h = pixel_norm(self.dense(x)).view(z.shape[0], -1, *([self.start] * self.spatial_dims))
+        h = pixel_norm(self.dense(x)).view(z.shape[0], -1, *self.start)
         h = pixel_norm(self.conv(h))
         previous = h
         for block in self.blocks[:level]:
@@ -145,19 +141,20 @@ class ProGANDiscriminator(nn.Module):
         mbstd_group_size: group size of the minibatch standard deviation; 1 disables it.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, image_size: int, channel_base: int = 1024,
+    def __init__(self, spatial_dims: int, in_channels: int, image_size: SizeLike, channel_base: int = 1024,
                  channel_max: int = 128, num_upsamples: int | None = None, num_classes: int = 0,
                  mbstd_group_size: int = 4):
         super().__init__()
+        image_size = spatial_size(image_size, spatial_dims, min_side=1)
         self.spatial_dims, self.mbstd_group_size = spatial_dims, mbstd_group_size
-        self.resolutions = _levels(image_size, num_upsamples)
+        self.resolutions = resolution_ladder(image_size, num_upsamples)
         chans = [channels_at(r, channel_base, channel_max) for r in self.resolutions]
         self.from_rgb = nn.ModuleList(EqualConv(spatial_dims, in_channels, c, 1, activate=True) for c in chans)
         # blocks[i] takes level i+1's features down to level i's grid
         self.blocks = nn.ModuleList(_DiscriminatorBlock(spatial_dims, b, a) for a, b in itertools.pairwise(chans))
         c = chans[0]
         self.conv = EqualConv(spatial_dims, c + (mbstd_group_size > 1), c, 3, activate=True)
-        self.fc = EqualLinear(c * self.resolutions[0] ** spatial_dims, c, activate=True)
+        self.fc = EqualLinear(c * math.prod(self.resolutions[0]), c, activate=True)
         self.out = EqualLinear(c, 1)
         self.embed = EqualLinear(num_classes, c) if num_classes > 0 else None
 
@@ -170,8 +167,8 @@ class ProGANDiscriminator(nn.Module):
         level = self.num_levels - 1 if level is None else level
         check_level(level, alpha, self.num_levels)
         expected = self.resolutions[level]
-        if tuple(x.shape[2:]) != (expected,) * self.spatial_dims:
-            raise ValueError(f"level {level} takes images of side {expected}, got shape {tuple(x.shape)}")
+        if tuple(x.shape[2:]) != expected:
+            raise ValueError(f"level {level} takes images of sides {expected}, got shape {tuple(x.shape)}")
         h = self.from_rgb[level](x)
         if level > 0:
             h = self.blocks[level - 1](h)

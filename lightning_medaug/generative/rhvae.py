@@ -36,7 +36,8 @@ from lightning_medaug.generative.rhvae_metric import (
     lower_triangular,
     tempering,
 )
-from lightning_medaug.generative.vae import AutoencoderModule, check_divisible
+from lightning_medaug.generative.shapes import SizeLike
+from lightning_medaug.generative.vae import AutoencoderModule
 from lightning_medaug.registry import register_generator
 
 __all__ = ["RHVAE", "ConvDecoder", "ConvEncoder"]
@@ -51,7 +52,7 @@ class ConvEncoder(nn.Module):
     would couple the samples of a batch.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, image_size: int, channels: Sequence[int],
+    def __init__(self, spatial_dims: int, in_channels: int, image_size: Sequence[int], channels: Sequence[int],
                  out_features: int):
         super().__init__()
         layers, c_in = [], in_channels
@@ -60,8 +61,8 @@ class ConvEncoder(nn.Module):
                                       norm=None))
             c_in = c_out
         self.features = nn.Sequential(*layers)
-        side = image_size // 2 ** len(channels)
-        self.head = nn.Linear(c_in * side**spatial_dims, out_features)
+        grid = math.prod(s // 2 ** len(channels) for s in image_size)
+        self.head = nn.Linear(c_in * grid, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x).flatten(1))
@@ -75,11 +76,11 @@ class ConvDecoder(nn.Module):
     :meth:`RHVAE.decode` clamps to [-1, 1].
     """
 
-    def __init__(self, spatial_dims: int, in_features: int, out_channels: int, image_size: int,
+    def __init__(self, spatial_dims: int, in_features: int, out_channels: int, image_size: Sequence[int],
                  channels: Sequence[int]):
         super().__init__()
         widths = list(channels)[::-1]
-        self.start_shape = (widths[0],) + (image_size // 2 ** len(widths),) * spatial_dims
+        self.start_shape = (widths[0],) + tuple(s // 2 ** len(widths) for s in image_size)
         self.project = nn.Sequential(nn.Linear(in_features, math.prod(self.start_shape)), nn.LeakyReLU(0.2))
         layers = []
         for c_in, c_out in zip(widths, widths[1:] + widths[-1:]):
@@ -106,7 +107,7 @@ class RHVAE(AutoencoderModule):
         spatial_dims, in_channels, image_size, num_classes: see :class:`GenerativeModule`.
         latent_dim: size of the flat latent vector.
         channels: widths of the strided convolutions of encoder and metric network (mirrored in
-            the decoder); ``image_size`` must be divisible by ``2 ** len(channels)``.
+            the decoder); other sizes than multiples of ``2 ** len(channels)`` are padded inside.
         cond_channels: size of the label embedding (conditional models only).
         n_lf: leapfrog steps of the training flow.
         eps_lf: leapfrog step size of the training flow.
@@ -120,7 +121,7 @@ class RHVAE(AutoencoderModule):
         lr: Adam learning rate.
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: int = 32, num_classes: int = 0,
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0,
                  latent_dim: int = 16, channels: Sequence[int] = (32, 64), cond_channels: int = 8, n_lf: int = 3,
                  eps_lf: float = 1e-3, beta_zero: float = 0.3, temperature: float = 1.5, regularization: float = 1e-2,
                  max_centroids: int = 500, fixed_point_steps: int = 3, sample_steps: int = 50,
@@ -130,13 +131,13 @@ class RHVAE(AutoencoderModule):
         channels = tuple(int(c) for c in channels)
         _check_rhvae_args(channels, latent_dim, cond_channels, n_lf, eps_lf, beta_zero, temperature, regularization,
                           max_centroids, num_classes, fixed_point_steps, sample_steps, sample_n_lf, sample_eps_lf, lr)
-        check_divisible(image_size, 2 ** len(channels), f"channels={list(channels)}")
+        self.set_downsampling(2 ** len(channels))
         cond = cond_channels if num_classes > 0 else 0
         self.label_embedding = nn.Embedding(num_classes, cond_channels) if num_classes > 0 else None
-        self.encoder = ConvEncoder(spatial_dims, in_channels + cond, image_size, channels, 2 * latent_dim)
-        self.decoder = ConvDecoder(spatial_dims, latent_dim + cond, in_channels, image_size, channels)
+        self.encoder = ConvEncoder(spatial_dims, in_channels + cond, self.network_size, channels, 2 * latent_dim)
+        self.decoder = ConvDecoder(spatial_dims, latent_dim + cond, in_channels, self.network_size, channels)
         # L_psi(x): log-diagonal plus strictly lower entries of a lower-triangular d x d factor
-        self.metric_network = ConvEncoder(spatial_dims, in_channels, image_size, channels,
+        self.metric_network = ConvEncoder(spatial_dims, in_channels, self.network_size, channels,
                                           latent_dim * (latent_dim + 1) // 2)
         self.bank = CentroidBank(latent_dim, max_centroids, num_classes, temperature, regularization)
 
@@ -154,6 +155,7 @@ class RHVAE(AutoencoderModule):
 
     def posterior(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of ``q(z | x, y)``, each ``(n, latent_dim)``."""
+        x = self.pad_to_network(x)
         emb = self._embedding(labels)
         if emb is not None:  # broadcast the label embedding over space as extra input channels
             emb = emb.to(x.dtype).view(*emb.shape, *([1] * self.spatial_dims)).expand(-1, -1, *x.shape[2:])
@@ -167,7 +169,7 @@ class RHVAE(AutoencoderModule):
 
     def _decode_unclamped(self, z: Tensor, labels: Tensor | None) -> Tensor:
         emb = self._embedding(labels)
-        return self.decoder(z if emb is None else torch.cat([z, emb.to(z.dtype)], dim=1))
+        return self.crop_to_image(self.decoder(z if emb is None else torch.cat([z, emb.to(z.dtype)], dim=1)))
 
     def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """Images in [-1, 1] from latents ``(n, latent_dim)``; conditional models need ``labels``."""
@@ -175,7 +177,7 @@ class RHVAE(AutoencoderModule):
 
     def metric_factors(self, x: Tensor) -> Tensor:
         """Lower-triangular ``L_psi(x)``, ``(n, latent_dim, latent_dim)``."""
-        return lower_triangular(self.metric_network(x).float(), self.hparams.latent_dim)
+        return lower_triangular(self.metric_network(self.pad_to_network(x)).float(), self.hparams.latent_dim)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Reconstruct ``x`` through the posterior mean."""

@@ -53,6 +53,7 @@ from lightning_medaug.generative.schedulers import (
     build_sampler,
     build_training_scheduler,
 )
+from lightning_medaug.generative.shapes import SizeLike, format_size
 from lightning_medaug.generative.sinddm_network import SinDDMDenoiser
 from lightning_medaug.registry import register_generator
 
@@ -77,14 +78,24 @@ def pyramid_sizes(image_size: int, coarsest_size: int, scale_factor: float) -> l
     return [round(image_size / factor ** (num - 1 - n)) for n in range(num)]
 
 
-def resize(x: Tensor, size: int) -> Tensor:
-    """Resize every spatial axis of ``x`` (N, C, *S) to ``size``: box filter down, (bi/tri)linear up."""
-    spatial = x.shape[2:]
-    if all(s == size for s in spatial):
+def scale_grids(size: Sequence[int], coarsest_size: int, scale_factor: float) -> list[tuple[int, ...]]:
+    """The pyramid's grid per scale, coarsest first: :func:`pyramid_sizes` of the smallest side,
+    the other sides scaled with it, so every scale keeps the image's aspect ratio."""
+    smallest = min(size)
+    return [tuple(round(s * side / smallest) for s in size)
+            for side in pyramid_sizes(smallest, coarsest_size, scale_factor)]
+
+
+def resize(x: Tensor, size: int | Sequence[int]) -> Tensor:
+    """Resize the spatial axes of ``x`` (N, C, *S) to ``size`` (one side or one per axis): box
+    filter down, (bi/tri)linear up."""
+    spatial = tuple(x.shape[2:])
+    size = (size,) * len(spatial) if isinstance(size, int) else tuple(size)
+    if spatial == size:
         return x
-    if all(s >= size for s in spatial):  # "area" averages each output cell: anti-aliased, 2D and 3D
-        return F.interpolate(x, size=(size,) * len(spatial), mode="area")
-    return F.interpolate(x, size=(size,) * len(spatial), mode=_LINEAR_MODES[len(spatial)], align_corners=False)
+    if all(s >= t for s, t in zip(spatial, size)):  # "area" averages each output cell: anti-aliased, 2D and 3D
+        return F.interpolate(x, size=size, mode="area")
+    return F.interpolate(x, size=size, mode=_LINEAR_MODES[len(spatial)], align_corners=False)
 
 
 @register_generator("sinddm")
@@ -120,7 +131,7 @@ class SinDDM(GenerativeModule):
         ema_decay: EMA decay of the weights used for sampling; 0 disables the EMA.
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: int = 28, num_classes: int = 0,
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 28, num_classes: int = 0,
                  image_index: int = 0, scale_factor: float = 1.411, coarsest_size: int = 12,
                  channels: Sequence[int] = (32, 64, 64, 32), depthwise_kernel_size: int = 5, emb_channels: int = 32,
                  num_train_timesteps: int = 100, beta_schedule: str = "squaredcos_cap_v2",
@@ -136,8 +147,9 @@ class SinDDM(GenerativeModule):
                              f"got {image_index!r}")
         if scale_factor <= 1.0:
             raise ValueError(f"scale_factor must be > 1 (the paper uses 1.411), got {scale_factor}")
-        if not 4 <= coarsest_size <= image_size:
-            raise ValueError(f"coarsest_size must be in [4, image_size={image_size}], got {coarsest_size}")
+        if not 4 <= coarsest_size <= min(self.spatial_size):
+            raise ValueError(f"coarsest_size must be in [4, {min(self.spatial_size)}] (the smallest side of "
+                             f"image_size={format_size(image_size)}), got {coarsest_size}")
         if blur_noise_ratio <= 0:
             raise ValueError(f"blur_noise_ratio must be positive, got {blur_noise_ratio}")
         if not 0.0 <= max_blur_weight < 1.0:
@@ -150,7 +162,7 @@ class SinDDM(GenerativeModule):
             raise ValueError(f"lr must be positive, got {lr}")
         self.schedule = NoiseSchedule(num_train_timesteps, beta_schedule, "epsilon", clip_sample=True)
         self.noise_scheduler = build_training_scheduler(self.schedule)
-        self.scale_sizes = pyramid_sizes(image_size, coarsest_size, scale_factor)
+        self.scale_sizes = scale_grids(self.spatial_size, coarsest_size, scale_factor)
         self.net = SinDDMDenoiser(spatial_dims, in_channels, channels, depthwise_kernel_size, emb_channels)
         self.ema = EMA(self.net, ema_decay) if ema_decay > 0 else None
         # the training image and whether it is set: buffers, so checkpoints and save_pretrained keep them
@@ -195,7 +207,7 @@ class SinDDM(GenerativeModule):
 
     @torch.no_grad()
     def pyramid(self) -> list[Tensor]:
-        """The image at every scale, coarsest first, each (1, C, *[size])."""
+        """The image at every scale, coarsest first, each (1, C, *grid)."""
         image = self.image.unsqueeze(0)
         return [resize(image, size) for size in self.scale_sizes]
 
@@ -209,7 +221,7 @@ class SinDDM(GenerativeModule):
         sigma = ((1 - abar) / abar).sqrt()
         t_start, gammas = [T], [torch.zeros_like(sigma)]
         for coarse, fine in itertools.pairwise(pyramid):
-            residual = (fine - resize(coarse, fine.shape[-1])).pow(2).mean().sqrt()
+            residual = (fine - resize(coarse, fine.shape[2:])).pow(2).mean().sqrt()
             threshold = (self.hparams.blur_noise_ratio * residual).clamp_min(1e-8)
             gammas.append((sigma / threshold).clamp(0.0, 1.0))
             hidden = torch.nonzero(sigma > threshold)
@@ -229,7 +241,7 @@ class SinDDM(GenerativeModule):
             t = torch.randint(0, t_start[s], (k,), device=x0.device)
             if s > 0:
                 g = gammas[s, t].reshape((k,) + (1,) * (x0.ndim - 1))
-                x0 = g * resize(pyramid[s - 1], sharp.shape[-1]) + (1 - g) * x0
+                x0 = g * resize(pyramid[s - 1], sharp.shape[2:]) + (1 - g) * x0
             noise = torch.randn_like(x0)
             x_t = self.noise_scheduler.add_noise(x0, noise, t)
             pred = self.net(x_t, t, torch.full_like(t, s))
@@ -304,7 +316,7 @@ class SinDDM(GenerativeModule):
         dtype = next(net.parameters()).dtype
         x = blurry = None
         for s, size in enumerate(self.scale_sizes):
-            noise = randn_tensor((n, self.in_channels) + (size,) * self.spatial_dims, generator=generator,
+            noise = randn_tensor((n, self.in_channels) + size, generator=generator,
                                  device=self.device, dtype=dtype)
             timesteps = scheduler.timesteps
             if s == 0:

@@ -26,6 +26,7 @@ from lightning_medaug.generative.ada import AdaptiveAugment
 from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.generative.ema import EMA, EMASampling
 from lightning_medaug.generative.gan import input_gradients, manual_step
+from lightning_medaug.generative.shapes import SizeLike, resampling_grid
 from lightning_medaug.generative.stylegan_networks import (
     StyleGAN2Discriminator,
     StyleGAN2Generator,
@@ -70,7 +71,7 @@ class StyleGAN2(EMASampling, GenerativeModule):
         gradient_clip_val: clip each network's gradient norm; ``None`` disables it.
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: int = 32, num_classes: int = 0,
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0,
                  latent_dim: int = 64, w_dim: int = 64, mapping_layers: int = 4, embed_dim: int = 32,
                  channel_base: int = 1024, channel_max: int = 128, num_upsamples: int | None = None,
                  lr_g: float = 2.5e-3, lr_d: float = 2.5e-3, beta1: float = 0.0, beta2: float = 0.99,
@@ -97,10 +98,12 @@ class StyleGAN2(EMASampling, GenerativeModule):
         if gradient_clip_val is not None and gradient_clip_val <= 0:
             raise ValueError(f"gradient_clip_val must be positive or None, got {gradient_clip_val}")
         self.automatic_optimization = False
-        self.generator = StyleGAN2Generator(spatial_dims, latent_dim, w_dim, in_channels, image_size, channel_base,
-                                            channel_max, num_upsamples, mapping_layers, num_classes, embed_dim)
-        self.discriminator = StyleGAN2Discriminator(spatial_dims, in_channels, image_size, channel_base, channel_max,
-                                                    num_upsamples, num_classes, mbstd_group_size)
+        # both networks run on a grid they can halve; reals are padded to it, samples cropped
+        ups, self.network_size = resampling_grid(self.spatial_size, num_upsamples)
+        self.generator = StyleGAN2Generator(spatial_dims, latent_dim, w_dim, in_channels, self.network_size,
+                                            channel_base, channel_max, ups, mapping_layers, num_classes, embed_dim)
+        self.discriminator = StyleGAN2Discriminator(spatial_dims, in_channels, self.network_size, channel_base,
+                                                    channel_max, ups, num_classes, mbstd_group_size)
         self.augment = AdaptiveAugment(ada_policy, ada_target, ada_interval, ada_speed_kimg, ada_initial_p, ada_max_p)
         self.ema = EMA(self.generator, ema_decay) if use_ema else None
         # Running mean of path lengths (Karras 2020, Eq. 4's constant a); a buffer so it is checkpointed.
@@ -196,7 +199,7 @@ class StyleGAN2(EMASampling, GenerativeModule):
         # global_step counts two optimiser steps per batch and is checkpointed, so the lazy
         # regularisers keep their rhythm across a resumed run.
         batch_number = self.global_step // 2 + 1
-        logs = self.discriminator_step(images, labels, batch_number)
+        logs = self.discriminator_step(self.pad_to_network(images), labels, batch_number)
         logs.update(self.generator_step(images.shape[0], labels, batch_number))
         logs["ada_p"] = self.augment.p.detach().float()
         if not torch.isnan(self.augment.last_rt):
@@ -224,4 +227,4 @@ class StyleGAN2(EMASampling, GenerativeModule):
         finally:
             net.train(was_training)
         # StyleGAN's output layer is linear: clamp into the library's image range.
-        return images.float().clamp(-1.0, 1.0)
+        return self.crop_to_image(images).float().clamp(-1.0, 1.0)

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_medaug.generative.gan_networks import num_resamplings
+from lightning_medaug.generative.shapes import SizeLike, resolution_ladder, spatial_size
 
 __all__ = ["EqualConv", "EqualLinear", "MappingNetwork", "ModulatedConv", "StyleGAN2Discriminator",
            "StyleGAN2Generator", "channels_at", "critic_head", "minibatch_stddev"]
@@ -45,9 +46,11 @@ def _upsample(x: Tensor, spatial_dims: int) -> Tensor:
     return F.interpolate(x, scale_factor=2.0, mode=_UPSAMPLE_MODE[spatial_dims], align_corners=False)
 
 
-def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
-    """Feature channels at ``resolution``: ``min(channel_max, channel_base // resolution)`` (StyleGAN)."""
-    return max(1, min(channel_max, channel_base // resolution))
+def channels_at(resolution: int | Sequence[int], channel_base: int, channel_max: int) -> int:
+    """Feature channels at ``resolution``: ``min(channel_max, channel_base // resolution)`` (StyleGAN);
+    of a grid with several sizes, its largest side counts."""
+    side = resolution if isinstance(resolution, int) else max(resolution)
+    return max(1, min(channel_max, channel_base // side))
 
 
 class EqualLinear(nn.Module):
@@ -179,22 +182,22 @@ class StyleGAN2Generator(nn.Module):
         spatial_dims: 2 or 3.
         latent_dim, w_dim, mapping_layers: mapping network sizes.
         out_channels: image channels.
-        image_size: output side length; the constant input is ``image_size / 2**num_upsamples``.
+        image_size: output size per axis; the constant input is ``image_size / 2**num_upsamples``.
         channel_base, channel_max: channels at resolution r are ``min(channel_max, channel_base // r)``.
         num_upsamples: x2 stages; ``None`` picks the most that leave a start grid >= 4.
         num_classes, embed_dim: label embedding concatenated to z in the mapping network.
     """
 
-    def __init__(self, spatial_dims: int, latent_dim: int, w_dim: int, out_channels: int, image_size: int,
+    def __init__(self, spatial_dims: int, latent_dim: int, w_dim: int, out_channels: int, image_size: SizeLike,
                  channel_base: int = 1024, channel_max: int = 128, num_upsamples: int | None = None,
                  mapping_layers: int = 4, num_classes: int = 0, embed_dim: int = 32):
         super().__init__()
+        image_size = spatial_size(image_size, spatial_dims, min_side=1)
         self.spatial_dims, self.latent_dim, self.num_classes = spatial_dims, latent_dim, num_classes
-        ups = num_resamplings(image_size, num_upsamples)
-        resolutions = [image_size // 2 ** (ups - i) for i in range(ups + 1)]
+        resolutions = resolution_ladder(image_size, num_upsamples)
         chans = [channels_at(r, channel_base, channel_max) for r in resolutions]
         self.mapping = MappingNetwork(latent_dim, w_dim, mapping_layers, num_classes, embed_dim)
-        self.const = nn.Parameter(torch.randn(chans[0], *([resolutions[0]] * spatial_dims)))
+        self.const = nn.Parameter(torch.randn(chans[0], *resolutions[0]))
         self.convs = nn.ModuleList([ModulatedConv(spatial_dims, chans[0], chans[0], 3, w_dim)])
         self.to_rgb = nn.ModuleList()
         for c_in, c_out in itertools.pairwise(chans):
@@ -265,19 +268,19 @@ class StyleGAN2Discriminator(nn.Module):
         mbstd_group_size: group size of the minibatch standard deviation; 1 disables it.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, image_size: int, channel_base: int = 1024,
+    def __init__(self, spatial_dims: int, in_channels: int, image_size: SizeLike, channel_base: int = 1024,
                  channel_max: int = 128, num_downsamples: int | None = None, num_classes: int = 0,
                  mbstd_group_size: int = 4):
         super().__init__()
-        downs = num_resamplings(image_size, num_downsamples)
-        resolutions = [image_size // 2**i for i in range(downs + 1)]
+        image_size = spatial_size(image_size, spatial_dims, min_side=1)
+        resolutions = resolution_ladder(image_size, num_downsamples)[::-1]
         chans = [channels_at(r, channel_base, channel_max) for r in resolutions]
         self.mbstd_group_size = mbstd_group_size
         self.from_rgb = EqualConv(spatial_dims, in_channels, chans[0], 1, activate=True)
         self.blocks = nn.Sequential(*[_ResidualBlock(spatial_dims, a, b) for a, b in itertools.pairwise(chans)])
         c = chans[-1]
         self.conv = EqualConv(spatial_dims, c + (mbstd_group_size > 1), c, 3, activate=True)
-        self.fc = EqualLinear(c * resolutions[-1] ** spatial_dims, c, activate=True)
+        self.fc = EqualLinear(c * math.prod(resolutions[-1]), c, activate=True)
         self.out = EqualLinear(c, 1)
         self.embed = EqualLinear(num_classes, c) if num_classes > 0 else None
 

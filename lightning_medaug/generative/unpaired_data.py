@@ -50,14 +50,15 @@ class PhantomDomainsDataModule(SplitDataModule):
 
     Args:
         spatial_dims: 2 or 3.
-        image_size: side length of every spatial axis.
+        image_size: side length of every spatial axis, or one per axis.
         num_train, num_val: samples per domain in each split.
         batch_size, num_workers: loader settings.
         seed: base seed; domain B and the validation split use seeds of their own.
         style_a, style_b: phantom contrasts of the two domains (``"mr"`` / ``"ct"``).
     """
 
-    def __init__(self, spatial_dims: int = 2, image_size: int = 32, num_train: int = 256, num_val: int = 32,
+    def __init__(self, spatial_dims: int = 2, image_size: int | tuple[int, ...] = 32, num_train: int = 256,
+                 num_val: int = 32,
                  batch_size: int = 16, num_workers: int = 0, seed: int = 0, style_a: str = "mr", style_b: str = "ct"):
         super().__init__()
         if batch_size < 1:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.generative.base import SharedStepModule
+from lightning_medaug.generative.shapes import SizeLike, padded_size
 from lightning_medaug.registry import register_generator
 from lightning_medaug.validation import (
     check_at_least,
@@ -36,20 +37,11 @@ from lightning_medaug.validation import (
     check_positive,
 )
 
-__all__ = ["RECON_LOSSES", "VAE", "AutoencoderModule", "BetaVAE", "ConditionalVAE", "check_divisible"]
+__all__ = ["RECON_LOSSES", "VAE", "AutoencoderModule", "BetaVAE", "ConditionalVAE"]
 
 #: Reconstruction losses, computed in the data's [-1, 1] space: "mse" is a Gaussian decoder with
 #: fixed variance 1/2, "l1" a Laplace decoder with scale 1 (Kingma & Welling 2014, appendix C).
 RECON_LOSSES = ("mse", "l1")
-
-
-def check_divisible(image_size: int, factor: int, what: str) -> None:
-    """Raise ``ValueError`` unless ``image_size`` is a positive multiple of ``factor``."""
-    if image_size % factor != 0:
-        raise ValueError(
-            f"image_size={image_size} is not divisible by {factor}, the downsampling factor of {what}: "
-            f"use an image_size that is a multiple of {factor} or fewer levels in `channels`"
-        )
 
 
 def reconstruction_loss(recon: Tensor, image: Tensor, kind: str) -> Tensor:
@@ -91,10 +83,15 @@ class AutoencoderModule(SharedStepModule):
         return torch.optim.Adam(params, lr=self.hparams.lr)
 
     # -- first-stage interface (latent diffusion) -----------------------------------------------
+    def set_downsampling(self, factor: int) -> None:
+        """The encoder divides every side by ``factor``: images are padded to multiples of it."""
+        self.downsample_factor = factor
+        self.network_size = padded_size(self.spatial_size, factor)
+
     @property
     def latent_shape(self) -> tuple[int, ...]:
-        """Shape of one latent: (latent_channels, *latent_spatial)."""
-        raise NotImplementedError
+        """Shape of one latent: (latent_channels, *latent_spatial), the padded grid over the factor."""
+        return (self.hparams.latent_channels,) + tuple(s // self.downsample_factor for s in self.network_size)
 
     def encode(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Deterministic latent of images ``x`` in [-1, 1], shape ``(n, *latent_shape)``."""
@@ -123,7 +120,7 @@ class VAE(AutoencoderModule):
         spatial_dims, in_channels, image_size, num_classes: see :class:`GenerativeModule`.
         latent_channels: channels of the spatial latent.
         channels: feature channels per level; the image is downsampled ``len(channels) - 1`` times,
-            so ``image_size`` must be divisible by ``2 ** (len(channels) - 1)``.
+            other sizes padded inside to multiples of ``2 ** (len(channels) - 1)`` and cropped back.
         num_res_blocks: residual blocks per level.
         norm_num_groups: GroupNorm groups; every entry of ``channels`` must be divisible by it.
         cond_channels: size of the label embedding (conditional models only).
@@ -133,7 +130,7 @@ class VAE(AutoencoderModule):
         lr: Adam learning rate.
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: int = 32, num_classes: int = 0,
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0,
                  latent_channels: int = 4, channels: Sequence[int] = (32, 64, 64), num_res_blocks: int = 1,
                  norm_num_groups: int = 16, cond_channels: int = 8, beta: float = 1.0, kl_warmup_steps: int = 0,
                  recon_loss: str = "mse", lr: float = 1e-3):
@@ -142,8 +139,7 @@ class VAE(AutoencoderModule):
         channels = tuple(int(c) for c in channels)
         _check_vae_args(channels, latent_channels, num_res_blocks, norm_num_groups, cond_channels, beta,
                         kl_warmup_steps, recon_loss, lr)
-        self.downsample_factor = 2 ** (len(channels) - 1)
-        check_divisible(image_size, self.downsample_factor, f"channels={list(channels)}")
+        self.set_downsampling(2 ** (len(channels) - 1))
         cond = cond_channels if num_classes > 0 else 0
         self.autoencoder = AutoencoderKL(
             spatial_dims=spatial_dims, in_channels=in_channels + cond, out_channels=in_channels, channels=channels,
@@ -155,11 +151,6 @@ class VAE(AutoencoderModule):
             Convolution(spatial_dims, latent_channels + cond_channels, latent_channels, kernel_size=1, conv_only=True)
             if num_classes > 0 else None
         )
-
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        side = self.image_size // self.downsample_factor
-        return (self.hparams.latent_channels,) + (side,) * self.spatial_dims
 
     # -- networks --------------------------------------------------------------------------------
     def _with_condition(self, x: Tensor, labels: Tensor | None) -> Tensor:
@@ -174,12 +165,12 @@ class VAE(AutoencoderModule):
 
     def posterior(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation of ``q(z | x, y)``."""
-        return self.autoencoder.encode(self._with_condition(x, labels))
+        return self.autoencoder.encode(self._with_condition(self.pad_to_network(x), labels))
 
     def _decode_unclamped(self, z: Tensor, labels: Tensor | None) -> Tensor:
         if self.latent_condition is not None:
             z = self.latent_condition(self._with_condition(z, labels))
-        return self.autoencoder.decode(z)
+        return self.crop_to_image(self.autoencoder.decode(z))
 
     def encode(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """The posterior mean (deterministic); conditional models need ``labels``."""

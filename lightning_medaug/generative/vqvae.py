@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from monai.networks.nets import VQVAE as MonaiVQVAE
 from torch import Tensor
 
+from lightning_medaug.generative.shapes import SizeLike
 from lightning_medaug.generative.vae import (
     RECON_LOSSES,
     AutoencoderModule,
-    check_divisible,
     reconstruction_loss,
 )
 from lightning_medaug.registry import register_generator
@@ -53,7 +53,7 @@ class VQVAE(AutoencoderModule):
         latent_channels: dimension of each codebook vector (MONAI's ``embedding_dim``).
         num_embeddings: codebook size.
         channels: feature channels per level; MONAI's VQVAE halves the resolution at every level,
-            so ``image_size`` must be divisible by ``2 ** len(channels)``.
+            other sizes padded inside to multiples of ``2 ** len(channels)`` and cropped back.
         num_res_layers: residual layers per level.
         commitment_cost: weight of the commitment loss (beta in the paper).
         codebook_decay: EMA decay of the codebook updates.
@@ -63,7 +63,7 @@ class VQVAE(AutoencoderModule):
         lr: Adam learning rate.
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: int = 32, num_classes: int = 0,
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0,
                  latent_channels: int = 16, num_embeddings: int = 64, channels: Sequence[int] = (32, 64),
                  num_res_layers: int = 1, commitment_cost: float = 0.25, codebook_decay: float = 0.99,
                  dead_code_threshold: float = 1.0, recon_loss: str = "mse", lr: float = 1e-3):
@@ -72,8 +72,7 @@ class VQVAE(AutoencoderModule):
         channels = tuple(int(c) for c in channels)
         _check_vqvae_args(channels, latent_channels, num_embeddings, num_res_layers, commitment_cost,
                           codebook_decay, dead_code_threshold, recon_loss, lr)
-        self.downsample_factor = 2 ** len(channels)
-        check_divisible(image_size, self.downsample_factor, f"channels={list(channels)}")
+        self.set_downsampling(2 ** len(channels))
         self.net = MonaiVQVAE(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=in_channels, channels=channels,
             num_res_layers=num_res_layers, num_res_channels=channels,
@@ -89,11 +88,6 @@ class VQVAE(AutoencoderModule):
         self.register_buffer("codebook_initialised", torch.zeros((), dtype=torch.bool))
 
     @property
-    def latent_shape(self) -> tuple[int, ...]:
-        side = self.image_size // self.downsample_factor
-        return (self.hparams.latent_channels,) + (side,) * self.spatial_dims
-
-    @property
     def quantizer(self):
         """MONAI's ``EMAQuantizer``: the codebook and its EMA updates."""
         return self.net.quantizer.quantizer
@@ -101,7 +95,7 @@ class VQVAE(AutoencoderModule):
     # -- first-stage interface -----------------------------------------------------------------------
     def code_indices(self, x: Tensor) -> Tensor:
         """Codebook index of every latent position, int64 (n, *latent_spatial); no codebook update."""
-        return self.quantizer.quantize(self.net.encode(x))[2]
+        return self.quantizer.quantize(self.net.encode(self.pad_to_network(x)))[2]
 
     def encode(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """The quantised latent (codebook vectors), shape ``(n, *latent_shape)``."""
@@ -110,11 +104,11 @@ class VQVAE(AutoencoderModule):
     def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """Snap ``z`` to its nearest codebook vectors, then decode to images in [-1, 1]."""
         z_q = self.quantizer.embed(self.quantizer.quantize(z)[2]).to(z.dtype)
-        return self.net.decode(z_q).clamp(-1.0, 1.0)
+        return self.crop_to_image(self.net.decode(z_q)).clamp(-1.0, 1.0)
 
     def decode_indices(self, indices: Tensor) -> Tensor:
         """Decode a map of codebook indices (n, *latent_spatial) to images in [-1, 1]."""
-        return self.net.decode(self.quantizer.embed(indices).to(self.dtype)).clamp(-1.0, 1.0)
+        return self.crop_to_image(self.net.decode(self.quantizer.embed(indices).to(self.dtype))).clamp(-1.0, 1.0)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Reconstruct ``x`` through the codebook."""
@@ -122,11 +116,11 @@ class VQVAE(AutoencoderModule):
 
     # -- training --------------------------------------------------------------------------------------
     def loss_terms(self, image: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
-        z_e = self.net.encode(image)
+        z_e = self.net.encode(self.pad_to_network(image))
         if self.training:
             self._refresh_codebook(z_e)
         z_q, vq_loss, indices = self.quantizer(z_e)  # EMA codebook update in train mode
-        recon = reconstruction_loss(self.net.decode(z_q), image, self.hparams.recon_loss)
+        recon = reconstruction_loss(self.crop_to_image(self.net.decode(z_q)), image, self.hparams.recon_loss)
         # one-hot sums rather than bincount/index_add_: deterministic on GPU too
         codes = F.one_hot(indices, self.hparams.num_embeddings).movedim(-1, 1).float()  # (n, K, *S)
         usage = codes.sum(dim=[0] + list(range(2, codes.ndim)))

@@ -216,7 +216,7 @@ def test_registry_names():
     (IntroVAE, {"margin": 0.0}, "margin must be positive"),
     (IntroVAE, {"beta1": 1.0}, "Adam betas"),
     (IntroVAE, {"gradient_clip_val": -1.0}, "gradient_clip_val"),
-    (IntroVAE, {"image_size": 17}, "not divisible by 2"),
+    (IntroVAE, {"image_size": (17, 17, 17)}, "has 3 sizes but spatial_dims=2"),
 ])
 def test_bad_arguments(cls, kwargs, match):
     base = {"image_size": 16, "channels": (8, 16), "norm_num_groups": 4}

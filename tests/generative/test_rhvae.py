@@ -236,7 +236,7 @@ def test_centroid_bank_keeps_a_bounded_random_subset_per_class():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"spatial_dims": 4}, "spatial_dims must be 2 or 3"),
-    ({"image_size": 30}, "not divisible by 4"),
+    ({"image_size": (30, 30, 30)}, "has 3 sizes but spatial_dims=2"),
     ({"channels": ()}, "channels must be a non-empty"),
     ({"latent_dim": 0}, "latent_dim must be at least 1"),
     ({"n_lf": 0}, "n_lf must be at least 1"),

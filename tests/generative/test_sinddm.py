@@ -144,9 +144,9 @@ def test_pyramid_and_blur_schedule():
     assert pyramid_sizes(16, 16, 1.411) == [16]
     assert resize(torch.zeros(2, 1, 8, 8, 8), 5).shape == (2, 1, 5, 5, 5)
     model = SinDDM(image_size=28, coarsest_size=10, channels=(8, 16), depthwise_kernel_size=5)
-    assert model.scale_sizes == [10, 14, 20, 28] and model.receptive_field == 1 + 2 * 8
+    assert model.scale_sizes == [(10, 10), (14, 14), (20, 20), (28, 28)] and model.receptive_field == 1 + 2 * 8
     model.fit_image(make_phantoms(1, 2, 28)[0][0])
-    assert [p.shape[-1] for p in model.pyramid()] == model.scale_sizes
+    assert [tuple(p.shape[2:]) for p in model.pyramid()] == model.scale_sizes
     t_start, gammas = model.blur_schedule()
     T = model.schedule.num_train_timesteps
     assert t_start[0] == T and all(1 <= t <= T for t in t_start[1:])

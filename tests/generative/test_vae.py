@@ -125,7 +125,7 @@ def test_registry_names():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"spatial_dims": 4}, "spatial_dims must be 2 or 3"),
-    ({"image_size": 30}, "not divisible by 4"),
+    ({"image_size": (30, 30, 30)}, "has 3 sizes but spatial_dims=2"),
     ({"channels": (16, 24), "norm_num_groups": 16}, "divisible by norm_num_groups"),
     ({"recon_loss": "bce"}, "recon_loss must be one of"),
     ({"beta": -1.0}, "beta must be >= 0"),

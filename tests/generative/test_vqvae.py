@@ -111,7 +111,7 @@ def test_first_stage_interface(spatial_dims):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"spatial_dims": 4}, "spatial_dims must be 2 or 3"),
-    ({"image_size": 28, "channels": (8, 16, 32)}, "not divisible by 8"),
+    ({"image_size": [28, 2]}, "at least 4 on every axis"),
     ({"num_embeddings": 1}, "num_embeddings"),
     ({"codebook_decay": 1.0}, "codebook_decay"),
     ({"dead_code_threshold": -1.0}, "dead_code_threshold"),
