@@ -20,6 +20,7 @@ from lightning_medaug.data.phantom import (
     PhantomDataset,
     make_phantoms,
 )
+from lightning_medaug.data.policies import POLICIES, PolicyAugmentation
 from lightning_medaug.data.splits import holdout_split, stratified_subset
 from lightning_medaug.data.transforms import ClassicAugmentation, classic_augmentation
 
@@ -28,6 +29,6 @@ __all__ = [
     "PhantomDataModule", "PhantomDataset", "make_phantoms",
     "MedMNISTDataModule", "MedMNISTDataset", "MedMNISTInfo", "medmnist_info",
     "FolderDataModule", "FolderDataset", "Geometry", "read_image",
-    "ClassicAugmentation", "classic_augmentation",
+    "ClassicAugmentation", "classic_augmentation", "PolicyAugmentation", "POLICIES",
     "stratified_subset", "holdout_split",
 ]

@@ -9,6 +9,7 @@ Outputs keep the library's convention: plain float32 tensors, images clipped to 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from torch import Tensor
 from lightning_medaug.data.batch import IMAGE_KEY, MASK_KEY
 from lightning_medaug.validation import check_spatial_dims
 
-__all__ = ["ClassicAugmentation", "classic_augmentation"]
+__all__ = ["ClassicAugmentation", "classic_augmentation", "reseed_in_worker"]
 
 
 class ClassicAugmentation:
@@ -98,14 +99,8 @@ class ClassicAugmentation:
             self._pipelines[shape] = pipeline
         return self._pipelines[shape]
 
-    def _reseed_in_worker(self) -> None:
-        info = torch.utils.data.get_worker_info()
-        if info is not None and self._worker_seed != info.seed:
-            self.set_random_state([self.seed, info.seed % 2**32])
-            self._worker_seed = info.seed
-
     def __call__(self, sample: dict) -> dict:
-        self._reseed_in_worker()
+        reseed_in_worker(self)
         image = sample[IMAGE_KEY]
         if image.ndim != self.spatial_dims + 1:
             raise ValueError(f"expected an image of shape (C, *S) with {self.spatial_dims} spatial dims, "
@@ -121,6 +116,18 @@ class ClassicAugmentation:
         return (f"ClassicAugmentation(spatial_dims={self.spatial_dims}, flip_axes={self.flip_axes}, "
                 f"rotate={np.rad2deg(self.rotate):.1f}deg, scale={self.scale}, translate={self.translate}, "
                 f"gamma={self.gamma}, noise_std={self.noise_std}, seed={self.seed})")
+
+
+def reseed_in_worker(transform: Any) -> None:
+    """In a DataLoader worker, restart ``transform``'s draws from ``[transform.seed, worker seed]``, once per
+    worker seed, so that workers (and epochs, without persistent workers) draw different transforms.
+
+    ``transform`` has ``seed``, ``_worker_seed`` and ``set_random_state(seed)`` (which clears ``_worker_seed``).
+    """
+    info = torch.utils.data.get_worker_info()
+    if info is not None and transform._worker_seed != info.seed:
+        transform.set_random_state([transform.seed, info.seed % 2**32])
+        transform._worker_seed = info.seed
 
 
 def _plain(x: Tensor | np.ndarray) -> Tensor:

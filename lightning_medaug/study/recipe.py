@@ -16,11 +16,16 @@ from typing import Any
 
 import yaml
 
-__all__ = ["MIX_CLASS", "find_recipe", "load_recipe", "real_data", "run_recipe", "with_classic_augmentation",
-           "with_mixing", "with_subset", "with_trainer"]
+__all__ = ["AUGMENTATIONS", "MIX_CLASS", "find_recipe", "load_recipe", "real_data", "run_recipe",
+           "with_augmentation", "with_classic_augmentation", "with_mixing", "with_subset", "with_trainer"]
 
 MIX_CLASS = "lightning_medaug.mixing.SyntheticMixDataModule"
 AUGMENTATION_CLASS = "lightning_medaug.data.ClassicAugmentation"
+POLICY_CLASS = "lightning_medaug.data.PolicyAugmentation"
+
+#: Augmentation baselines selectable by name (:func:`with_augmentation`): per-sample ones are the real
+#: data's ``train_transforms``, batch-level ones (MixUp, CutMix) the classifier's ``batch_augmentation``.
+AUGMENTATIONS = ("none", "classic", "trivialaugment", "randaugment", "mixup", "cutmix")
 
 
 def find_recipe(name: str | Path) -> Path:
@@ -67,6 +72,33 @@ def with_classic_augmentation(config: dict[str, Any], spatial_dims: int = 2, **k
     config = copy.deepcopy(config)
     real_data(config)["train_transforms"] = {"class_path": AUGMENTATION_CLASS,
                                              "init_args": {"spatial_dims": spatial_dims, **kwargs}}
+    return config
+
+
+def with_augmentation(config: dict[str, Any], name: str, spatial_dims: int = 2, **kwargs: Any) -> dict[str, Any]:
+    """A copy training with the augmentation baseline ``name`` (one of :data:`AUGMENTATIONS`) and no other.
+
+    ``classic``: :class:`~lightning_medaug.data.ClassicAugmentation`; ``trivialaugment`` / ``randaugment``:
+    :class:`~lightning_medaug.data.PolicyAugmentation` (2D); ``mixup`` / ``cutmix``: the
+    ``ClassificationTask``'s ``batch_augmentation``; ``none``: neither. ``kwargs`` go to the chosen one
+    (``mix_alpha`` for the batch-level ones).
+    """
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    config = copy.deepcopy(config)
+    data, model = real_data(config), config["model"].setdefault("init_args", {})
+    data.pop("train_transforms", None)
+    model.pop("batch_augmentation", None)
+    if name == "classic":
+        return with_classic_augmentation(config, spatial_dims, **kwargs)
+    if name in ("trivialaugment", "randaugment"):
+        data["train_transforms"] = {"class_path": POLICY_CLASS,
+                                    "init_args": {"policy": name, "spatial_dims": spatial_dims, **kwargs}}
+    elif name in ("mixup", "cutmix"):
+        if not str(config["model"].get("class_path", "")).endswith("ClassificationTask"):
+            raise ValueError(f"augmentation {name!r} mixes labels of a ClassificationTask; the recipe's model is "
+                             f"{config['model'].get('class_path')!r}")
+        model.update(batch_augmentation=name, **kwargs)
     return config
 
 

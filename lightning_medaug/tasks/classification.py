@@ -19,6 +19,7 @@ from torchmetrics import AUROC, Accuracy, MetricCollection
 
 from lightning_medaug.registry import register_task
 from lightning_medaug.tasks.base import EVAL_STAGES, DownstreamTask
+from lightning_medaug.tasks.label_mixing import LabelMixing
 from lightning_medaug.validation import check_at_least, check_spatial_dims
 
 __all__ = ["CLASSIFIER_3D_BACKBONES", "ClassificationTask", "build_classifier"]
@@ -107,11 +108,16 @@ class ClassificationTask(DownstreamTask):
         lr, weight_decay: AdamW settings; the learning rate follows a cosine decay over
             ``trainer.estimated_stepping_batches``.
         image_key, label_key: keys of dict batches.
+        batch_augmentation: ``"mixup"`` or ``"cutmix"`` to mix every training batch
+            (:class:`~.label_mixing.LabelMixing`; the loss is then a cross-entropy with the soft
+            targets), ``None`` for none. Not with ``multilabel``; CutMix is 2D only.
+        mix_alpha: the Beta(alpha, alpha) parameter of the mixing weight.
     """
 
     def __init__(self, backbone: str = "resnet18", spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2,
                  multilabel: bool = False, small_input_stem: bool = False, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, image_key: str = "image", label_key: str = "label"):
+                 weight_decay: float = 1e-4, image_key: str = "image", label_key: str = "label",
+                 batch_augmentation: str | None = None, mix_alpha: float = 1.0):
         super().__init__(lr, weight_decay, image_key=image_key, label_key=label_key)
         check_spatial_dims(spatial_dims)
         check_at_least(1, in_channels=in_channels)
@@ -122,6 +128,11 @@ class ClassificationTask(DownstreamTask):
         self.spatial_dims, self.in_channels, self.num_classes, self.multilabel = (
             spatial_dims, in_channels, num_classes, multilabel)
         self.net = build_classifier(backbone, spatial_dims, in_channels, num_classes, small_input_stem)
+        if batch_augmentation is not None and multilabel:
+            raise ValueError(f"batch_augmentation={batch_augmentation!r} mixes one class per image; it does not "
+                             "apply to multilabel=True")
+        self.label_mixing = (None if batch_augmentation is None
+                             else LabelMixing(batch_augmentation, num_classes, mix_alpha, spatial_dims))
         # One collection per evaluated stage, so val and test never share state.
         self.metrics = nn.ModuleDict({stage: self._make_metrics() for stage in EVAL_STAGES})
 
@@ -154,8 +165,13 @@ class ClassificationTask(DownstreamTask):
         image, label, _ = self.unpack(batch)
         n = image.shape[0]
         target = self._targets(label, n)
+        soft = None
+        if stage == "train" and self.label_mixing is not None:
+            image, soft = self.label_mixing(image, target)
         logits = self(image)
-        if self.multilabel:
+        if soft is not None:
+            loss = F.cross_entropy(logits.float(), soft)  # cross-entropy with class probabilities
+        elif self.multilabel:
             loss = F.binary_cross_entropy_with_logits(logits.float(), target)
         else:
             loss = F.cross_entropy(logits.float(), target)
