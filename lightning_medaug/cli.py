@@ -6,18 +6,17 @@
 ``medaug generate`` writes a synthetic bank, ``medaug study`` runs a resumable utility study and
 ``medaug list`` shows what the registries hold. Errors in what the user passed (a missing file, a
 bad value) print one line and exit with code 2; running out of memory (GPU or host) prints one line
-with what to lower and exits with code 1. Set ``MEDAUG_DEBUG=1`` for the full traceback.
+with what to lower and exits with code 1; any other error is a bug: its traceback, then a line saying
+where to report it, exit code 1 (:mod:`lightning_medaug.cli_errors` says which is which). Set
+``MEDAUG_DEBUG=1`` to let every error propagate with Python's own traceback.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-import pickle
-import re
 import sys
 import warnings
-from argparse import ArgumentError
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from typing import Any
 import lightning as L
 import torch
 from jsonargparse import lazy_instance
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import (
     LightningArgumentParser,
@@ -34,14 +32,13 @@ from lightning.pytorch.cli import (
 )
 from lightning.pytorch.loggers import CSVLogger
 
+from lightning_medaug.cli_errors import one_line, out_of_memory, report_failure
 from lightning_medaug.registry import TASKS
 from lightning_medaug.report.run_summary import RunSummary
 
 __all__ = ["MedaugCLI", "check_checkpoint", "check_data_model_compatible", "main", "one_line", "out_of_memory"]
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError, TypeError,
-               MisconfigurationException)
 
 #: What to lower when a command runs out of memory.
 _TRAINER_MEMORY_HINT = ("use smaller batches (--data.init_args.batch_size N), images or models, or bf16-mixed on a "
@@ -265,65 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if command else 2
         print(f"medaug: error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    except (ArgumentError, MemoryError, RuntimeError, pickle.UnpicklingError, *USER_ERRORS) as err:
-        reported = None if os.environ.get("MEDAUG_DEBUG") else _error_line(err, command)
-        if reported is None:
+    except Exception as err:
+        if os.environ.get("MEDAUG_DEBUG"):
             raise
-        code, line = reported
-        print(f"medaug: error: {line}", file=sys.stderr)
-        return code
-
-
-def _error_line(err: BaseException, command: str | None) -> tuple[int, str] | None:
-    """Exit code and one line for an error the user can act on; ``None`` for a bug (full traceback)."""
-    # first: jsonargparse re-raises what a constructor raised as a ValueError with the same message
-    what = out_of_memory(err)
-    if what is not None:
-        return 1, f"out of memory ({what}); {_MEMORY_HINTS.get(command, 'use smaller batches')}"
-    if isinstance(err, pickle.UnpicklingError):  # torch.load(weights_only=True) refused a checkpoint ("last", "hpc")
-        found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(err))
-        return 2, (f"refused to load a checkpoint that is not plain weights "
-                   f"({found.group(0) if found else one_line(err)[:200]}); medaug only loads checkpoints with "
-                   "torch.load(weights_only=True)")
-    if isinstance(err, (ArgumentError, *USER_ERRORS)):
-        return 2, one_line(err)
-    return None
-
-
-def out_of_memory(err: BaseException) -> str | None:
-    """The gist of an out-of-memory error from CUDA's allocator, the CPU allocator or NumPy (also when
-    another rank's is re-raised here); ``None`` for any other error."""
-    text = one_line(err)
-    cpu = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
-    if cpu:  # the CPU allocator states a byte count behind an "[enforce fail at ...]" prefix
-        return f"the host could not allocate {_bytes(int(cpu.group(1)))}"
-    if not isinstance(err, (torch.OutOfMemoryError, MemoryError)) and "out of memory" not in text.lower():
-        return None
-    # CUDA's message goes on about fragmentation and the allocator's settings; its first three
-    # sentences say what was asked for and what was free
-    sentences = re.split(r"(?<=\.) (?=[A-Z])", text)
-    return " ".join(sentences[:3]).rstrip(".") or type(err).__name__
-
-
-def _bytes(count: int) -> str:
-    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-    power = min((max(count, 1).bit_length() - 1) // 10, len(units) - 1)  # exact at powers of 1024
-    return f"{count / 1024**power:.1f} {units[power]}"
-
-
-# Lines of jsonargparse's union-type explanations that say nothing about the actual mistake.
-_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "- Expected a <class 'NoneType'>",
-          "Given value type:", "Given value:", "tip: For details")
-
-
-def one_line(err: BaseException) -> str:
-    """Condense an exception message into the one line the CLI prints."""
-    text = str(err).strip() or type(err).__name__
-    if isinstance(err, KeyError) and err.args:
-        text = str(err.args[0])
-    lines = [line.strip().removeprefix("- ").strip() for line in text.splitlines()]  # bullets, not "--option"
-    kept = [line for line in lines if line and not any(line.startswith(n.removeprefix("- ")) for n in _NOISE)]
-    return " ".join(kept) if kept else lines[0]
+        return report_failure(err, _MEMORY_HINTS.get(command, "use smaller batches"))
 
 
 if __name__ == "__main__":

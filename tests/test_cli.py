@@ -222,3 +222,104 @@ def test_ddp_and_bf16_from_the_command_line(tmp_path):
     metrics = json.loads((run_folder(tmp_path) / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["fit"]["global_step"] == 1.0  # 32 samples / (2 ranks x batch 16) = 1 step per epoch
     assert np.isfinite(metrics["fit"]["train/loss_epoch"])
+
+
+# -- a mistake in what the user passed vs a bug ----------------------------------------------------
+USER_MODULE = '''
+"""A user's own data module, as a recipe names it by class_path."""
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class Scans(Dataset):
+    def __init__(self, fault):
+        self.fault = fault
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        image = torch.randn(1, 16, 16)
+        if self.fault == "lookup":
+            return image, {"normal": 0}["pneumonia"]
+        if self.fault == "missing_label":
+            return image, None
+        if self.fault == "three_labels":
+            return image, torch.tensor([0, 1, 1])
+        return image, index % 2
+
+
+class ScansData(L.LightningDataModule):
+    def __init__(self, fault: str = "", scans: int = 8, num_workers: int = 0):
+        super().__init__()
+        if scans < 1:
+            raise ValueError(f"scans must be at least 1, got {scans}")
+        self.fault, self.num_workers = fault, num_workers
+
+    def train_dataloader(self):
+        return DataLoader(Scans(self.fault), batch_size=4, num_workers=self.num_workers)
+
+    def val_dataloader(self):
+        return DataLoader(Scans(""), batch_size=4)
+'''
+
+
+@pytest.fixture
+def user_recipe(tmp_path, monkeypatch):
+    """A recipe whose data module is the user's own class, in a module of the user's folder."""
+    (tmp_path / "user_scans.py").write_text(USER_MODULE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "user_scans", raising=False)
+    return tiny_recipe(tmp_path, class_path="user_scans.ScansData")
+
+
+def _fails_as_a_bug(capsys, argv, kind: str, where: str) -> str:
+    """Exit 1, the full traceback, then one line naming the error, where it was raised, the issue
+    tracker and the versions."""
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1, err[-5:]
+    assert any(line.startswith("Traceback (most recent call last)") for line in err)
+    last = err[-1]
+    assert last.startswith(f"medaug: internal error: {kind} at "), last
+    assert where in last, last
+    assert "is a bug in lightning-medaug or a dependency" in last
+    assert "https://github.com/lightning-medaug/lightning-medaug/issues" in last
+    assert f"torch {torch.__version__}" in last and "lightning-medaug 0.1.0" in last
+    return last
+
+
+def test_a_users_own_value_error_is_a_mistake_exit_2(user_recipe, capsys):
+    _fails_cleanly(capsys, ["fit", "--config", str(user_recipe), "--data.init_args.scans", "0"],
+                   "scans must be at least 1, got 0")
+
+
+def test_key_error_in_a_users_dataset_is_a_bug_exit_1(user_recipe, capsys):
+    last = _fails_as_a_bug(capsys, ["fit", "--config", str(user_recipe), "--data.init_args.fault", "lookup"],
+                           "KeyError", "user_scans.py:")
+    assert "your own code" in last  # raised outside lightning-medaug: the line says where to look first
+
+
+def test_key_error_in_a_dataloader_worker_is_judged_where_the_worker_raised_it(user_recipe, capsys):
+    _fails_as_a_bug(capsys, ["fit", "--config", str(user_recipe), "--data.init_args.fault", "lookup",
+                             "--data.init_args.num_workers", "1"], "KeyError", "user_scans.py:")
+
+
+def test_malformed_batches_give_a_type_error_inside_torch_exit_1(user_recipe, capsys):
+    # default_collate cannot batch a None label: a TypeError raised inside torch, not a one-line mistake
+    last = _fails_as_a_bug(capsys, ["fit", "--config", str(user_recipe), "--data.init_args.fault", "missing_label"],
+                           "TypeError", "collate.py:")
+    assert "your own code" not in last
+
+
+def test_value_error_raised_inside_a_dependency_is_a_bug_exit_1(user_recipe, capsys):
+    # three labels per image for a two-label model: a ValueError raised inside torch, which our checks let through
+    _fails_as_a_bug(capsys, ["fit", "--config", str(user_recipe), "--data.init_args.fault", "three_labels",
+                             "--model.init_args.multilabel", "true"], "ValueError", "functional.py:")
+
+
+def test_medaug_debug_lets_a_bug_propagate(user_recipe, monkeypatch):
+    monkeypatch.setenv("MEDAUG_DEBUG", "1")
+    with pytest.raises(KeyError, match="pneumonia"):
+        main(["fit", "--config", str(user_recipe), "--data.init_args.fault", "lookup"])
