@@ -34,12 +34,13 @@ class SampleTemplate(SampleStructure):
         image_key, label_key, mask_key: dict keys of the image, label and mask.
         value_range: value range of the real images; synthetic images (always [-1, 1]) are mapped to it.
         fill: constants for fields no generator can provide, by key.
+        strict: see :class:`~lightning_medaug.mixing.structure.SampleStructure`.
     """
 
     def __init__(self, sample: Any, image_key: str = IMAGE_KEY, label_key: str = LABEL_KEY,
                  mask_key: str = MASK_KEY, value_range: Sequence[float] = (-1.0, 1.0),
-                 fill: Mapping[str, Any] | None = None):
-        super().__init__(sample, image_key, label_key, mask_key, fill)
+                 fill: Mapping[str, Any] | None = None, strict: bool = True):
+        super().__init__(sample, image_key, label_key, mask_key, fill, strict)
         self.value_range = (float(value_range[0]), float(value_range[1]))
         if not self.value_range[0] < self.value_range[1]:
             raise ValueError(f"value_range must be (low, high) with low < high, got {tuple(value_range)}")

@@ -190,9 +190,11 @@ class SyntheticMixDataModule(L.LightningDataModule):
                 probe = [next(iter(real))]
             else:
                 probe = [real[i] for i in probe_indices(len(real))]
-            template = SampleTemplate(probe[0], *self.keys, fill=self.fill)
-            value_range = self.hparams.value_range or infer_value_range(probe, template)
-            self._template = SampleTemplate(probe[0], *self.keys, value_range=value_range, fill=self.fill)
+            strict = self.to_sample is None  # a user's to_sample builds the fields we could not
+            template = SampleTemplate(probe[0], *self.keys, fill=self.fill, strict=strict)
+            value_range = self.hparams.value_range or (infer_value_range(probe, template) if strict else (-1.0, 1.0))
+            self._template = SampleTemplate(probe[0], *self.keys, value_range=value_range, fill=self.fill,
+                                            strict=strict)
         return self._template
 
     def _parts(self) -> tuple[DataLoader, Dataset, SampleTemplate, Dataset, SyntheticAdapter, int]:
@@ -208,8 +210,9 @@ class SyntheticMixDataModule(L.LightningDataModule):
         """Collate one real and one synthetic sample with the user's collate function."""
         real_loader, real, template, _, synthetic, _ = self._parts()
         made = synthetic[0]
+        real_sample = template.mark_real(template.sample) if self.hparams.return_is_synthetic else template.sample
         try:
-            real_loader.collate_fn([template.sample, made])
+            real_loader.collate_fn([real_sample, made])
         except Exception as err:  # whatever the user's collate raises, said at set-up and in one line
             raise ValueError(f"a synthetic sample does not collate with a real one in the wrapped loader's "
                              f"collate_fn ({type(err).__name__}: {err}); pass to_sample= to build synthetic samples "

@@ -22,18 +22,18 @@ def random_tail(transform: Any) -> Callable | None:
     """The transforms of a MONAI ``Compose`` from its first random one on (None when none is random)."""
     from monai.transforms import Compose, Randomizable
 
-    if isinstance(transform, Randomizable):  # a single random transform, or a random OneOf/SomeOf
+    if isinstance(transform, Compose) and type(transform) is not Compose:  # OneOf, SomeOf, RandomOrder: random
         return transform
-    if not isinstance(transform, Compose):
-        return None
+    if not isinstance(transform, Compose):  # MONAI's Compose is itself Randomizable: ask about it last
+        return transform if isinstance(transform, Randomizable) else None
     steps = list(transform.transforms)
     for i, step in enumerate(steps):
-        if isinstance(step, Randomizable):
-            return Compose(steps[i:], map_items=transform.map_items, unpack_items=transform.unpack_items)
-        if isinstance(step, Compose):  # a nested Compose with random steps inside: its tail, then the rest
+        if type(step) is Compose:  # a nested Compose with random steps inside: its tail, then the rest
             inner = random_tail(step)
             if inner is not None:
                 return Compose([inner, *steps[i + 1:]])
+        elif isinstance(step, Randomizable):
+            return Compose(steps[i:], map_items=transform.map_items, unpack_items=transform.unpack_items)
     return None
 
 

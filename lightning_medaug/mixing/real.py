@@ -66,7 +66,8 @@ def labels_of(dataset: Dataset, structure: SampleStructure) -> np.ndarray:
 def masks_of(dataset: Dataset, structure: SampleStructure) -> torch.Tensor:
     """Every real mask as a float ``(N, 1, *spatial)`` batch, to condition a mask-conditional generator."""
     if not structure.has_mask:
-        raise ValueError("the generator is mask-conditional but the real samples carry no masks to condition on")
+        raise ValueError("the generator is mask-conditional but the real samples carry no masks to condition on: "
+                         "write a bank from it with masks (`medaug generate --masks <folder>`) and pass bank=")
     leaf = structure.roles["mask"]
     masks = []
     for i in range(len(dataset)):

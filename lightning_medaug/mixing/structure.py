@@ -123,10 +123,12 @@ class SampleStructure:
             small vector the label.
         fill: constant values for fields no generator can provide, by key (copied into every
             synthetic sample).
+        strict: refuse a sample with no recognisable image or with fields of no role; off when the
+            user builds synthetic samples themselves (``to_sample=``).
     """
 
     def __init__(self, sample: Any, image_key: str = IMAGE_KEY, label_key: str = LABEL_KEY,
-                 mask_key: str = MASK_KEY, fill: Mapping[str, Any] | None = None):
+                 mask_key: str = MASK_KEY, fill: Mapping[str, Any] | None = None, strict: bool = True):
         self.sample, self.fill = sample, dict(fill or {})
         self.leaves: list[Leaf] = []
         self.constants: dict[tuple[Any, ...], Any] = {}
@@ -139,6 +141,8 @@ class SampleStructure:
         if "image" not in self.roles:
             self._infer_positional_roles()
         image = self.roles.get("image")
+        if image is None and not strict:
+            image = self.leaves[0] if self.leaves else Leaf((), "other", (), None, sample)
         if image is None:
             keys = sorted(sample) if isinstance(sample, Mapping) else None
             raise ValueError(f"cannot find the image in the real samples ({type(sample).__name__}"
@@ -146,7 +150,7 @@ class SampleStructure:
                              + f"); set image_key={'<key>'!r} to the key holding the image, or pass to_sample=")
         self.image = image
         unknown = [leaf for leaf in self.leaves if leaf.role is None]
-        if unknown:
+        if unknown and strict:
             names = ", ".join(leaf.where() for leaf in unknown)
             raise ValueError(f"the real samples carry fields that synthetic samples cannot provide: {names}; "
                              "pass to_sample= to build synthetic samples yourself, or fill={'<key>': value} "
