@@ -32,7 +32,7 @@ from lightning_medaug.bank.batch_size import default_batch_size
 from lightning_medaug.bank.distributed import RankContext, rank_context
 from lightning_medaug.bank.plan import LabelPlan, label_plan
 from lightning_medaug.bank.progress import shard_progress
-from lightning_medaug.generative.shapes import spatial_size
+from lightning_medaug.sizes import spatial_size
 
 __all__ = ["write_bank", "WriteSummary", "shard_seed", "checkpoint_sha256", "DTYPES", "encode_images",
            "resolve_device"]

@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY, MASK_KEY
 from lightning_medaug.data.imageio import Geometry
 from lightning_medaug.data.split_module import SplitDataModule
-from lightning_medaug.generative.shapes import SizeLike, spatial_size
 from lightning_medaug.hparams import save_own_hyperparameters
+from lightning_medaug.sizes import SizeLike, spatial_size
 from lightning_medaug.validation import check_at_least, check_loader_args, check_spatial_dims
 
 __all__ = ["PhantomDataset", "PhantomDataModule", "make_phantoms"]

@@ -24,9 +24,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from lightning_medaug.generative.shapes import SizeLike, crop_to, pad_to, spatial_size
+from lightning_medaug.generative.shapes import crop_to, pad_to
 from lightning_medaug.generative.term_logging import TermAccumulator, logs_this_batch
 from lightning_medaug.registry import GENERATORS
+from lightning_medaug.sizes import SizeLike, spatial_size
 from lightning_medaug.validation import check_at_least, check_spatial_dims
 
 __all__ = ["GenerativeModule", "load_generator", "CONFIG_NAME", "WEIGHTS_NAME", "SharedStepModule"]

@@ -27,9 +27,9 @@ from torch import Tensor
 from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.generative.gan import manual_step
 from lightning_medaug.generative.gan_networks import PatchGAN, unet_generator
-from lightning_medaug.generative.shapes import SizeLike
 from lightning_medaug.generative.unpaired_data import IMAGE_A_KEY, IMAGE_B_KEY
 from lightning_medaug.registry import register_generator
+from lightning_medaug.sizes import SizeLike
 from lightning_medaug.validation import check_adam_betas, check_at_least, check_non_negative, check_positive
 
 __all__ = ["CycleGAN"]

@@ -34,8 +34,9 @@ from lightning_medaug.generative.schedulers import (
     build_sampler,
     build_training_scheduler,
 )
-from lightning_medaug.generative.shapes import SizeLike, crop_to, pad_to, padded_size
+from lightning_medaug.generative.shapes import crop_to, pad_to, padded_size
 from lightning_medaug.registry import register_generator
+from lightning_medaug.sizes import SizeLike
 
 __all__ = ["DDPM", "DiffusionGenerator"]
 

@@ -28,8 +28,9 @@ from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.generative.diffaugment import DiffAugment
 from lightning_medaug.generative.ema import EMA, EMASampling
 from lightning_medaug.generative.gan_networks import DCGANDiscriminator, DCGANGenerator
-from lightning_medaug.generative.shapes import SizeLike, resampling_grid
+from lightning_medaug.generative.shapes import resampling_grid
 from lightning_medaug.registry import register_generator
+from lightning_medaug.sizes import SizeLike
 from lightning_medaug.validation import check_adam_betas, check_at_least, check_positive
 
 __all__ = ["DCGAN", "GAN", "WGANGP", "ConditionalGAN", "discriminator_rt", "input_gradients", "manual_step"]

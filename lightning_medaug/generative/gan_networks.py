@@ -27,15 +27,8 @@ from monai.networks.utils import normal_init
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from lightning_medaug.generative.shapes import (
-    SizeLike,
-    crop_to,
-    format_size,
-    pad_to,
-    padded_size,
-    resampling_count,
-    spatial_size,
-)
+from lightning_medaug.generative.shapes import crop_to, pad_to, padded_size, resampling_count
+from lightning_medaug.sizes import SizeLike, format_size, spatial_size
 
 __all__ = ["DCGANDiscriminator", "DCGANGenerator", "PaddedUNet", "PatchGAN", "patch_layers", "unet_generator"]
 

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.generative.base import GenerativeModule, load_generator
 from lightning_medaug.generative.diffusion import DiffusionGenerator
-from lightning_medaug.generative.shapes import SizeLike, spatial_size
 from lightning_medaug.registry import GENERATORS, register_generator
+from lightning_medaug.sizes import SizeLike, spatial_size
 
 __all__ = ["LatentDiffusion"]
 

@@ -35,8 +35,9 @@ from lightning_medaug.generative.progan_networks import (
     ProGANDiscriminator,
     ProGANGenerator,
 )
-from lightning_medaug.generative.shapes import SizeLike, resampling_grid
+from lightning_medaug.generative.shapes import resampling_grid
 from lightning_medaug.registry import register_generator
+from lightning_medaug.sizes import SizeLike
 from lightning_medaug.validation import (
     check_adam_betas,
     check_at_least,

@@ -27,13 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_medaug.generative.shapes import SizeLike, resolution_ladder, spatial_size
+from lightning_medaug.generative.shapes import resolution_ladder
 from lightning_medaug.generative.stylegan_networks import (
     EqualConv,
     EqualLinear,
     channels_at,
     critic_head,
 )
+from lightning_medaug.sizes import SizeLike, spatial_size
 
 __all__ = ["ProGANDiscriminator", "ProGANGenerator", "pixel_norm"]
 

@@ -36,9 +36,9 @@ from lightning_medaug.generative.rhvae_metric import (
     lower_triangular,
     tempering,
 )
-from lightning_medaug.generative.shapes import SizeLike
 from lightning_medaug.generative.vae import AutoencoderModule
 from lightning_medaug.registry import register_generator
+from lightning_medaug.sizes import SizeLike
 
 __all__ = ["RHVAE", "ConvDecoder", "ConvEncoder"]
 

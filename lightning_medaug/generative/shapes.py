@@ -1,10 +1,9 @@
-"""Spatial sizes of generators: one int or one size per axis, padded inside to what a network takes.
+"""Network grids of generators: the data's size padded inside to what a network takes.
 
 Real images are rarely square and real volumes rarely cubic, while the networks halve (or double)
-every axis a fixed number of times. Every family therefore goes through these helpers, once:
+every axis a fixed number of times. Every family therefore goes through these helpers, once
+(``image_size`` itself is normalised by :func:`lightning_medaug.sizes.spatial_size`):
 
-* :func:`spatial_size` turns ``image_size`` (an int, or a sequence with one size per axis, as
-  JSON gives it back) into a tuple of ``spatial_dims`` ints;
 * :func:`padded_size` / :func:`resampling_count` say which grid a network runs on;
 * :func:`pad_to` pads images to that grid (edge replication, centred, so the border looks like
   the data to the convolutions) and :func:`crop_to` cuts the same border off again, so samples
@@ -19,38 +18,9 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["SizeLike", "crop_to", "format_size", "pad_to", "padded_size", "resampling_count", "resampling_grid",
-           "resolution_ladder", "spatial_size"]
+from lightning_medaug.sizes import MIN_SIDE, format_size
 
-#: What ``image_size`` arguments accept: one side for every axis, or one per axis ((H, W) / (D, H, W)).
-SizeLike = int | Sequence[int]
-
-#: The smallest side a generator is built for.
-MIN_SIDE = 4
-
-
-def spatial_size(image_size: SizeLike, spatial_dims: int, min_side: int = MIN_SIDE) -> tuple[int, ...]:
-    """``image_size`` as a tuple of ``spatial_dims`` ints; ``ValueError`` on a wrong length or side."""
-    if isinstance(image_size, bool):
-        raise ValueError(f"image_size must be an int or one int per axis, got {image_size!r}")
-    if isinstance(image_size, int):
-        size = (image_size,) * spatial_dims
-    elif isinstance(image_size, Sequence) and not isinstance(image_size, str) and all(
-            isinstance(s, int) and not isinstance(s, bool) for s in image_size):
-        size = tuple(int(s) for s in image_size)
-        if len(size) != spatial_dims:
-            raise ValueError(f"image_size={list(size)} has {len(size)} sizes but spatial_dims={spatial_dims}: "
-                             f"give one int or {spatial_dims} ints ({'(H, W)' if spatial_dims == 2 else '(D, H, W)'})")
-    else:
-        raise ValueError(f"image_size must be an int or one int per axis, got {image_size!r}")
-    if min(size) < min_side:
-        raise ValueError(f"image_size must be at least {min_side} on every axis, got {format_size(size)}")
-    return size
-
-
-def format_size(size: SizeLike) -> str:
-    """``28`` -> ``"28"``, ``(16, 24, 32)`` -> ``"16x24x32"``, for messages."""
-    return str(size) if isinstance(size, int) else "x".join(map(str, size))
+__all__ = ["crop_to", "pad_to", "padded_size", "resampling_count", "resampling_grid", "resolution_ladder"]
 
 
 def padded_size(size: Sequence[int], multiple: int) -> tuple[int, ...]:

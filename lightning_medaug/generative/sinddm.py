@@ -53,9 +53,9 @@ from lightning_medaug.generative.schedulers import (
     build_sampler,
     build_training_scheduler,
 )
-from lightning_medaug.generative.shapes import SizeLike, format_size
 from lightning_medaug.generative.sinddm_network import SinDDMDenoiser
 from lightning_medaug.registry import register_generator
+from lightning_medaug.sizes import SizeLike, format_size
 
 __all__ = ["SINDDM_SAMPLERS", "SinDDM", "pyramid_sizes", "resize"]
 

@@ -26,12 +26,13 @@ from lightning_medaug.generative.ada import AdaptiveAugment
 from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.generative.ema import EMA, EMASampling
 from lightning_medaug.generative.gan import input_gradients, manual_step
-from lightning_medaug.generative.shapes import SizeLike, resampling_grid
+from lightning_medaug.generative.shapes import resampling_grid
 from lightning_medaug.generative.stylegan_networks import (
     StyleGAN2Discriminator,
     StyleGAN2Generator,
 )
 from lightning_medaug.registry import register_generator
+from lightning_medaug.sizes import SizeLike
 from lightning_medaug.validation import check_adam_betas, check_at_least, check_positive
 
 __all__ = ["StyleGAN2"]

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_medaug.generative.shapes import SizeLike, resolution_ladder, spatial_size
+from lightning_medaug.generative.shapes import resolution_ladder
+from lightning_medaug.sizes import SizeLike, spatial_size
 
 __all__ = ["EqualConv", "EqualLinear", "MappingNetwork", "ModulatedConv", "StyleGAN2Discriminator",
            "StyleGAN2Generator", "channels_at", "critic_head", "minibatch_stddev"]

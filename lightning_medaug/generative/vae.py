@@ -27,8 +27,9 @@ from torch import Tensor, nn
 
 from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.generative.base import SharedStepModule
-from lightning_medaug.generative.shapes import SizeLike, padded_size
+from lightning_medaug.generative.shapes import padded_size
 from lightning_medaug.registry import register_generator
+from lightning_medaug.sizes import SizeLike
 from lightning_medaug.validation import (
     check_at_least,
     check_channels,

@@ -25,13 +25,13 @@ import torch.nn.functional as F
 from monai.networks.nets import VQVAE as MonaiVQVAE
 from torch import Tensor
 
-from lightning_medaug.generative.shapes import SizeLike
 from lightning_medaug.generative.vae import (
     RECON_LOSSES,
     AutoencoderModule,
     reconstruction_loss,
 )
 from lightning_medaug.registry import register_generator
+from lightning_medaug.sizes import SizeLike
 from lightning_medaug.validation import (
     check_at_least,
     check_channels,

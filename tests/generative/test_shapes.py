@@ -9,9 +9,10 @@ from generative_testing import quiet_trainer, seeded
 
 from lightning_medaug.data import PhantomDataModule
 from lightning_medaug.generative.base import load_generator
-from lightning_medaug.generative.shapes import crop_to, pad_to, padded_size, resampling_grid, spatial_size
+from lightning_medaug.generative.shapes import crop_to, pad_to, padded_size, resampling_grid
 from lightning_medaug.generative.unpaired_data import PhantomDomainsDataModule
 from lightning_medaug.registry import GENERATORS, create_generator, list_generators
+from lightning_medaug.sizes import spatial_size
 
 SIZES = {2: (24, 20), 3: (8, 12, 16)}
 _AE = {"channels": (8, 16), "norm_num_groups": 4, "latent_channels": 2}
