@@ -146,13 +146,20 @@ class SyntheticMixDataModule(L.LightningDataModule):
         self.datamodule.teardown(stage)
 
     def val_dataloader(self) -> Any:
-        return self.datamodule.val_dataloader()
+        return self._wrapped_loader("val_dataloader")
 
     def test_dataloader(self) -> Any:
-        return self.datamodule.test_dataloader()
+        return self._wrapped_loader("test_dataloader")
 
     def predict_dataloader(self) -> Any:
-        return self.datamodule.predict_dataloader()
+        return self._wrapped_loader("predict_dataloader")
+
+    def _wrapped_loader(self, name: str) -> Any:
+        """The wrapped module's own loader; none (an empty list, which Lightning skips) where it defines none,
+        as a user module with only a training loader has no validation to run."""
+        if getattr(type(self.datamodule), name) is getattr(L.LightningDataModule, name):
+            return []
+        return getattr(self.datamodule, name)()
 
     @property
     def batch_size(self) -> int:
