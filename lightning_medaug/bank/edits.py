@@ -20,7 +20,6 @@ per sample (:data:`EDIT_COLUMNS`):
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,10 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
+from lightning_medaug.bank.conditions import check_sample_kwargs
+from lightning_medaug.bank.data_config import load_data_module
 from lightning_medaug.bank.distributed import rank_context
 from lightning_medaug.bank.manifest import COLUMNS
 from lightning_medaug.bank.plan import parse_class_map
@@ -41,7 +41,6 @@ from lightning_medaug.bank.writer import (
     _run,
     _sampler_record,
     _ShardJob,
-    check_sample_kwargs,
     prepare_generator,
 )
 from lightning_medaug.data.batch import unpack_batch
@@ -51,37 +50,16 @@ __all__ = ["EDIT_COLUMNS", "edit_targets", "load_training_set", "write_edit_bank
 #: Manifest columns a bank of edits adds to :data:`~.manifest.COLUMNS`.
 EDIT_COLUMNS = ("parent_index", "parent_sha256", "strength", "source_label", "soft_label")
 
-#: Settings of a data section that do not change which images the training set holds.
-_AUGMENTATION_ARGS = ("train_transforms",)
-
 
 def load_training_set(config: str | Path | Mapping[str, Any]) -> tuple[Dataset, dict[str, Any]]:
     """The real training set of a data module given by a recipe (its ``data`` section) or a data
     config (``class_path`` / ``init_args``), as a YAML file or a dict; also returns the data section used.
 
     A ``SyntheticMixDataModule`` is unwrapped to the real data module it holds, and training
-    augmentation (``train_transforms``) is dropped: edits start from the real images themselves.
+    augmentation (``train_transforms``) is dropped: edits start from the real images themselves
+    (see :func:`~lightning_medaug.bank.data_config.load_data_module`).
     """
-    if not isinstance(config, Mapping):
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"data config {path} not found: pass a recipe with a 'data' section or a "
-                                    "data config with class_path/init_args")
-        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    section = config.get("data", config) if isinstance(config, Mapping) else None
-    while isinstance(section, Mapping) and isinstance(section.get("init_args", {}).get("datamodule"), Mapping):
-        section = section["init_args"]["datamodule"]  # the real data inside a mixing wrapper
-    if not isinstance(section, Mapping) or not isinstance(section.get("class_path"), str):
-        raise ValueError("the data config needs a class_path (and init_args), at the top or under 'data', "
-                         "e.g. class_path: lightning_medaug.data.MedMNISTDataModule")
-    init_args = {k: v for k, v in dict(section.get("init_args") or {}).items() if k not in _AUGMENTATION_ARGS}
-    section = {"class_path": section["class_path"], "init_args": init_args}
-    module_name, _, class_name = section["class_path"].rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError):
-        raise ValueError(f"cannot import the data module {section['class_path']!r}: check its class_path") from None
-    datamodule = cls(**init_args)
+    datamodule, section = load_data_module(config)
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule.train_dataloader().dataset, section

@@ -25,7 +25,8 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
-from lightning_medaug.bank.writer import DTYPES, WriteSummary, write_bank
+from lightning_medaug.bank.encoding import DTYPES
+from lightning_medaug.bank.writer import WriteSummary, write_bank
 
 __all__ = ["main", "build_parser", "read_mask_folder", "sampler_kwargs"]
 

@@ -14,8 +14,6 @@ the images (:func:`default_batch_size`) for a new bank and read from ``bank.json
 from __future__ import annotations
 
 import hashlib
-import inspect
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,17 +27,15 @@ from torch import Tensor
 
 from lightning_medaug.bank import manifest as mf
 from lightning_medaug.bank.batch_size import default_batch_size
+from lightning_medaug.bank.conditions import check_sample_kwargs, prepare_masks
+from lightning_medaug.bank.device import resolve_device
 from lightning_medaug.bank.distributed import RankContext, rank_context
+from lightning_medaug.bank.encoding import DTYPES, encode_images
 from lightning_medaug.bank.plan import LabelPlan, label_plan
 from lightning_medaug.bank.progress import shard_progress
 from lightning_medaug.sizes import spatial_size
 
-__all__ = ["write_bank", "WriteSummary", "shard_seed", "checkpoint_sha256", "DTYPES", "encode_images",
-           "resolve_device"]
-
-#: Storage dtypes of a bank's images; uint8 maps [-1, 1] linearly to 0..255.
-DTYPES = ("float16", "float32", "uint8")
-
+__all__ = ["write_bank", "WriteSummary", "shard_seed", "checkpoint_sha256"]
 
 @dataclass(frozen=True)
 class WriteSummary:
@@ -79,42 +75,6 @@ def checkpoint_sha256(model: torch.nn.Module, registry_name: str) -> str:
     return hashlib.sha256(safetensors_bytes(state, metadata={"generator": registry_name})).hexdigest()
 
 
-def resolve_device(device: str | torch.device | None, fallback: torch.device) -> torch.device:
-    """``"auto"``: this rank's GPU when there is one, else the CPU; ``None``: ``fallback``."""
-    if device is None:
-        return fallback
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-        return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
-
-
-def encode_images(x: np.ndarray, dtype: str) -> np.ndarray:
-    """Images in [-1, 1] to the bank's storage dtype."""
-    if dtype == "uint8":
-        return np.rint((x + 1.0) * 127.5).astype(np.uint8)
-    return x.astype(dtype)
-
-
-def check_sample_kwargs(model: Any, sample_kwargs: Mapping[str, Any], method: str = "sample") -> dict[str, Any]:
-    """``sample_kwargs`` as a dict; ValueError for one that ``model.<method>`` does not take."""
-    params = inspect.signature(getattr(model, method)).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    reserved = {"n", "labels", "masks", "generator"} & set(sample_kwargs)
-    if reserved:
-        raise ValueError(f"sample_kwargs must not set {sorted(reserved)}: the bank writer sets them")
-    unknown = [k for k in sample_kwargs if k not in params and not takes_any]
-    if unknown:
-        accepted = [k for k in params if k not in ("n", "labels", "masks", "generator")]
-        raise ValueError(f"{type(model).__name__}.{method}() does not take {unknown}; "
-                         f"it takes {accepted or 'no options'}")
-    return dict(sample_kwargs)
-
-
 def _model_spec(model: Any) -> tuple[int, int, tuple[int, ...], int]:
     """``(spatial_dims, in_channels, spatial size per axis, num_classes)`` from the hyperparameters."""
     hp = getattr(model, "hparams", {})
@@ -126,29 +86,6 @@ def _model_spec(model: Any) -> tuple[int, int, tuple[int, ...], int]:
         values[name] = value if name == "image_size" else int(value)
     size = spatial_size(values["image_size"], values["spatial_dims"], min_side=1)
     return values["spatial_dims"], values["in_channels"], size, values["num_classes"]
-
-
-def _prepare_masks(masks: Tensor | np.ndarray | None, mask_names: Sequence[str] | None, requires: bool,
-                   mask_shape: tuple[int, ...], model_name: str) -> tuple[np.ndarray | None, list[str] | None]:
-    if masks is None:
-        if requires:
-            raise ValueError(f"{model_name} is mask-conditional: pass masks (a folder of masks on the command line)")
-        return None, None
-    if not requires:
-        raise ValueError(f"{model_name} is not mask-conditional: drop the masks")
-    array = masks.detach().cpu().numpy() if isinstance(masks, Tensor) else np.asarray(masks)
-    if array.ndim == len(mask_shape):  # (M, *S) without the channel axis
-        array = array[:, None]
-    if array.shape[1:] != mask_shape or len(array) == 0:
-        raise ValueError(f"masks must have shape (M, {', '.join(map(str, mask_shape))}) with M >= 1, got {array.shape}")
-    if not np.isin(array, (0, 1)).all():
-        raise ValueError("masks must hold only 0 and 1; threshold them first")
-    names = [str(i) for i in range(len(array))] if mask_names is None else [str(n) for n in mask_names]
-    if len(names) != len(array):
-        raise ValueError(f"got {len(names)} mask names for {len(array)} masks")
-    if any(os.path.isabs(n) or n.startswith("..") for n in names):
-        raise ValueError("mask names are stored in the manifest and must be relative (file names, not paths)")
-    return np.ascontiguousarray(array.astype(np.uint8)), names
 
 
 def write_bank(model: Any, out: str | Path, num_samples: int | None = None,
@@ -185,7 +122,7 @@ def write_bank(model: Any, out: str | Path, num_samples: int | None = None,
     """
     model, settings = prepare_generator(model, out, shard_size, batch_size, seed, dtype, device, checkpoint_folder)
     _, _, size, num_classes = _model_spec(model)
-    mask_array, names = _prepare_masks(masks, mask_names, bool(getattr(model, "requires_masks", False)),
+    mask_array, names = prepare_masks(masks, mask_names, bool(getattr(model, "requires_masks", False)),
                                        (1,) + size, type(model).__name__)
     plan = label_plan(labels, num_samples, num_classes, proportions)
     kwargs = check_sample_kwargs(model, sample_kwargs or {})

@@ -218,7 +218,7 @@ def evaluate_bank(synthetic: Dataset | str | Path, real_train: Dataset, real_tes
         What ``metrics.json`` holds.
     """
     from lightning_medaug.bank import SyntheticBank
-    from lightning_medaug.bank.writer import resolve_device
+    from lightning_medaug.bank.device import resolve_device
     from lightning_medaug.metrics import extract_features, fidelity_with_floor
 
     stage = progress or (lambda name: None)
