@@ -187,8 +187,10 @@ def study_sections(study: Study, results: Sequence[dict[str, Any]], rows: Sequen
 
 
 def write_study_report(study: Study, results: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]],
-                       comparisons: Sequence[dict[str, Any]], versions: dict[str, str]) -> dict[str, Path]:
-    """Write the plots, ``report.html`` and ``report.md`` into ``study.out``; returns their paths."""
+                       comparisons: Sequence[dict[str, Any]], versions: dict[str, str],
+                       preface: Sequence[Section] = ()) -> dict[str, Path]:
+    """Write the plots, ``report.html`` and ``report.md`` into ``study.out`` (``preface``: sections
+    before the study's own); returns their paths."""
     files: dict[str, Path] = {}
     if rows:
         files["fraction_plot"] = plot_fraction(rows, study.metric, study.out / "metric_vs_fraction.png")
@@ -197,5 +199,5 @@ def write_study_report(study: Study, results: Sequence[dict[str, Any]], rows: Se
             files["ratio_plot"] = ratio
     subtitle = ", ".join(f"{k} {v}" for k, v in versions.items())
     html, md = write_report(study.out, f"Study: {study.task}, {study.metric} on the test split",
-                            study_sections(study, results, rows, comparisons, files), subtitle=subtitle)
+                            [*preface, *study_sections(study, results, rows, comparisons, files)], subtitle=subtitle)
     return {**files, "html": html, "report": md}

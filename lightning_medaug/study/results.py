@@ -8,10 +8,12 @@ import json
 import platform
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from lightning_medaug.report.html import Section
     from lightning_medaug.study.runner import Study
 
 __all__ = ["compare_arms", "summarize", "write_results"]
@@ -108,9 +110,9 @@ def _versions() -> dict[str, str]:
             "lightning_medaug": lightning_medaug.__version__, "threads": str(torch.get_num_threads())}
 
 
-def write_results(study: Study, results: list[dict[str, Any]]) -> dict[str, Path]:
+def write_results(study: Study, results: list[dict[str, Any]], preface: Sequence[Section] = ()) -> dict[str, Path]:
     """Write ``results.json``, ``results.csv``, the plots, ``report.html`` and ``report.md`` into
-    ``study.out``; returns their paths."""
+    ``study.out`` (``preface``: sections the report opens with); returns their paths."""
     from lightning_medaug.study.report import write_study_report
 
     out = study.out
@@ -136,5 +138,5 @@ def write_results(study: Study, results: list[dict[str, Any]]) -> dict[str, Path
             extra = [v for k in others for v in (r["metrics"].get(k) or ("", ""))]
             writer.writerow([r["fraction"], r["arm"], r["generator"], r["ratio"], r["mean"], r["std"], r["seeds"],
                              r["minutes"], *extra])
-    files.update(write_study_report(study, results, rows, comparisons, versions))
+    files.update(write_study_report(study, results, rows, comparisons, versions, preface))
     return files
