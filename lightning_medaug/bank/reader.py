@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lightning_medaug.bank import manifest as mf
+from lightning_medaug.data.imageio import Geometry
 
 __all__ = ["SyntheticBank"]
 
@@ -86,6 +87,7 @@ class SyntheticBank(Dataset):
             self._verify(columns, settings)
         score = self._read_scores(columns["id"], score_column)
         keep = self._filter(columns["label"], score, labels, min_score, score_column)
+        self._keep = keep
         self._id = columns["id"][keep]
         self._shard = columns["shard"][keep].astype(np.int32)
         self._offset = columns["index"][keep].astype(np.int32)
@@ -256,6 +258,21 @@ class SyntheticBank(Dataset):
         return spatial[0] if len(set(spatial)) == 1 else spatial
 
     @property
+    def geometry(self) -> Geometry | None:
+        """Spacing, origin and direction of the real data the bank imitates (SimpleITK (x, y[, z])
+        order, the reverse of the array axes), as ``medaug generate --geometry-from`` recorded them;
+        ``None`` when none was given."""
+        record = self._info["settings"].get("geometry")
+        return None if record is None else Geometry.from_dict(self._image_shape[1:], record)
+
+    @property
+    def file_format(self) -> str | None:
+        """``"nifti"``, ``"mha"`` or ``"nrrd"`` when every sample is also an image file (its path in the
+        ``image_file`` column of ``manifest.csv``), else ``None``."""
+        files = self._info["settings"].get("files")
+        return None if files is None else files["format"]
+
+    @property
     def num_classes(self) -> int:
         """The generator's class count (0 for an unconditional generator)."""
         return self._num_classes
@@ -285,6 +302,14 @@ class SyntheticBank(Dataset):
         if self._score is not None:
             table["score"] = self._score
         return table
+
+    def column(self, name: str) -> np.ndarray | None:
+        """A numeric manifest column (e.g. ``parent_index`` of a bank of edits) for the kept samples,
+        as float64; None when the manifest has no such column."""
+        manifest_path = self.path / mf.MANIFEST_FILE
+        if name not in mf.csv_header(manifest_path):
+            return None
+        return mf.read_manifest_columns(manifest_path, (), (name,))[name][self._keep]
 
     def class_counts(self) -> np.ndarray:
         """Kept samples per class (length ``num_classes``)."""

@@ -29,7 +29,7 @@ from lightning_medaug.mixing.adapter import (
     infer_value_range,
 )
 from lightning_medaug.mixing.batch_sampler import MixBatchSampler
-from lightning_medaug.mixing.generated import GeneratedPool, generate_pool
+from lightning_medaug.mixing.generated import GeneratedPool, generate_pool, model_image_shape
 from lightning_medaug.mixing.inherit import inherited_transform
 from lightning_medaug.mixing.iterable import EpochLoader, MixedIterable
 from lightning_medaug.mixing.real import (
@@ -40,7 +40,7 @@ from lightning_medaug.mixing.real import (
     user_batch_sampler,
     user_sampler,
 )
-from lightning_medaug.mixing.sampler import MODES, MixSampler, synthetic_count
+from lightning_medaug.mixing.sampler import MODES, MixSampler, curriculum, synthetic_count
 
 __all__ = ["SyntheticMixDataModule"]
 
@@ -65,12 +65,16 @@ class SyntheticMixDataModule(L.LightningDataModule):
             folder) sampled at the start of training, on its own device (GPU users).
         ratio: synthetic fraction of each training epoch, in [0, 1].
         mode: ``"add"`` keeps every real sample and adds synthetic ones; ``"replace"`` keeps the
-            epoch length (``ratio=1`` there trains on synthetic data only).
+            epoch length (``ratio=1`` there trains on synthetic data only); ``"swap"`` swaps each
+            real sample for one of its own diffusion edits with probability ``ratio`` (DA-Fusion,
+            Trabucco et al. 2023), from a bank written by ``medaug generate --edit-from``.
         class_balance: give the synthetic budget to the classes with fewest samples.
         seed: seeds every epoch's choice of samples (with the epoch number).
         return_is_synthetic: add an ``is_synthetic`` flag to every training sample.
         ratio_schedule: ``{epoch: ratio}`` from that epoch on, e.g. ``{0: 0.0, 5: 0.5}``; in ``add``
-            mode the epoch length changes, so set ``reload_dataloaders_every_n_epochs=1``.
+            mode the epoch length changes, so set ``reload_dataloaders_every_n_epochs=1``. The preset
+            ``"synthetic_then_real:N"`` is the curriculum of synthetic pre-training then real
+            fine-tuning: synthetic only for N epochs, real only after (``mode="replace"``).
         bank_labels: keep only these labels of the bank; ``min_score``: keep samples scoring at least this.
         value_range: value range of the real images (synthetic ones are [-1, 1] and get mapped);
             by default recognised from the real images: uint8 is 0..255, floats within [0, 1],
@@ -92,7 +96,7 @@ class SyntheticMixDataModule(L.LightningDataModule):
 
     def __init__(self, datamodule: L.LightningDataModule, bank: str | None = None, generator: Any = None,
                  ratio: float = 0.5, mode: str = "add", class_balance: bool = False, seed: int = 0,
-                 return_is_synthetic: bool = False, ratio_schedule: dict[int, float] | None = None,
+                 return_is_synthetic: bool = False, ratio_schedule: dict[int, float] | str | None = None,
                  bank_labels: list[int] | None = None, min_score: float | None = None,
                  value_range: tuple[float, float] | None = None, synthetic_transform: Any = "inherit",
                  num_generated: int | None = None, regenerate_every_epoch: bool = False,
@@ -106,6 +110,10 @@ class SyntheticMixDataModule(L.LightningDataModule):
             raise ValueError("pass exactly one synthetic source: bank=<folder> or generator=<model or folder>")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        ratio_schedule = curriculum(ratio_schedule, mode) if isinstance(ratio_schedule, str) else ratio_schedule
+        if mode == "swap" and bank is None:
+            raise ValueError("mode='swap' swaps real samples for their own edits: pass bank=<a bank written by "
+                             "`medaug generate --edit-from`>")
         for r in [ratio, *(ratio_schedule or {}).values()]:
             if not 0.0 <= float(r) <= 1.0:
                 raise ValueError(f"ratio must lie in [0, 1], got {r}")
@@ -215,7 +223,8 @@ class SyntheticMixDataModule(L.LightningDataModule):
 
     def _check_pair(self) -> None:
         """Collate one real and one synthetic sample with the user's collate function."""
-        real_loader, real, template, _, synthetic, _ = self._parts()
+        real_loader, real, template, source, synthetic, _ = self._parts()
+        self._parents(source, real)
         made = synthetic[0]
         real_sample = template.mark_real(template.sample) if self.hparams.return_is_synthetic else template.sample
         try:
@@ -233,6 +242,9 @@ class SyntheticMixDataModule(L.LightningDataModule):
                       persistent_workers=real_loader.persistent_workers and real_loader.num_workers > 0)
         flag = self.hparams.return_is_synthetic
         if isinstance(real, IterableDataset):
+            if self.mode == "swap":
+                raise ValueError("mode='swap' needs a map-style real training set: edits are matched to their "
+                                 "parents by index")
             if self.class_balance:
                 raise ValueError("class_balance needs a map-style real training set; a streamed one has no "
                                  "labels to count ahead")
@@ -242,8 +254,12 @@ class SyntheticMixDataModule(L.LightningDataModule):
             return EpochLoader(mixed, epoch_of, batch_size=real_loader.batch_size, drop_last=real_loader.drop_last,
                                **common)
         real_part = FlaggedReal(real, template) if flag else real
+        parents = self._parents(source, real)
         batches = user_batch_sampler(real_loader)
         if batches is not None:
+            if self.mode == "swap":
+                raise ValueError("mode='swap' cannot be combined with the wrapped loader's own batch_sampler "
+                                 f"({type(batches).__name__}); use add or replace")
             if self.class_balance:
                 raise ValueError("class_balance cannot be combined with the wrapped loader's own batch_sampler "
                                  f"({type(batches).__name__}), which already chooses each batch's samples")
@@ -254,13 +270,28 @@ class SyntheticMixDataModule(L.LightningDataModule):
         real_labels = labels_of(real, template) if self.class_balance else None
         self.sampler = MixSampler(len(real), source.labels, self.ratio, self.mode, self.seed, real_labels,
                                   self.class_balance, self.ratio_schedule, world, rank,
-                                  real_sampler=user_sampler(real_loader))
+                                  real_sampler=user_sampler(real_loader), synthetic_parents=parents)
         self.sampler.set_epoch(epoch)
         batch_size = real_loader.batch_size or getattr(real_loader.batch_sampler, "batch_size", None)
         if batch_size is None:
             raise ValueError("the wrapped train_dataloader() has no batch_size to reuse")
         return DataLoader(MixedDataset(real_part, synthetic), batch_size=batch_size, sampler=self.sampler,
                           drop_last=real_loader.drop_last, **common)
+
+    def _parents(self, source: Any, real: Dataset) -> np.ndarray | None:
+        """The real parent index of each synthetic sample, for ``mode="swap"``."""
+        if self.mode != "swap":
+            return None
+        column = getattr(source, "column", None)
+        parents = column("parent_index") if column is not None else None
+        if parents is None:
+            raise ValueError(f"mode='swap' needs a bank of edits (with a parent_index column); {self.bank_path} has "
+                             "none: write one with `medaug generate --edit-from <data recipe>`")
+        parents = np.nan_to_num(parents, nan=-1).astype(np.int64)
+        if parents.size and int(parents.max()) >= len(real):
+            raise ValueError(f"the bank's edits name real parents up to index {int(parents.max())} but the training "
+                             f"set holds {len(real)} samples: write the edits from this data module's training set")
+        return parents
 
     def _transform(self, real: Dataset, template: SampleTemplate) -> Callable | None:
         if self.synthetic_transform == "inherit":
@@ -293,7 +324,7 @@ class SyntheticMixDataModule(L.LightningDataModule):
             if isinstance(real, IterableDataset):
                 raise ValueError("a mask-conditional generator needs the real masks up front; a streamed real set "
                                  "has none: write a bank with `medaug generate` and pass bank=")
-            template.bind_layout(_model_image_shape(model))
+            template.bind_layout(model_image_shape(model))
             masks = masks_of(real, template)
         if self.hparams.num_generated:
             count = self.hparams.num_generated
@@ -347,14 +378,6 @@ class SyntheticMixDataModule(L.LightningDataModule):
                                  f"{key}={getattr(self, key)!r}: resume with the same mixing settings")
         self._epoch = int(state_dict.get("epoch", 0))
         self.datamodule.load_state_dict(state_dict.get("datamodule", {}))
-
-
-def _model_image_shape(model: Any) -> tuple[int, ...]:
-    """``(C, *spatial)`` of a generator's samples, from its recorded hyperparameters."""
-    hp = model.hparams
-    size = hp["image_size"]
-    spatial = tuple(size) if isinstance(size, (list, tuple)) else (int(size),) * int(hp["spatial_dims"])
-    return (int(hp["in_channels"]), *spatial)
 
 
 def _forward(name: str) -> property:

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from lightning_medaug.bank.plan import largest_remainder
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY, MASK_KEY
 
-__all__ = ["GeneratedPool", "generate_pool"]
+__all__ = ["GeneratedPool", "generate_pool", "model_image_shape"]
 
 
 class GeneratedPool(Dataset):
@@ -105,3 +105,11 @@ def generate_pool(model: Any, num_samples: int, seed: int, batch_size: int = 256
                                    **dict(sample_kwargs or {})).cpu())
     model.train(was_training)
     return GeneratedPool(torch.cat(chunks), labels, torch.cat(used_masks) if used_masks else None, num_classes)
+
+
+def model_image_shape(model: Any) -> tuple[int, ...]:
+    """``(C, *spatial)`` of a generator's samples, from its recorded hyperparameters."""
+    hp = model.hparams
+    size = hp["image_size"]
+    spatial = tuple(size) if isinstance(size, (list, tuple)) else (int(size),) * int(hp["spatial_dims"])
+    return (int(hp["in_channels"]), *spatial)

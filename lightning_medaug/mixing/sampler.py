@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-__all__ = ["MixSampler", "synthetic_count", "balance_allocation", "ratio_at", "seeded_draw"]
+__all__ = ["MixSampler", "synthetic_count", "balance_allocation", "ratio_at", "seeded_draw", "curriculum"]
 
-MODES = ("add", "replace")
+MODES = ("add", "replace", "swap")
 
 
 def ratio_at(ratio: float, schedule: Mapping[int, float] | None, epoch: int) -> float:
@@ -35,13 +35,17 @@ def synthetic_count(num_real: int, ratio: float, mode: str) -> tuple[int, int]:
     """``(real, synthetic)`` sample counts of an epoch with synthetic fraction ``ratio``.
 
     ``add`` keeps every real sample and adds ``ratio / (1 - ratio)`` times as many synthetic ones;
-    ``replace`` keeps the epoch length and swaps a ``ratio`` share of real samples for synthetic.
+    ``replace`` keeps the epoch length and swaps a ``ratio`` share of real samples for synthetic;
+    ``swap`` keeps the epoch's real plan and swaps each real sample for one of its own edits with
+    probability ``ratio`` (how many is drawn per epoch, so none are counted here).
     """
     if mode == "add":
         if ratio >= 1.0:
             raise ValueError("ratio=1 in 'add' mode would need infinitely many synthetic samples; "
                              "use mode='replace' for synthetic-only training")
         return num_real, int(round(num_real * ratio / (1.0 - ratio)))
+    if mode == "swap":
+        return num_real, 0
     synthetic = int(round(num_real * ratio))
     return num_real - synthetic, synthetic
 
@@ -96,12 +100,15 @@ class MixSampler(DistributedSampler):
             epoch, and the synthetic share comes on top of them (``add``) or replaces some (``replace``).
             It is drawn with a generator seeded by ``(seed, epoch)``, the same on every rank, so DDP
             shares stay disjoint.
+        synthetic_parents: for ``mode="swap"``, the real index each synthetic sample was edited
+            from (a bank of edits' ``parent_index``; -1 for none).
     """
 
     def __init__(self, num_real: int, synthetic_labels: Sequence[int] | np.ndarray, ratio: float = 0.5,
                  mode: str = "add", seed: int = 0, real_labels: Sequence[int] | np.ndarray | None = None,
                  class_balance: bool = False, ratio_schedule: Mapping[int, float] | None = None,
-                 num_replicas: int = 1, rank: int = 0, shuffle: bool = True, real_sampler: Any = None):
+                 num_replicas: int = 1, rank: int = 0, shuffle: bool = True, real_sampler: Any = None,
+                 synthetic_parents: Sequence[int] | np.ndarray | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         for r in [ratio, *(ratio_schedule or {}).values()]:
@@ -122,6 +129,13 @@ class MixSampler(DistributedSampler):
         self.class_balance, self.ratio_schedule = class_balance, dict(ratio_schedule or {})
         self.num_replicas, self.rank, self.shuffle, self.epoch = num_replicas, rank, shuffle, 0
         self.real_sampler = real_sampler
+        if mode == "swap":
+            if synthetic_parents is None:
+                raise ValueError("mode='swap' needs the real parent of each synthetic sample: a bank of edits "
+                                 "written by `medaug generate --edit-from`")
+            parents = np.asarray(synthetic_parents, dtype=np.int64).reshape(-1)
+            self._edit_order = np.argsort(parents, kind="stable")
+            self._edit_parents = parents[self._edit_order]
         self.drop_last = True  # shares are truncated, never padded: no sample twice in an epoch
         self._warned = False
         self._pools: list[np.ndarray] | None = None
@@ -144,9 +158,22 @@ class MixSampler(DistributedSampler):
             real = seeded_draw(self.real_sampler, self.seed, epoch)[:n_real]
         else:
             real = rng.permutation(self.num_real)[:n_real] if self.shuffle else np.arange(n_real)
+        if self.mode == "swap":
+            return self._swap(real, ratio_at(self.ratio, self.ratio_schedule, epoch), rng)
         synthetic = self._synthetic(epoch, n_syn, real) + self.num_real
         order = np.concatenate([real, synthetic])
         return rng.permutation(order) if self.shuffle else order
+
+    def _swap(self, real: np.ndarray, probability: float, rng: np.random.Generator) -> np.ndarray:
+        """Each real index replaced, with ``probability``, by one of its own edits (DA-Fusion,
+        Trabucco et al. 2023); real samples without edits stay."""
+        first = np.searchsorted(self._edit_parents, real, side="left")
+        count = np.searchsorted(self._edit_parents, real, side="right") - first
+        swap = (count > 0) & (rng.random(len(real)) < probability)
+        pick = first + np.floor(rng.random(len(real)) * count).astype(np.int64)
+        out = real.copy()
+        out[swap] = self._edit_order[pick[swap]] + self.num_real
+        return out
 
     def _synthetic(self, epoch: int, n_syn: int, real: np.ndarray) -> np.ndarray:
         if n_syn == 0:
@@ -186,6 +213,16 @@ class MixSampler(DistributedSampler):
         """Share of synthetic samples in the epoch (all ranks)."""
         n_real, n_syn = self.counts(epoch)
         return n_syn / max(1, n_real + n_syn)
+
+
+def curriculum(preset: str, mode: str) -> dict[int, float]:
+    """``"synthetic_then_real:N"``: synthetic only for N epochs, then real only (needs ``mode="replace"``)."""
+    name, _, epochs = preset.partition(":")
+    if name != "synthetic_then_real" or not epochs.isdigit() or int(epochs) < 1:
+        raise ValueError(f"ratio_schedule preset must be 'synthetic_then_real:N' with N >= 1 epochs, got {preset!r}")
+    if mode != "replace":
+        raise ValueError("the synthetic_then_real curriculum needs mode='replace' (synthetic-only epochs first)")
+    return {0: 1.0, int(epochs): 0.0}
 
 
 def seeded_draw(sampler: Iterable, seed: int, epoch: int) -> np.ndarray:
