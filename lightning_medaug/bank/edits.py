@@ -34,6 +34,7 @@ from torch.utils.data import Dataset, default_collate
 from lightning_medaug.bank.conditions import check_sample_kwargs
 from lightning_medaug.bank.data_config import load_data_module
 from lightning_medaug.bank.distributed import rank_context
+from lightning_medaug.bank.geometry import GeometryLike
 from lightning_medaug.bank.manifest import COLUMNS
 from lightning_medaug.bank.plan import parse_class_map
 from lightning_medaug.bank.writer import (
@@ -42,6 +43,7 @@ from lightning_medaug.bank.writer import (
     _sampler_record,
     _ShardJob,
     prepare_generator,
+    prepare_outputs,
 )
 from lightning_medaug.data.batch import unpack_batch
 
@@ -151,7 +153,8 @@ def write_edit_bank(model: Any, out: str | Path, dataset: Dataset, strength: flo
                     sample_kwargs: Mapping[str, Any] | None = None, dtype: str = "float16",
                     device: str | torch.device | None = None, progress: bool = True,
                     checkpoint_folder: str | Path | None = None,
-                    source: Mapping[str, Any] | None = None) -> WriteSummary:
+                    source: Mapping[str, Any] | None = None, geometry: GeometryLike | None = None,
+                    file_format: str | None = None) -> WriteSummary:
     """Write edits of the real images of ``dataset`` by the diffusion ``model`` into the bank ``out``.
 
     Args:
@@ -163,7 +166,7 @@ def write_edit_bank(model: Any, out: str | Path, dataset: Dataset, strength: flo
             ``i % len(dataset)``, so a multiple gives that many edits of every image.
         sample_kwargs: options of ``model.edit`` (``sampler``, ``num_inference_steps``, ``guidance_scale``).
         source: a description of where ``dataset`` came from (e.g. the data config), kept in ``bank.json``.
-        shard_size, batch_size, seed, dtype, device, progress, checkpoint_folder: as for
+        shard_size, batch_size, seed, dtype, device, progress, checkpoint_folder, geometry, file_format: as for
             :func:`~lightning_medaug.bank.writer.write_bank`; resuming works the same way.
     """
     from lightning_medaug.generative.editing import check_strength
@@ -193,7 +196,8 @@ def write_edit_bank(model: Any, out: str | Path, dataset: Dataset, strength: flo
                  "parents_sha256": hashlib.sha256("".join(hashes).encode()).hexdigest(),
                  "source": None if source is None else dict(source)},
     }
-    job = _EditJob(model, Path(out), settings, labels, None, None, kwargs, _sampler_record(model, kwargs),
-                   dataset=dataset, strength=strength, sources=sources, hashes=hashes, soft=soft)
+    outputs, files = prepare_outputs(geometry, file_format, tuple(settings["image_shape"][1:]), False)
+    job = _EditJob(model, Path(out), settings | outputs, labels, None, None, kwargs, _sampler_record(model, kwargs),
+                   files, dataset=dataset, strength=strength, sources=sources, hashes=hashes, soft=soft)
     with rank_context() as ctx:
         return _run(job, ctx, progress)

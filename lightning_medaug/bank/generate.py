@@ -6,6 +6,8 @@
     medaug generate --model runs/ddpm/ --num-samples 5000 --labels proportional \\
         --proportions 0:0.26,1:0.74 --sampler ddim --steps 50 --guidance-scale 2 --out banks/ddpm/
     medaug generate --model runs/pix2pix/ --num-samples 2000 --masks data/label/ --out banks/p2p/
+    medaug generate --model runs/vae3d/ --num-samples 100 --format nifti \
+        --geometry-from recipes/cvae_phantom3d_anisotropic.yaml --out banks/vae3d/   # + .nii.gz files
     medaug generate --model runs/ddpm/ --edit-from recipes/classify_pneumonia.yaml --strength 0.5 \
         --target-labels other --out banks/ddpm_edits/   # edits of the real training images
     torchrun --nproc_per_node 4 -m lightning_medaug.cli generate ...   # one shard stream per rank
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from lightning_medaug.bank.encoding import DTYPES
+from lightning_medaug.bank.image_files import FILE_FORMATS
 from lightning_medaug.bank.writer import WriteSummary, write_bank
 
 __all__ = ["main", "build_parser", "read_mask_folder", "sampler_kwargs"]
@@ -61,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed; shard k uses SeedSequence([seed, k])")
     p.add_argument("--device", default="auto", help="auto (this rank's GPU if any), cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float16", choices=DTYPES, help="storage dtype of the images (default float16)")
+    p.add_argument("--format", default="shards", choices=("shards", *FILE_FORMATS),
+                   help="shards (default) only, or also every sample as an image file: nifti (.nii.gz), mha or nrrd, "
+                        "float32 in [-1, 1], in BANK/image/ (masks in BANK/label/)")
+    p.add_argument("--geometry-from", help="image file (any SimpleITK format) or recipe / data config whose images' "
+                   "spacing, origin and direction the bank records in bank.json and its image files")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -122,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lightning_medaug.generative.base import load_generator
 
     model = load_generator(args.model)
-    summary = _write_edits(model, args) if args.edit_from is not None else _write_samples(model, args)
+    outputs = _outputs(args)
+    summary = _write_edits(model, args, outputs) if args.edit_from is not None else _write_samples(model, args, outputs)
     if summary.world_size > 1:  # which rank drew what: a cluster log shows the split at a glance
         print(f"rank {summary.rank} of {summary.world_size} drew {len(summary.drawn_here)} shard(s): "
               f"{list(summary.drawn_here)}", flush=True)
@@ -136,7 +145,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _write_samples(model: Any, args: argparse.Namespace) -> WriteSummary:
+def _outputs(args: argparse.Namespace) -> dict[str, Any]:
+    """``geometry`` and ``file_format`` of the writers, from --geometry-from and --format."""
+    from lightning_medaug.bank.geometry import geometry_from
+
+    geometry = None if args.geometry_from is None else geometry_from(args.geometry_from)
+    return {"geometry": geometry, "file_format": None if args.format == "shards" else args.format}
+
+
+def _write_samples(model: Any, args: argparse.Namespace, outputs: dict[str, Any]) -> WriteSummary:
     given = [f"--{name.replace('_', '-')}" for name in ("strength", "target_labels") if getattr(args, name) is not None]
     if given:
         raise ValueError(f"generate: {', '.join(given)} only apply to edits of real images: add --edit-from")
@@ -149,11 +166,11 @@ def _write_samples(model: Any, args: argparse.Namespace) -> WriteSummary:
         shard_size=args.shard_size, batch_size=args.batch_size, seed=args.seed,
         sample_kwargs=sampler_kwargs(model, args.sampler, args.steps, args.guidance_scale), masks=masks,
         mask_names=names, dtype=args.dtype, device=args.device, progress=not args.no_progress,
-        checkpoint_folder=args.model,
+        checkpoint_folder=args.model, **outputs,
     )
 
 
-def _write_edits(model: Any, args: argparse.Namespace) -> WriteSummary:
+def _write_edits(model: Any, args: argparse.Namespace, outputs: dict[str, Any]) -> WriteSummary:
     from lightning_medaug.bank.edits import load_training_set, write_edit_bank
 
     given = [f"--{name}" for name in ("labels", "proportions", "masks") if getattr(args, name) is not None]
@@ -168,4 +185,5 @@ def _write_edits(model: Any, args: argparse.Namespace) -> WriteSummary:
         shard_size=args.shard_size, batch_size=args.batch_size, seed=args.seed,
         sample_kwargs=sampler_kwargs(model, args.sampler, args.steps, args.guidance_scale), dtype=args.dtype,
         device=args.device, progress=not args.no_progress, checkpoint_folder=args.model, source=section,
+        **outputs,
     )

@@ -9,6 +9,8 @@
       shards/shard-000000.manifest.jsonl one row per sample, written after the shard's arrays
       manifest.csv                       every row, sorted by id, written once all shards exist
       scores.csv                         optional ``id,score`` table added later (e.g. by evaluation)
+      image/000000.nii.gz, label/...     with ``--format nifti|mha|nrrd``: every sample as an image file
+                                         with the bank's geometry (see :mod:`~.image_files`)
 
 Manifest columns: ``id`` (the global sample index), ``shard``, ``index`` (row in the shard's
 arrays, masks included), ``label`` (-1 for unconditional generators), ``mask_source`` (file name
@@ -16,7 +18,10 @@ of the source mask, never a path), ``generator`` (registry name), ``generator_cl
 ``checkpoint_sha256`` (of ``model.safetensors``), ``seed`` (the shard's seed), ``sampler``,
 ``steps``, ``guidance`` (empty when the generator has none), ``library_version``, ``time`` (UTC,
 ISO 8601) and ``shard_sha256`` (of the shard's images file followed by its masks file). Banks of
-edits of real images add their provenance columns (:data:`~.edits.EDIT_COLUMNS`).
+edits of real images add their provenance columns (:data:`~.edits.EDIT_COLUMNS`); banks written
+with image files add ``image_file`` and ``mask_file``, paths relative to the bank folder. ``bank.json``
+records the real data's ``geometry`` (spacing, origin, direction in SimpleITK (x, y[, z]) order)
+when one was given, see :mod:`~.geometry`.
 
 Shard ``k`` holds global sample indices ``[k * shard_size, (k + 1) * shard_size)``; a sample's
 ``id`` is its global index. A shard is complete iff its manifest file exists with one row per

@@ -31,8 +31,11 @@ from lightning_medaug.bank.conditions import check_sample_kwargs, prepare_masks
 from lightning_medaug.bank.device import resolve_device
 from lightning_medaug.bank.distributed import RankContext, rank_context
 from lightning_medaug.bank.encoding import DTYPES, encode_images
+from lightning_medaug.bank.geometry import GeometryLike, bank_geometry
+from lightning_medaug.bank.image_files import FILE_COLUMNS, SampleFiles
 from lightning_medaug.bank.plan import LabelPlan, label_plan
 from lightning_medaug.bank.progress import shard_progress
+from lightning_medaug.data.imageio import Geometry
 from lightning_medaug.sizes import spatial_size
 
 __all__ = ["write_bank", "WriteSummary", "shard_seed", "checkpoint_sha256"]
@@ -95,7 +98,8 @@ def write_bank(model: Any, out: str | Path, num_samples: int | None = None,
                seed: int = 0, sample_kwargs: Mapping[str, Any] | None = None,
                masks: Tensor | np.ndarray | None = None, mask_names: Sequence[str] | None = None,
                dtype: str = "float16", device: str | torch.device | None = None, progress: bool = True,
-               checkpoint_folder: str | Path | None = None) -> WriteSummary:
+               checkpoint_folder: str | Path | None = None, geometry: GeometryLike | None = None,
+               file_format: str | None = None) -> WriteSummary:
     """Draw ``num_samples`` images from ``model`` into the bank folder ``out`` (or finish one).
 
     Args:
@@ -115,6 +119,11 @@ def write_bank(model: Any, out: str | Path, num_samples: int | None = None,
         checkpoint_folder: the ``save_pretrained`` folder an in-memory ``model`` was loaded from;
             its ``model.safetensors`` is hashed. Without it, the weights are hashed as
             ``save_pretrained`` would write them.
+        geometry: spacing, origin and direction of the real data the bank imitates, recorded in
+            ``bank.json`` (see :mod:`~lightning_medaug.bank.geometry`: a ``Geometry`` of real images
+            of another size keeps their field of view).
+        file_format: ``"nifti"``, ``"mha"`` or ``"nrrd"``: also write every sample as an image file
+            with that geometry (see :mod:`~lightning_medaug.bank.image_files`); ``None``: shards only.
 
     Under ``torch.distributed`` (or ``torchrun``, whose environment is read and a gloo group
     started) rank ``r`` writes the shards ``k`` with ``k % world_size == r``; rank 0 writes
@@ -123,7 +132,7 @@ def write_bank(model: Any, out: str | Path, num_samples: int | None = None,
     model, settings = prepare_generator(model, out, shard_size, batch_size, seed, dtype, device, checkpoint_folder)
     _, _, size, num_classes = _model_spec(model)
     mask_array, names = prepare_masks(masks, mask_names, bool(getattr(model, "requires_masks", False)),
-                                       (1,) + size, type(model).__name__)
+                                      (1,) + size, type(model).__name__)
     plan = label_plan(labels, num_samples, num_classes, proportions)
     kwargs = check_sample_kwargs(model, sample_kwargs or {})
     settings |= {
@@ -131,10 +140,21 @@ def write_bank(model: Any, out: str | Path, num_samples: int | None = None,
         "masks": None if mask_array is None else {"count": len(mask_array), "shape": list(mask_array.shape[1:]),
                                                   "sha256": hashlib.sha256(mask_array.tobytes()).hexdigest()},
     }
-    job = _ShardJob(model, Path(out), settings, plan.labels(), mask_array, names, kwargs,
-                    _sampler_record(model, kwargs))
+    outputs, files = prepare_outputs(geometry, file_format, size, mask_array is not None)
+    job = _ShardJob(model, Path(out), settings | outputs, plan.labels(), mask_array, names, kwargs,
+                    _sampler_record(model, kwargs), files)
     with rank_context() as ctx:
         return _run(job, ctx, progress)
+
+
+def prepare_outputs(geometry: GeometryLike | None, file_format: str | None, size: tuple[int, ...],
+                    has_masks: bool) -> tuple[dict[str, Any], SampleFiles | None]:
+    """The settings ``geometry`` and ``file_format`` add to ``bank.json`` (none when unset) and the
+    writer of the sample files (``None`` for shards only); images without a geometry get unit spacing."""
+    placed = bank_geometry(geometry, size)
+    files = None if file_format is None else SampleFiles(file_format, placed or Geometry.grid(size), has_masks)
+    outputs: dict[str, Any] = {} if placed is None else {"geometry": placed.to_dict()}
+    return outputs | ({} if files is None else {"files": files.settings()}), files
 
 
 def prepare_generator(model: Any, out: str | Path, shard_size: int, batch_size: int | None, seed: int, dtype: str,
@@ -219,6 +239,7 @@ class _ShardJob:
     mask_names: list[str] | None
     sample_kwargs: dict[str, Any]
     sampler: dict[str, Any]
+    files: SampleFiles | None = None
 
     @property
     def num_samples(self) -> int:
@@ -230,6 +251,11 @@ class _ShardJob:
 
     #: manifest columns; a job kind with more per-sample records (edits) extends them
     columns = mf.COLUMNS
+
+    @property
+    def manifest_columns(self) -> tuple[str, ...]:
+        """:attr:`columns` plus the sample files' paths when the bank writes them."""
+        return self.columns + (FILE_COLUMNS if self.files is not None else ())
 
     def draw(self, part: np.ndarray, labels: Tensor | None, masks: Tensor | None,
              generator: torch.Generator) -> Tensor:
@@ -260,7 +286,7 @@ def _run(job: _ShardJob, ctx: RankContext, progress: bool) -> WriteSummary:
 
     def consolidate() -> None:
         if ctx.rank == 0 and (written or not (root / mf.MANIFEST_FILE).is_file()):
-            rows = mf.write_manifest_csv(root, total, job.columns)
+            rows = mf.write_manifest_csv(root, total, job.manifest_columns)
             if rows != job.num_samples:
                 raise ValueError(f"{root} holds {rows} manifest rows but the bank has {job.num_samples} samples; "
                                  "a shard manifest was edited: delete it and rerun to regenerate that shard")
@@ -324,6 +350,9 @@ def _write_shard(job: _ShardJob, shard: int, advance: Callable[[int], None]) -> 
     arrays.clear()  # unmaps the files before they are renamed
     for path, _, _ in targets:
         mf.commit(mf.temporary(path), path)
+    if job.files is not None:  # from the committed arrays, so a file holds exactly what the bank reads
+        stored_masks = None if job.masks is None else np.load(files.masks, mmap_mode="r")
+        job.files.write(job.root, indices, np.load(files.images, mmap_mode="r"), stored_masks)
     _write_rows(job, shard, indices, seed, mf.sha256_files([p for p, _, _ in targets]))
 
 
@@ -345,5 +374,5 @@ def _write_rows(job: _ShardJob, shard: int, indices: range, seed: int, digest: s
               "library_version": __version__, "time": now, "shard_sha256": digest}
     rows = [{"id": g, "shard": shard, "index": i, "label": int(job.labels[g]),
              "mask_source": None if job.mask_names is None else job.mask_names[g % len(job.mask_names)], **common,
-             **job.row_extras(g)} for i, g in enumerate(indices)]
-    mf.write_shard_rows(mf.shard_files(job.root, shard).manifest, rows, job.columns)
+             **job.row_extras(g), **({} if job.files is None else job.files.paths(g))} for i, g in enumerate(indices)]
+    mf.write_shard_rows(mf.shard_files(job.root, shard).manifest, rows, job.manifest_columns)

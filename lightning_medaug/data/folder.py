@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -183,6 +184,24 @@ class FolderDataModule(SplitDataModule):
             transform = self.train_transforms if split == "train" else None
             self.datasets[split] = FolderDataset(self.tensors, indices, transform)
 
+    @property
+    def image_geometry(self) -> Geometry:
+        """Where the training images lie, for a bank that imitates them: the first training image's
+        spacing, origin and direction, in SimpleITK (x, y[, z]) order (the reverse of the array
+        axes), on the grid the images are served at (``image_size``: same field of view, see
+        :meth:`Geometry.resized`). Warns when other training images differ in spacing or direction."""
+        if not self.datasets:
+            raise ValueError("image_geometry is read from the image files: call setup() first")
+        shape = tuple(self.tensors[IMAGE_KEY].shape[2:])
+        train = self.split_indices["train"] or list(range(len(self.geometry)))
+        reference = self.geometry[train[0]].resized(shape)
+        differ = [self.stems[i] for i in train[1:] if not _same_spacing(reference, self.geometry[i].resized(shape))]
+        if differ:
+            warnings.warn(f"{len(differ)} training image(s) differ from {self.stems[train[0]]} in spacing or "
+                          f"direction (e.g. {differ[:3]}); image_geometry describes {self.stems[train[0]]} only: "
+                          "resample the images to one spacing for a bank that matches them all", stacklevel=2)
+        return reference
+
     def _read_pair(self, image_path: Path, mask_path: Path | None) -> tuple[Tensor, Tensor | None]:
         hp = self.hparams
         image = read_image(image_path)
@@ -284,6 +303,11 @@ class FolderDataModule(SplitDataModule):
             raise ValueError(f"cannot write {arr.dtype} data to {path} ({str(err).strip().splitlines()[-1]}); cast the "
                              "tensor (e.g. mask.to(torch.uint8)) or write .nii.gz/.mha") from None
         return path
+
+
+def _same_spacing(a: Geometry, b: Geometry) -> bool:
+    # origins differ between patients; spacing and direction make images alike
+    return np.allclose(a.spacing, b.spacing, rtol=1e-3) and np.allclose(a.direction, b.direction, atol=1e-4)
 
 
 def _fraction(indices: Sequence[int] | None, fraction: float | None) -> float:

@@ -49,6 +49,57 @@ class Geometry:
         image.SetDirection(self.direction)
         return image
 
+    @classmethod
+    def grid(cls, shape: Sequence[int], spacing: Sequence[float] | None = None) -> Geometry:
+        """A grid at the origin with identity direction; ``spacing`` in (x, y[, z]) order, default 1."""
+        dims = len(shape)
+        spacing = (1.0,) * dims if spacing is None else tuple(float(s) for s in spacing)
+        return cls(tuple(int(s) for s in shape), spacing, (0.0,) * dims,
+                   tuple(float(i == j) for i in range(dims) for j in range(dims)))
+
+    def resized(self, shape: Sequence[int]) -> Geometry:
+        """The same field of view on a grid of ``shape`` (numpy order), as :func:`resize` samples it.
+
+        Spacing scales by old / new size per axis and the origin moves to the centre of the new
+        first voxel (``align_corners=False``). A one-slice volume (1, H, W) may become 2D (H, W).
+        """
+        shape = tuple(int(s) for s in shape)
+        geometry = self
+        if len(shape) == len(self.shape) - 1 == 2 and self.shape[0] == 1:  # a one-slice volume read as 2D
+            geometry = Geometry(self.shape[1:], self.spacing[:2], self.origin[:2],
+                                tuple(np.asarray(self.direction).reshape(3, 3)[:2, :2].ravel().tolist()))
+        if len(shape) != len(geometry.shape):
+            raise ValueError(f"a {len(geometry.shape)}D geometry cannot describe {len(shape)}D images of shape "
+                             f"{shape}; take the geometry from images of the same kind")
+        if shape == geometry.shape:
+            return geometry
+        dims = len(shape)
+        spacing = np.asarray(geometry.spacing) * np.asarray(geometry.shape[::-1]) / np.asarray(shape[::-1])
+        direction = np.asarray(geometry.direction, dtype=np.float64).reshape(dims, dims)
+        origin = np.asarray(geometry.origin) + direction @ ((spacing - np.asarray(geometry.spacing)) / 2)
+        return Geometry(shape, tuple(spacing.tolist()), tuple(origin.tolist()), geometry.direction)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """``{"spacing", "origin", "direction"}`` as JSON lists ((x, y[, z]) order; the shape is not kept)."""
+        return {"spacing": list(map(float, self.spacing)), "origin": list(map(float, self.origin)),
+                "direction": list(map(float, self.direction))}
+
+    @classmethod
+    def from_dict(cls, shape: Sequence[int], record: dict[str, Sequence[float]]) -> Geometry:
+        """The inverse of :meth:`to_dict` for images of ``shape`` (numpy order); ``ValueError`` when
+        the lengths do not fit ``len(shape)`` axes or a spacing is not positive."""
+        dims = len(shape)
+        try:
+            spacing, origin, direction = (tuple(float(v) for v in record[k]) for k in ("spacing", "origin",
+                                                                                      "direction"))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"a geometry needs spacing, origin and direction as lists of numbers, got {record!r}") \
+                from None
+        if len(spacing) != dims or len(origin) != dims or len(direction) != dims * dims or min(spacing) <= 0:
+            raise ValueError(f"a geometry of {dims}D images needs {dims} positive spacings, {dims} origin values and "
+                             f"{dims * dims} direction values, got {record!r}")
+        return cls(tuple(int(s) for s in shape), spacing, origin, direction)
+
     def matches(self, other: Geometry, atol: float = 1e-3) -> bool:
         """Same grid up to ``atol`` (in the image's units, usually mm) for spacing and origin."""
         return (self.shape == other.shape and np.allclose(self.spacing, other.spacing, atol=atol)

@@ -162,10 +162,8 @@ class PhantomDataModule(SplitDataModule):
     def image_geometry(self) -> Geometry:
         """Where the phantoms lie: ``spacing`` (default 1), origin 0, identity direction; SimpleITK's
         (x, y[, z]) order, the reverse of the array axes."""
-        dims = self.spatial_dims
-        size = spatial_size(self.image_size, dims, min_side=8)
-        return Geometry(size, tuple(reversed(self._spacing)), (0.0,) * dims,
-                        tuple(float(i == j) for i in range(dims) for j in range(dims)))
+        return Geometry.grid(spatial_size(self.image_size, self.spatial_dims, min_side=8),
+                             tuple(reversed(self._spacing)))
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
