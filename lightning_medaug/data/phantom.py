@@ -154,7 +154,9 @@ class PhantomDataModule(SplitDataModule):
         save_own_hyperparameters(self)
         size = spatial_size(image_size, spatial_dims, min_side=8)
         self.spatial_dims, self.num_classes = spatial_dims, num_classes
-        self.image_size = image_size if isinstance(image_size, int) else size
+        # the size as given (an int, or a recipe's list stays a list), so it compares equal to the
+        # image_size a generator records from the same recipe
+        self.image_size = image_size if isinstance(image_size, int | list) else size
         self.in_channels = 1
         self._spacing = _spacing(spacing, spatial_dims)
 
