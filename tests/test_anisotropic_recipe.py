@@ -1,7 +1,11 @@
 """recipes/cvae_phantom3d_anisotropic.yaml end to end through the CLI, a few steps: fit on
 16x24x32 volumes of 2.5 x 0.8 x 0.8 mm, generate NIfTI with --geometry-from the recipe, and the
-files carry that shape and spacing."""
+files carry that shape and spacing; and the README's section on such volumes runs as pasted."""
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,3 +38,33 @@ def test_anisotropic_recipe_fits_and_writes_nifti_with_its_geometry(tmp_path, mo
         assert array.shape == (16, 24, 32) and image.GetSpacing() == pytest.approx((0.8, 0.8, 2.5))
         np.testing.assert_array_equal(array, bank[i]["image"][0].numpy())
         assert array.std() > 0.01  # an image, not a constant
+
+
+def _readme_blocks() -> list[tuple[str, str]]:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = re.split(r"\n##+ ", text.split("### Non-cubic and anisotropic volumes\n", 1)[1], maxsplit=1)[0]
+    return re.findall(r"```(bash|python)\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_anisotropic_section_runs_as_pasted(tmp_path, monkeypatch, capsys):
+    """Its bash blocks in a shell (the fit cut to a few steps), then its Python blocks, whose printed
+    lines must be what their comments say."""
+    blocks = _readme_blocks()
+    assert [kind for kind, _ in blocks] == ["bash", "python", "python"]
+    (tmp_path / "recipes").symlink_to(RECIPE.parent)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONWARNINGS": "ignore"}
+    for kind, code in blocks:
+        if kind == "bash":
+            code = re.sub(r"^(medaug fit [^#\n]*?)\s*(#.*)?$", lambda m: f"{m.group(1)} {' '.join(FEW)}", code,
+                          flags=re.M)
+            done = subprocess.run(["bash", "-e", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                  timeout=300)
+            assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    for kind, code in blocks:
+        if kind == "python":
+            capsys.readouterr()
+            exec(compile(code, "README.md", "exec"), {"__name__": "readme"})  # noqa: S102
+            expected = re.findall(r"^print\(.*\)\s+# (.*)$", code, flags=re.M)
+            assert capsys.readouterr().out.splitlines() == expected
