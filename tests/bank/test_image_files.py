@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+import yaml
 
 from lightning_medaug.bank import SyntheticBank, write_bank
 from lightning_medaug.cli import main as cli_main
-from lightning_medaug.data import PhantomDataModule
+from lightning_medaug.data import FolderDataModule, PhantomDataModule
 from lightning_medaug.data.imageio import Geometry
+from lightning_medaug.generative.diffusion import DDPM
 from lightning_medaug.registry import create_generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -69,8 +71,6 @@ def test_tilted_geometry_round_trips_in_mha_and_nrrd(tmp_path, file_format, suff
 
 
 def test_2d_masks_are_written_next_to_images_as_a_folder_the_data_module_reads(tmp_path):
-    from lightning_medaug.data import FolderDataModule
-
     torch.manual_seed(0)
     model = create_generator("pix2pix", image_size=(24, 20), generator_channels=4, discriminator_channels=4,
                              generator_levels=3)
@@ -127,3 +127,21 @@ def test_a_2d_geometry_is_refused_for_3d_samples(tmp_path):
     with pytest.raises(ValueError, match="2D geometry cannot describe 3D"):
         write_bank(_cvae(3, SIZE_3D), tmp_path / "bank", 1, geometry=Geometry.grid((24, 20)), progress=False)
     assert not (tmp_path / "bank").exists()
+
+
+def test_edits_of_real_images_are_written_as_files_with_the_real_geometry(tmp_path):
+    torch.manual_seed(0)
+    model_dir = DDPM(image_size=(8, 12), num_classes=2, channels=(8, 16), norm_num_groups=8,
+                     num_inference_steps=2).save_pretrained(tmp_path / "ddpm")
+    data = {"class_path": "lightning_medaug.data.PhantomDataModule",
+            "init_args": {"image_size": [8, 12], "spacing": [0.5, 0.7], "num_classes": 2, "num_train": 3,
+                          "num_val": 1, "num_test": 1, "with_masks": False}}
+    recipe = tmp_path / "data.yaml"
+    recipe.write_text(yaml.safe_dump({"data": data}), encoding="utf-8")
+    root = tmp_path / "edits"
+    assert cli_main(["generate", "--model", str(model_dir), "--edit-from", str(recipe), "--strength", "0.5",
+                     "--format", "mha", "--geometry-from", str(recipe), "--out", str(root), "--no-progress"]) == 0
+    rows = _rows(root)
+    assert [r["parent_index"] for r in rows] == ["0", "1", "2"] and rows[1]["image_file"] == "image/000001.mha"
+    image = sitk.ReadImage(str(root / rows[1]["image_file"]))
+    assert sitk.GetArrayFromImage(image).shape == (8, 12) and image.GetSpacing() == pytest.approx((0.7, 0.5))
