@@ -2,26 +2,45 @@
 
 Every :class:`~lightning_medaug.study.Study` argument is a key of the file or a ``--option``
 (``--fractions [0.1]``, ``--seeds [0]``); ``--max_cells N`` stops after N new cells and
-``--list`` prints the cells and whether each is done.
+``--list`` prints the cells and whether each is done. A file with ``arms`` runs the "beyond classic"
+study (:class:`~lightning_medaug.study.v2.BeyondClassicStudy`) instead of the grid of ``Study``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "study_class"]
 
 _OWN = ("config", "max_cells", "list")
 
 
-def build_parser() -> ArgumentParser:
+def study_class(argv: Sequence[str]) -> type:
+    """``BeyondClassicStudy`` when the ``--config`` file has ``arms``, else ``Study``."""
+    import yaml
+
+    from lightning_medaug.study.runner import Study
+    from lightning_medaug.study.v2 import BeyondClassicStudy
+
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.partition("=")[2]
+        if (arg == "--config" or arg.startswith("--config=")) and Path(path).is_file():
+            if "arms" in (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}):
+                return BeyondClassicStudy
+    return Study
+
+
+def build_parser(cls: type | None = None) -> ArgumentParser:
     from lightning_medaug.study.runner import Study
 
+    cls = cls or Study
     parser = ArgumentParser(prog="medaug study", description=__doc__.splitlines()[0], exit_on_error=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="study YAML (keys: the Study arguments)")
-    parser.add_class_arguments(Study, nested_key=None, as_positional=False)
+    parser.add_argument("--config", action=ActionConfigFile, help=f"study YAML (keys: the {cls.__name__} arguments)")
+    parser.add_class_arguments(cls, nested_key=None, as_positional=False)
     parser.add_argument("--max_cells", type=int | None, default=None, help="run at most this many new cells")
     parser.add_argument("--list", action="store_true", help="list the cells and whether each is done, then exit")
     return parser
@@ -29,10 +48,9 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """Run ``medaug study``; returns the exit code (bad input raises for the CLI's one-line handler)."""
-    from lightning_medaug.study.runner import Study
-
-    config = build_parser().parse_args(list(argv)).as_dict()
-    study = Study(**{k: v for k, v in config.items() if k not in _OWN})
+    cls = study_class(argv)
+    config = build_parser(cls).parse_args(list(argv)).as_dict()
+    study = cls(**{k: v for k, v in config.items() if k not in _OWN})
     if config["list"]:
         for cell in study.cells():
             print(f"{'done' if study.is_done(cell) else 'todo'}  {cell.name}")

@@ -302,6 +302,19 @@ class Study:
         cli.datamodule.setup("fit")
         return cli.datamodule
 
+    def train_generator(self, name: str, fraction: float, seed: int) -> Path:
+        """Train entry ``name``'s generator on this subset once (its ``weights_from`` entry's, if it has one);
+        returns the exported ``save_pretrained`` folder."""
+        trained_as = self.specs[name].trained_as
+        trained = self.generator_folder(trained_as, fraction, seed)
+        exported = trained / "run" / "generator"
+        if not (exported / "model.safetensors").is_file():
+            if trained.exists():
+                shutil.rmtree(trained)
+            self.console.print(f"training generator {trained_as} on fraction {fraction:g}, seed {seed}")
+            run_recipe(self._generator_config(trained_as, fraction, seed), trained / "run", test=False)
+        return exported
+
     def bank(self, name: str, fraction: float, seed: int) -> Path:
         """Train the generator on this subset (once; an entry with ``weights_from`` uses that entry's) and
         write its bank (resumably); returns the bank folder."""
@@ -309,13 +322,7 @@ class Study:
         from lightning_medaug.generative import load_generator
 
         spec = self.specs[name]
-        trained = self.generator_folder(spec.trained_as, fraction, seed)
-        exported = trained / "run" / "generator"
-        if not (exported / "model.safetensors").is_file():
-            if trained.exists():
-                shutil.rmtree(trained)
-            self.console.print(f"training generator {spec.trained_as} on fraction {fraction:g}, seed {seed}")
-            run_recipe(self._generator_config(spec.trained_as, fraction, seed), trained / "run", test=False)
+        exported = self.train_generator(name, fraction, seed)
         folder = self.generator_folder(name, fraction, seed)  # this entry's banks
         real = self.generator_data(name, fraction, seed)
         model = load_generator(exported)
