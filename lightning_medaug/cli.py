@@ -35,6 +35,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_medaug.cli_errors import one_line, out_of_memory, report_failure
 from lightning_medaug.registry import TASKS
 from lightning_medaug.report.run_summary import RunSummary
+from lightning_medaug.sizes import spatial_size
 
 __all__ = ["MedaugCLI", "check_checkpoint", "check_data_model_compatible", "main", "one_line", "out_of_memory"]
 
@@ -87,6 +88,10 @@ def check_data_model_compatible(model: L.LightningModule, datamodule: L.Lightnin
         data_value, model_value = getattr(datamodule, name, None), hparams.get(name)
         if name == "image_size" and not hasattr(model, "sample"):
             continue  # classifiers and segmenters accept any input size
+        if name == "image_size" and data_value is not None and model_value is not None:
+            # an int, a tuple and a recipe's list all name the same grid: compare them per axis
+            dims = int(hparams.get("spatial_dims") or getattr(datamodule, "spatial_dims", None) or 2)
+            data_value, model_value = _per_axis(data_value, dims), _per_axis(model_value, dims)
         if data_value is not None and model_value is not None and data_value != model_value:
             raise ValueError(
                 f"model.{name}={model_value} but the data has {name}={data_value}: "
@@ -99,6 +104,14 @@ def check_data_model_compatible(model: L.LightningModule, datamodule: L.Lightnin
             f"model.num_classes={model_classes} but the data has {data_classes} classes: "
             f"set model.init_args.num_classes: {data_classes} in the recipe"
         )
+
+
+def _per_axis(size: Any, spatial_dims: int) -> Any:
+    """``size`` as one int per axis, or as given when it is no valid size (the mismatch message shows it)."""
+    try:
+        return spatial_size(size, spatial_dims, min_side=1)
+    except ValueError:
+        return size
 
 
 class SaveAndLogConfig(SaveConfigCallback):

@@ -323,3 +323,19 @@ def test_medaug_debug_lets_a_bug_propagate(user_recipe, monkeypatch):
     monkeypatch.setenv("MEDAUG_DEBUG", "1")
     with pytest.raises(KeyError, match="pneumonia"):
         main(["fit", "--config", str(user_recipe), "--data.init_args.fault", "lookup"])
+
+
+def test_per_axis_image_sizes_match_whatever_their_container():
+    """A recipe's list, a data module's tuple and an int name the same grid (and a real mismatch still fails)."""
+    from lightning_medaug.cli import check_data_model_compatible
+    from lightning_medaug.data import PhantomDataModule
+    from lightning_medaug.registry import create_generator
+
+    model = create_generator("cvae", spatial_dims=3, image_size=[8, 12, 16], num_classes=2, channels=[4, 8],
+                             norm_num_groups=4, latent_channels=2)
+    check_data_model_compatible(model, PhantomDataModule(spatial_dims=3, image_size=(8, 12, 16)))
+    cube = create_generator("cvae", spatial_dims=3, image_size=8, num_classes=2, channels=[4, 8], norm_num_groups=4,
+                            latent_channels=2)
+    check_data_model_compatible(cube, PhantomDataModule(spatial_dims=3, image_size=(8, 8, 8)))
+    with pytest.raises(ValueError, match="image_size"):
+        check_data_model_compatible(model, PhantomDataModule(spatial_dims=3, image_size=(8, 12, 12)))
