@@ -40,6 +40,20 @@ def test_task_recipe_runs_one_batch(name, overrides, tmp_path, monkeypatch):
 STUDY_RECIPES = [r for r in RECIPES if r.stem.startswith("study_")]
 
 
+def _beyond_classic_cells(config):
+    """Runs per fraction and seed: every classic candidate and every strength x ratio of every arm, except
+    classic_best alone (the chosen candidate's own run)."""
+    cells = len(config["classic_candidates"])
+    for entry in config["arms"].values():
+        bank, mixing = entry.get("bank") or {}, entry.get("mixing") or {}
+        if not bank:
+            cells += entry["augmentation"] != "classic-best"
+            continue
+        ratios = mixing.get("ratios") or [mixing.get("swap_probability", 1)]
+        cells += len(bank.get("strengths") or [None]) * len(ratios)
+    return cells
+
+
 @pytest.mark.parametrize("recipe", STUDY_RECIPES, ids=lambda p: p.stem)
 def test_study_recipe_builds_its_grid(recipe, capsys):
     assert main(["study", "--config", str(recipe), "--list"]) == 0
@@ -50,6 +64,9 @@ def test_study_recipe_builds_its_grid(recipe, capsys):
     seeds = config["seeds"]
     expected = 0
     for fraction in config["fractions"]:
+        if "arms" in config:  # a beyond-classic study: the candidates, then every variant of every arm
+            expected += len(seeds[fraction] if isinstance(seeds, dict) else seeds) * _beyond_classic_cells(config)
+            continue
         per_seed = 1 + bool(config.get("classic_augmentation"))
         for entry in config.get("generators", {}).values():  # an entry's own arm settings replace the study's
             own = {k: entry.get(k, default) for k, default in (("fractions", config["fractions"]),

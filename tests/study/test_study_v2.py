@@ -1,0 +1,129 @@
+"""The beyond-classic study: classic_best chosen on validation, arms, the bootstrap, the targets, and a tiny
+grid with an edit arm run end to end through ``medaug study``."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from lightning_medaug.cli import main
+from lightning_medaug.study.arms import parse_arms
+from lightning_medaug.study.bootstrap import bootstrap_interval
+from lightning_medaug.study.runner import Cell
+from lightning_medaug.study.selection import choose_classic, choose_variant
+from lightning_medaug.study.v2 import BeyondClassicStudy
+from lightning_medaug.study.v2_report import write_v2_results
+
+TINY = {"model.init_args.backbone": "test_resnet"}
+EDIT_ARM = {"augmentation": "classic-best", "mixing": {"mode": "swap", "swap_probability": 0.5},
+            "bank": {"kind": "edits", "target_labels": "same", "strengths": [0.5], "edits_per_image": 1}}
+
+
+def _result(val: float, test: float, **extra) -> dict:
+    return {"value": test, "selection": {"metric": "val/auc", "value": val, "mode": "max"}, **extra}
+
+
+def test_classic_best_is_chosen_on_validation_only():
+    candidates = ["classic", "trivialaugment", "mixup"]
+    # mixup is best on test, trivialaugment on validation: validation decides
+    runs = {"classic": _result(0.90, 0.93), "trivialaugment": _result(0.95, 0.91), "mixup": _result(0.94, 0.99)}
+    assert choose_classic(candidates, runs) == "trivialaugment"
+    # equal to 3 decimals: the earlier name
+    runs["classic"] = _result(0.9504, 0.5)
+    assert choose_classic(candidates, runs) == "classic"
+    with pytest.raises(ValueError, match="missing"):
+        choose_classic(candidates, {"classic": runs["classic"]})
+    # a variant is chosen among those finished on the most seeds, by mean validation score
+    variants = {"s0.25": [_result(0.99, 0.5)], "s0.5": [_result(0.9, 0.9), _result(0.92, 0.9)], "s0.75": []}
+    assert choose_variant(variants) == "s0.5"
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
+    diffs = [0.01, 0.02, -0.005, 0.015, 0.03]
+    low, high = bootstrap_interval(diffs, seed=0)
+    assert low < np.mean(diffs) < high and (low, high) == bootstrap_interval(diffs, seed=0)
+    assert low >= min(diffs) and high <= max(diffs)
+    wide = bootstrap_interval([0.1, -0.1, 0.1, -0.1, 0.1], seed=0)
+    assert wide[1] - wide[0] > high - low
+    assert bootstrap_interval([0.02]) == (pytest.approx(0.02), pytest.approx(0.02))
+    with pytest.raises(ValueError, match="non-empty"):
+        bootstrap_interval([])
+
+
+def test_arms_expand_into_variants_and_refuse_what_cannot_run():
+    arms = parse_arms({"real": {"augmentation": "none"}, "classic_best": {"augmentation": "classic-best"},
+                       "scratch": {"augmentation": "classic-best", "bank": {"kind": "samples"},
+                                   "mixing": {"mode": "add", "ratios": [0.25, 0.5]}},
+                       "swap": {**EDIT_ARM, "bank": {**EDIT_ARM["bank"], "strengths": [0.25, 0.5]}},
+                       "curriculum": {"augmentation": "classic-best", "bank": {"kind": "samples"},
+                                      "schedule": {"synthetic_only_until": 0.3, "then": "real"}}})
+    assert [a.name for a in arms] == ["real", "classic_best", "scratch_r0.25", "scratch_r0.5", "swap_s0.25",
+                                      "swap_s0.5", "curriculum"]
+    assert arms[4].mode == "swap" and arms[4].ratio == 0.5 and arms[-1].mode == "replace"
+    for bad, match in [({"augmentation": "autoaugment"}, "augmentation"),
+                       ({**EDIT_ARM, "mixing": {"mode": "swap", "swap_probability": 0.5}, "bank": {"kind": "samples"}},
+                        "bank of edits"),
+                       ({**EDIT_ARM, "labels": "soft"}, "soft labels"),
+                       ({**EDIT_ARM, "bank": {**EDIT_ARM["bank"], "strengths": [1.5]}}, "strengths")]:
+        with pytest.raises(ValueError, match=match):
+            parse_arms({"x": bad})
+
+
+def test_the_report_marks_targets_met_missed_and_open(tmp_path):
+    arms = {"real": {"augmentation": "none"}, "classic_best": {"augmentation": "classic-best"},
+            "swap": EDIT_ARM, "other": {**EDIT_ARM, "bank": {**EDIT_ARM["bank"], "target_labels": "other"}}}
+    study = BeyondClassicStudy("classify_pneumonia.yaml", out=str(tmp_path), fractions=[0.05, 0.1],
+                               seeds={0.05: [0, 1, 2, 3, 4], 0.1: [0, 1, 2, 3, 4]}, epochs=1,
+                               classic_candidates=["classic", "mixup"], generator={"recipe": "ddpm_pneumonia.yaml"},
+                               arms=arms, targets={"over_classic_best": 0.01, "min_positive_seeds": {0.05: 4, 0.1: 4}})
+    gains = {"swap": [0.02, 0.03, 0.01, 0.02, -0.01], "other": [0.03, -0.01, -0.02, 0.04, 0.02]}
+    for fraction, seeds in ((0.05, range(5)), (0.1, range(3))):  # 0.1 is unfinished: its target stays open
+        for seed in seeds:
+            base = 0.90 + 0.01 * seed
+            values = {"real": base - 0.05, "classic": base, "mixup": base - 0.01,
+                      **{arm: base + gains[arm][seed] for arm in gains}}
+            for arm, value in values.items():
+                cell = Cell(fraction, seed, arm)
+                study.cell_folder(cell).mkdir(parents=True)
+                (study.cell_folder(cell) / "result.json").write_text(json.dumps(
+                    {"fraction": fraction, "seed": seed, "arm": arm, "generator": None, "ratio": 0.5, "cell": cell.name,
+                     "value": value, "test": {"test/auc": value}, "seconds": 1.0, "steps": 4, "step_budget": 4,
+                     "augmentation": arm, "selection": {"metric": "val/auc", "value": value, "mode": "max"}}))
+    results = json.loads(write_v2_results(study)["json"].read_text())
+    marks = {(c["family"], c["fraction"]): c["variants"][0]["target"] for c in results["comparisons"]}
+    assert marks == {("swap", 0.05): "met", ("other", 0.05): "missed", ("swap", 0.1): "open", ("other", 0.1): "open"}
+    swap = next(c for c in results["comparisons"] if c["family"] == "swap" and c["fraction"] == 0.05)["variants"][0]
+    assert swap["delta"] == pytest.approx(np.mean(gains["swap"])) and swap["wins"] == 4
+    assert all(r["augmentation"] == "classic" for r in results["cells"] if r["arm"] == "classic_best")
+    report = (tmp_path / "report.md").read_text()
+    assert "fraction 0.1, seed 3: real, classic, mixup, swap, other" in report  # missing cells are named
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_grid_with_an_edit_arm_runs_end_to_end(tmp_path, capsys):
+    config = {"task": "classify_pneumonia.yaml", "out": str(tmp_path / "study"), "fractions": [0.02], "seeds": [0],
+              "epochs": 1, "classic_candidates": ["classic", "mixup"], "overrides": TINY,
+              "selection": {"metric": "val/auc"},
+              "generator": {"recipe": "ddpm_pneumonia.yaml", "epochs": 1,
+                            "overrides": {"trainer.callbacks.1.init_args.every_n_epochs": 10},
+                            "sample_kwargs": {"num_inference_steps": 2}},
+              "arms": {"real": {"augmentation": "none"}, "classic_best": {"augmentation": "classic-best"},
+                       "dafusion_swap": EDIT_ARM}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["study", "--config", str(path)]) == 0
+    results = json.loads((tmp_path / "study" / "results.json").read_text())
+    cells = {r["arm"]: r for r in results["cells"]}
+    assert set(cells) == {"real", "classic", "mixup", "classic_best", "dafusion_swap"} and results["complete"]
+    chosen = max(("classic", "mixup"), key=lambda c: round(cells[c]["selection"]["value"], 3))  # earlier on ties
+    assert cells["classic_best"]["augmentation"] == cells["dafusion_swap"]["augmentation"] == chosen
+    assert len({r["steps"] for r in results["cells"]}) == 1  # every arm the same optimiser steps
+    bank = tmp_path / "study" / cells["dafusion_swap"]["bank"]
+    record = json.loads((bank / "bank.json").read_text())
+    assert record["settings"]["edit"]["strength"] == 0.5 and record["settings"]["edit"]["target_labels"] == "same"
+    assert (bank.parent / f"{bank.name}.png").is_file()
+    assert results["comparisons"][0]["family"] == "dafusion_swap"
+    capsys.readouterr()
+    assert main(["study", "--config", str(path), "--list"]) == 0  # a rerun skips every finished cell
+    assert capsys.readouterr().out.split()[::2] == ["done"] * 4
