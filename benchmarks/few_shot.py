@@ -55,7 +55,7 @@ from typing import Any
 from _common import data_root, emit, versions
 
 REPO = Path(__file__).resolve().parents[1]
-FINETUNE = "lightning_medaug.generative.finetune.FineTuneFrom"
+FINETUNE = "lightning_medaug.finetune.FineTuneFrom"
 ARMS = ("scratch", "finetune")
 PICK = ("fd", "kid_mean", "precision", "recall")
 #: The default source: the cGAN recipe's model, trained on 28x28 phantoms (docs/few_shot.md, step 1).

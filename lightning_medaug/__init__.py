@@ -34,8 +34,8 @@ _EXPORTS: dict[str, str] = {
     "load_generator": "lightning_medaug.generative",
     "load_pretrained": "lightning_medaug.hub",
     "package_pretrained": "lightning_medaug.hub",
-    "FineTuneFrom": "lightning_medaug.generative.finetune",
-    "write_model_card": "lightning_medaug.report.model_card",
+    "FineTuneFrom": "lightning_medaug.finetune",
+    "write_model_card": "lightning_medaug.model_card",
     # synthetic bank and mixing
     "SyntheticBank": "lightning_medaug.bank",
     "write_bank": "lightning_medaug.bank",
@@ -130,8 +130,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real definitions
         unpack_batch,
     )
     from lightning_medaug.evaluation import evaluate_bank
+    from lightning_medaug.finetune import FineTuneFrom
     from lightning_medaug.generative import GenerativeModule, load_generator
-    from lightning_medaug.generative.finetune import FineTuneFrom
     from lightning_medaug.generative.privacy import (
         DifferentialPrivacy,
         load_privacy_report,
@@ -149,6 +149,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real definitions
         train_feature_extractor,
     )
     from lightning_medaug.mixing import MixSampler, SyntheticMixDataModule
+    from lightning_medaug.model_card import write_model_card
     from lightning_medaug.registry import (
         create_generator,
         get_generator_class,
@@ -158,7 +159,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real definitions
         register_task,
     )
     from lightning_medaug.report import save_image_grid
-    from lightning_medaug.report.model_card import write_model_card
     from lightning_medaug.study import Study
     from lightning_medaug.tasks import (
         ClassificationTask,

@@ -31,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_medaug.generative.base import GenerativeModule
+from lightning_medaug.hub import load_pretrained
 from lightning_medaug.registry import GENERATORS
 
 __all__ = ["FineTuneFrom", "freeze_parameters", "transfer_weights"]
@@ -152,8 +153,6 @@ class FineTuneFrom(L.Callback):
         # same callback continues from the weights in memory.
         if trainer.ckpt_path is not None or self.loaded:
             return
-        from lightning_medaug.hub import load_pretrained
-
         source = load_pretrained(self.source, sha256=self.sha256, cache_dir=self.cache_dir, map_location="cpu")
         with torch.no_grad():
             self.reinitialised = transfer_weights(source, pl_module, self.strict_shapes,

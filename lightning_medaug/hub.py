@@ -64,7 +64,7 @@ __all__ = ["CACHE_ENV_VAR", "CARD_NAME", "INDEX_FILE", "PretrainedDownloadError"
 
 #: Environment variable naming the cache folder of downloaded and extracted weights.
 CACHE_ENV_VAR = "LIGHTNING_MEDAUG_CACHE"
-#: The model card written by :func:`lightning_medaug.report.model_card.write_model_card`.
+#: The model card written by :func:`lightning_medaug.model_card.write_model_card`.
 CARD_NAME = "MODEL_CARD.md"
 #: The shipped index of named weights.
 INDEX_FILE = Path(__file__).with_name("pretrained_index.json")

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_medaug.data import PhantomDataModule
-from lightning_medaug.generative.finetune import (
+from lightning_medaug.finetune import (
     FineTuneFrom,
     freeze_parameters,
     transfer_weights,

@@ -11,13 +11,13 @@ import yaml
 
 from lightning_medaug.data import PhantomDataModule
 from lightning_medaug.evaluation.evaluate import evaluate_bank
-from lightning_medaug.registry import create_generator
-from lightning_medaug.report.model_card import (
+from lightning_medaug.model_card import (
     card_main,
     read_evaluation,
     training_environment,
     write_model_card,
 )
+from lightning_medaug.registry import create_generator
 
 DATA = {"name": "phantoms", "split": "train", "size": 32, "attribution": "procedural phantoms, no patient data"}
 TRAINING = {"epochs": 3, "steps": 120, "wall_time_s": 90.0, "precision": "32-true",

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-FINETUNE = "lightning_medaug.generative.finetune.FineTuneFrom"
+FINETUNE = "lightning_medaug.finetune.FineTuneFrom"
 
 
 def run_tiny(out: Path, *extra: str) -> dict:
