@@ -40,7 +40,6 @@ def build_loaders(args: argparse.Namespace):
     if getattr(args, "layout", "dict") == "tuple":
         real = TupleModule(real)
     mixed = SyntheticMixDataModule(real, bank=str(args.bank_dir), ratio=0.5, mode="add")
-    mixed.setup("fit")
     return real, mixed
 
 

@@ -67,12 +67,20 @@ class SampleTemplate(SampleStructure):
                     is_synthetic: bool | None = None) -> list[Any]:
         """``build`` for a stacked batch: conversions run once per batch, then each row is wrapped."""
         fields = self._convert(images, labels, masks)
-        rows = {path: tensor.unbind(0) for path, (_, tensor) in fields.items()}
-        samples = []
-        for i in range(images.shape[0]):
-            parts = {path: leaf.wrap(rows[path][i]) for path, (leaf, _) in fields.items()}
-            samples.append(self.assemble(parts, is_synthetic))
-        return samples
+        columns = {path: tensor.unbind(0) if leaf.kind == "tensor" else [leaf.wrap(row) for row in tensor.unbind(0)]
+                   for path, (leaf, tensor) in fields.items()}
+        flat = self.flat_layout()
+        if flat is None:
+            return [self.assemble({path: column[i] for path, column in columns.items()}, is_synthetic)
+                    for i in range(images.shape[0])]
+        cls, paths = flat  # one plain container: whole rows at once, the hot path of mixed loading
+        rows = zip(*(columns[path] for path in paths))
+        if cls is dict:
+            keys = [path[0] for path in paths]
+            samples = [dict(zip(keys, row)) for row in rows]
+        else:
+            samples = [cls(row) for row in rows]
+        return samples if is_synthetic is None else [self.with_flag(sample, is_synthetic) for sample in samples]
 
     def _convert(self, images: Tensor, labels: Tensor | None, masks: Tensor | None) -> dict[Any, tuple[Leaf, Tensor]]:
         image = self.image

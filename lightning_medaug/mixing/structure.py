@@ -231,6 +231,19 @@ class SampleStructure:
             mask.layout = _layout(mask.shape, (1, *shape[1:]), "mask", mask.where())
 
     # -- building synthetic samples -----------------------------------------------------------
+    def flat_layout(self) -> tuple[type, list[Any]] | None:
+        """``(dict | tuple | list, [key or index per field])`` when the sample is one plain container of
+        fields (the common case), so whole batches can be assembled with ``zip``; else None."""
+        if not isinstance(self._skeleton, tuple):
+            return None
+        kind, cls, children = self._skeleton
+        if cls not in (dict, tuple, list):
+            return None
+        items = children.items() if kind == "mapping" else enumerate(children)
+        if not all(isinstance(node, Leaf) for _, node in items):
+            return None
+        return cls, [node.path for node in (children.values() if kind == "mapping" else children)]
+
     def assemble(self, parts: Mapping[Any, Any], flag: bool | None = None) -> Any:
         """A sample in the real structure from finished field values (keyed by their leaf's path)."""
         out = self._fill(self._skeleton, (), parts)

@@ -162,7 +162,8 @@ def test_ratio_schedule_and_exact_resume(generator):
     ({"ratio": 1.5}, r"ratio must lie in \[0, 1\]"),
     ({"ratio": -0.1}, r"ratio must lie in \[0, 1\]"),
     ({"ratio": 1.0, "mode": "add"}, "mode='replace'"),
-    ({"mode": "swap"}, "mode must be one of"),
+    ({"mode": "interleave"}, "mode must be one of"),
+    ({"mode": "swap"}, "pass bank="),  # swap needs a bank of edits, not a generator
 ])
 def test_bad_arguments(generator, kwargs, match):
     with pytest.raises(ValueError, match=match):
