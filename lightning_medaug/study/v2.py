@@ -39,7 +39,7 @@ from lightning_medaug.study.recipe import (
     with_subset,
     with_trainer,
 )
-from lightning_medaug.study.runner import Cell, Study, _check_same_subset, _fraction_entry, _per_fraction, _selection
+from lightning_medaug.study.runner import Cell, Study, _check_same_subset, _per_fraction, _selection
 from lightning_medaug.study.selection import choose_classic
 
 __all__ = ["BeyondClassicStudy"]
@@ -286,15 +286,4 @@ def _edit_grid(model: Any, dataset: Any, arm: Arm, path: Path, sample_kwargs: di
     save_image_grid(pairs, path, nrow=nrow, scale=max(1, round(84 / images.shape[-1])),
                     title=f"real (rows 1, 3) and edits (rows 2, 4): target {arm.target_labels}, "
                           f"strength {arm.strength:g}")
-
-
-def seeds_needed(study: BeyondClassicStudy, fraction: float) -> int | None:
-    """The targets' least number of seeds with a positive difference at ``fraction`` (``None``: no target)."""
-    table = study.targets.get("min_positive_seeds")
-    if table is None:
-        return None
-    try:
-        return int(_fraction_entry(table, fraction, "targets.min_positive_seeds"))
-    except ValueError:
-        return None
 

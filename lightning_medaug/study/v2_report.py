@@ -16,7 +16,7 @@ from lightning_medaug.report.html import Figure, Section, Table, write_report
 from lightning_medaug.study.bootstrap import bootstrap_interval
 from lightning_medaug.study.report import _pivot
 from lightning_medaug.study.results import _versions, summarize
-from lightning_medaug.study.runner import Cell
+from lightning_medaug.study.runner import Cell, _fraction_entry
 from lightning_medaug.study.selection import choose_classic, choose_variant, validation_score
 
 if TYPE_CHECKING:
@@ -42,11 +42,20 @@ def with_classic_best(study: BeyondClassicStudy, results: list[dict[str, Any]]) 
     return out
 
 
+def _seeds_needed(study: BeyondClassicStudy, fraction: float) -> int | None:
+    """The targets' least number of seeds with a positive difference at ``fraction`` (``None``: no target)."""
+    table = study.targets.get("min_positive_seeds")
+    if table is None:
+        return None
+    try:
+        return int(_fraction_entry(table, fraction, "targets.min_positive_seeds"))
+    except ValueError:  # the targets speak of other fractions only
+        return None
+
+
 def _target(study: BeyondClassicStudy, fraction: float, delta: float, wins: int, seeds: int) -> str | None:
     """``met``, ``missed``, ``open`` (not every seed has finished yet) or ``None`` (no target here)."""
-    from lightning_medaug.study.v2 import seeds_needed
-
-    need, margin = seeds_needed(study, fraction), study.targets.get("over_classic_best")
+    need, margin = _seeds_needed(study, fraction), study.targets.get("over_classic_best")
     if need is None or margin is None:
         return None
     if delta >= float(margin) and wins >= need:
