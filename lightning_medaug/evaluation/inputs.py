@@ -22,6 +22,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import Dataset
 
+from lightning_medaug.recipe_files import MIX_CLASS, find_recipe
+
 __all__ = ["DROPPED_DATA_ARGS", "bank_provenance", "build_datamodule", "default_extractor_cache", "describe_extractor",
            "load_data_config", "read_privacy", "real_splits", "resolve_extractor", "scrub_paths"]
 
@@ -33,8 +35,6 @@ FLOOR_SPLITS = ("test", "val")
 
 # -- the data ------------------------------------------------------------------------------------
 def _parse_config_text(spec: str) -> Any:
-    from lightning_medaug.study.recipe import find_recipe
-
     try:
         path = find_recipe(spec)
     except (OSError, ValueError):  # not a file (a long inline mapping is not even a valid file name)
@@ -55,8 +55,6 @@ def load_data_config(spec: str | Mapping[str, Any]) -> dict[str, Any]:
 
     A ``SyntheticMixDataModule`` is unwrapped to the real module it mixes into.
     """
-    from lightning_medaug.study.recipe import MIX_CLASS
-
     config = copy.deepcopy(dict(spec)) if isinstance(spec, Mapping) else _parse_config_text(spec)
     if isinstance(config, Mapping) and "class_path" not in config and isinstance(config.get("data"), Mapping):
         config = config["data"]

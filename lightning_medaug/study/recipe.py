@@ -2,7 +2,7 @@
 
 The demo and the study never assemble models themselves: they edit a recipe (a plain dict of
 LightningCLI ``class_path`` / ``init_args``), write it into the run folder as ``recipe.yaml``
-and run it with :class:`~lightning_medaug.cli.MedaugCLI`, so every figure they report comes with
+and run it with :class:`~lightning_medaug.trainer_cli.MedaugCLI`, so every figure they report comes with
 the exact input that reproduces it (``medaug fit --config <folder>/recipe.yaml``).
 """
 
@@ -16,26 +16,17 @@ from typing import Any
 
 import yaml
 
+from lightning_medaug.recipe_files import MIX_CLASS, find_recipe
+
 __all__ = ["AUGMENTATIONS", "MIX_CLASS", "find_recipe", "load_recipe", "real_data", "run_recipe",
            "with_augmentation", "with_classic_augmentation", "with_mixing", "with_subset", "with_trainer"]
 
-MIX_CLASS = "lightning_medaug.mixing.SyntheticMixDataModule"
 AUGMENTATION_CLASS = "lightning_medaug.data.ClassicAugmentation"
 POLICY_CLASS = "lightning_medaug.data.PolicyAugmentation"
 
 #: Augmentation baselines selectable by name (:func:`with_augmentation`): per-sample ones are the real
 #: data's ``train_transforms``, batch-level ones (MixUp, CutMix) the classifier's ``batch_augmentation``.
 AUGMENTATIONS = ("none", "classic", "trivialaugment", "randaugment", "mixup", "cutmix")
-
-
-def find_recipe(name: str | Path) -> Path:
-    """Resolve a recipe given as a path, or as a file name in ``./recipes`` or the source tree's ``recipes/``."""
-    name = Path(name)
-    candidates = [name, Path("recipes") / name, Path(__file__).resolve().parents[2] / "recipes" / name]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"recipe {str(name)!r} not found (looked in ./, ./recipes and the source tree's recipes/)")
 
 
 def load_recipe(name: str | Path) -> dict[str, Any]:
@@ -129,7 +120,7 @@ def run_recipe(config: dict[str, Any], folder: str | Path, test: bool = True) ->
     """
     from lightning.pytorch.utilities.model_helpers import is_overridden
 
-    from lightning_medaug.cli import MedaugCLI
+    from lightning_medaug.trainer_cli import MedaugCLI
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -142,7 +133,7 @@ def run_recipe(config: dict[str, Any], folder: str | Path, test: bool = True) ->
         # the study's own command line is in sys.argv; the recipe file is this run's only input
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         cli = MedaugCLI(args=["--config", str(path)], run=False)
-    cli._check()
+    cli.check()
     with warnings.catch_warnings():
         if [p.name for p in folder.iterdir()] == [path.name]:
             # the CSV logger warns of a non-empty folder "whose log files will be deleted"; here it

@@ -295,7 +295,7 @@ class Study:
 
     def generator_data(self, name: str, fraction: float, seed: int) -> Any:
         """The generator's (real) data module, set up, as its recipe builds it."""
-        from lightning_medaug.cli import MedaugCLI
+        from lightning_medaug.trainer_cli import MedaugCLI
 
         folder = self.generator_folder(self.specs[name].trained_as, fraction, seed)
         cli = MedaugCLI(args=["--config", str(folder / "run" / "recipe.yaml")], run=False)
