@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from lightning_medaug.compat import attached_trainer
 from lightning_medaug.generative.shapes import crop_to, pad_to
 from lightning_medaug.generative.term_logging import TermAccumulator, logs_this_batch
 from lightning_medaug.registry import GENERATORS
@@ -159,10 +160,11 @@ class GenerativeModule(L.LightningModule):
                          batch_size=batch_size, sync_dist=True)
             return
         self._train_terms.add(terms, batch_size, self.device)  # also without a Trainer: a plain loop pays the same
-        if self._trainer is None:
+        trainer = attached_trainer(self)
+        if trainer is None:
             return
-        every = logs_this_batch(self.trainer)
-        bar = self.trainer.progress_bar_callback is not None
+        every = logs_this_batch(trainer)
+        bar = trainer.progress_bar_callback is not None
         for name, value in terms.items():
             if every or (bar and name in prog_bar):
                 self.log(f"train/{name}_step", _detached(value), on_step=True, on_epoch=False,

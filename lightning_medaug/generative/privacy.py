@@ -29,6 +29,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from lightning_medaug.compat import wrap_train_dataloader
 from lightning_medaug.generative.privacy_accounting import calibrate_noise, epsilon_spent, steps_within_budget
 
 __all__ = ["ACCOUNTANTS", "PRIVACY_REPORT", "DifferentialPrivacy", "load_privacy_report", "unsupported_layers"]
@@ -131,7 +132,7 @@ class DifferentialPrivacy(L.Callback):
         self._step_limit: int | None = None  # total steps allowed by the budget; None: no limit in sight
         self._hooks: Any = None
         self._optimizer: Any = None
-        self._source: Any = None
+        self._restore_loader: Any = None  # undoes the Poisson-sampling wrapper of the train loader
 
     # -- derived figures ---------------------------------------------------------------------------
     @property
@@ -254,9 +255,9 @@ class DifferentialPrivacy(L.Callback):
             trainer.strategy.optimizers = [self._optimizer.original_optimizer]
         self._optimizer = None
         warnings.filters[:] = [f for f in warnings.filters if getattr(f[1], "pattern", None) != _HOOK_WARNING]
-        if self._source is not None:
-            vars(self._source).pop("dataloader", None)
-            self._source = None
+        if self._restore_loader is not None:
+            self._restore_loader()
+            self._restore_loader = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [list(h) for h in self.history], "noise_multiplier": self.noise_multiplier,
@@ -292,19 +293,12 @@ class DifferentialPrivacy(L.Callback):
 
     def _poisson_sample_train_loader(self, trainer: L.Trainer) -> None:
         """Make the fit loop's train loader Poisson-sampled (Opacus' ``DPDataLoader``), however it was
-        given (data module, module hook or loader). Lightning 2.x keeps its origin in
-        ``fit_loop._data_source``; :meth:`on_train_start` verifies the result either way."""
+        given (data module, module hook or loader; see :func:`~lightning_medaug.compat.wrap_train_dataloader`);
+        :meth:`on_train_start` verifies the result either way."""
         from opacus.data_loader import DPDataLoader
         from torch.utils.data import DataLoader
 
-        source = getattr(trainer.fit_loop, "_data_source", None)
-        if source is None or not hasattr(source, "dataloader"):
-            raise ValueError("this Lightning version hides the train loader's source; DifferentialPrivacy needs "
-                             "lightning>=2.0,<3")
-        original = source.dataloader
-
-        def poisson_loader() -> DataLoader:
-            loader = original()
+        def poisson_loader(loader: Any) -> DataLoader:
             if isinstance(loader, DPDataLoader):
                 return loader
             if not isinstance(loader, DataLoader):
@@ -312,8 +306,7 @@ class DifferentialPrivacy(L.Callback):
                                  f"{type(loader).__name__}")
             return DPDataLoader.from_data_loader(loader)
 
-        source.dataloader = poisson_loader
-        self._source = source
+        self._restore_loader = wrap_train_dataloader(trainer, poisson_loader)
 
 
 def _check_trainer(trainer: L.Trainer, pl_module: L.LightningModule) -> None:

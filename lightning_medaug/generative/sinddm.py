@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
+from lightning_medaug.compat import attached_trainer
 from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.generative.base import GenerativeModule
 from lightning_medaug.generative.ema import EMA
@@ -201,8 +202,9 @@ class SinDDM(GenerativeModule):
             raise ValueError(f"image_index={self.hparams.image_index} but the first training batch holds only "
                              f"{images.shape[0]} images; pass a smaller image_index or a larger batch_size")
         image = images[self.hparams.image_index].detach().float()
-        if self._trainer is not None:  # every rank must learn the same image
-            image = self.trainer.strategy.broadcast(image, src=0)
+        trainer = attached_trainer(self)
+        if trainer is not None:  # every rank must learn the same image
+            image = trainer.strategy.broadcast(image, src=0)
         self.fit_image(image)
 
     @torch.no_grad()

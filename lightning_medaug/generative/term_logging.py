@@ -17,6 +17,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from lightning_medaug.compat import batches_that_stepped
+
 __all__ = ["TermAccumulator", "logs_this_batch"]
 
 
@@ -63,5 +65,4 @@ def logs_this_batch(trainer: L.Trainer) -> bool:
         return True
     if not every:
         return False
-    stepped = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
-    return (stepped + 1) % every == 0
+    return (batches_that_stepped(trainer) + 1) % every == 0
