@@ -8,7 +8,7 @@ stabilises training on few images. :class:`FineTuneFrom` does both for any regis
     trainer = L.Trainer(callbacks=[FineTuneFrom("runs/cgan_organamnist/version_0/generator",
                                                 freeze=["discriminator.features.0.*"])])
 
-Lightning's hook order decides where each part happens (``Trainer._run``): ``setup`` runs
+Lightning's documented hook order decides where each part happens: ``setup`` runs
 before ``configure_optimizers`` (so frozen parameters are frozen before any optimiser, automatic
 or manual, is built), but the trainer learns whether the run resumes from a checkpoint only
 after ``setup``. So the freeze is applied in ``setup('fit')``, and the weights are copied in
