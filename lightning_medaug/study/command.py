@@ -15,7 +15,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 __all__ = ["build_parser", "main", "study_class"]
 
-_OWN = ("config", "max_cells", "list")
+_OWN = ("config", "max_cells", "list", "prepare")
 
 
 def study_class(argv: Sequence[str]) -> type:
@@ -43,6 +43,9 @@ def build_parser(cls: type | None = None) -> ArgumentParser:
     parser.add_class_arguments(cls, nested_key=None, as_positional=False)
     parser.add_argument("--max_cells", type=int | None, default=None, help="run at most this many new cells")
     parser.add_argument("--list", action="store_true", help="list the cells and whether each is done, then exit")
+    if hasattr(cls, "prepare"):
+        parser.add_argument("--prepare", action="store_true",
+                            help="train the generators and write the banks of the (sliced) grid, then exit")
     return parser
 
 
@@ -54,6 +57,10 @@ def main(argv: Sequence[str]) -> int:
     if config["list"]:
         for cell in study.cells():
             print(f"{'done' if study.is_done(cell) else 'todo'}  {cell.name}")
+        return 0
+    if config.get("prepare"):
+        for bank in study.prepare():
+            print(f"bank: {bank}")
         return 0
     study.run(max_cells=config["max_cells"])
     print(f"results: {study.out / 'report.md'} (results.json, results.csv, plots)")

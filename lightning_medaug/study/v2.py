@@ -189,6 +189,22 @@ class BeyondClassicStudy:
             write_v2_results(self)  # a study cut short still leaves its report of the cells so far
         return write_v2_results(self)["cells"]
 
+    def prepare(self) -> list[Path]:
+        """Train the generators and write every bank the grid's synthetic arms need, without any downstream
+        run (e.g. beside the classic candidates, on another machine or process); returns the banks. The
+        cells find them done. Never run it beside a study that reaches the same banks."""
+        banks = []
+        for fraction in self.fractions:
+            for seed in self.seeds_for(fraction):
+                for arm in (a for a in self.arms if a.bank is not None):
+                    self.console.rule(f"bank of {arm.name}, fraction {fraction:g}, seed {seed}")
+                    if arm.bank == "samples":
+                        banks.append(self.base.bank(self.generator_name, fraction, seed))
+                    else:
+                        banks.append(self.edit_bank(arm, fraction, seed,
+                                                    with_subset(self.base.task_recipe, fraction, seed)))
+        return list(dict.fromkeys(banks))
+
     def run_cell(self, cell: Cell) -> dict[str, Any]:
         """Train and test one cell (the generator and its bank first, when it needs them)."""
         arm = self.arm(cell.arm)
