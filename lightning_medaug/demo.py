@@ -63,8 +63,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     # Defaults sized for about five minutes on 2 CPU cores; `medaug study` runs the full protocol.
     parser.add_argument("--subset", type=float, default=0.1, help="stratified fraction of real train (default 0.1)")
     parser.add_argument("--generator-epochs", type=int, default=20, help="GAN epochs on the subset (default 20)")
-    parser.add_argument("--steps", type=int, default=200,
-                        help="optimiser steps of the classifier in every arm (default 200)")
+    parser.add_argument("--steps", type=int, default=120,
+                        help="optimiser steps of the classifier in every arm (default 120)")
     parser.add_argument("--ratio", type=float, default=0.5, help="synthetic fraction of mixed training (default 0.5)")
     parser.add_argument("--classic", action=argparse.BooleanOptionalAction, default=True,
                         help="the classic-augmentation arms, alone and with synthetic images (default: on)")

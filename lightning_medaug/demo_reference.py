@@ -60,7 +60,8 @@ def reference_section(results: Sequence[dict[str, Any]], steps: int) -> Section:
                        for f in fractions)
     protocol = (f"The demo trains every arm for the same {steps} optimiser steps from one seed, selects each "
                 f"checkpoint on validation AUC and tests it. The study trained the same classifier for {epochs} "
-                "(about to convergence), selected on validation, over several seeds.")
+                "in every arm (an add-mode mixed epoch has twice the steps), about until validation AUC stopped "
+                "rising, selected each checkpoint on validation, and repeated every arm over several seeds.")
     table = Table(("fraction", "arm", f"demo {reference['metric']} (1 seed)",
                    f"study {reference['metric']} (mean +- std)"), rows,
                   caption="the demo beside the committed study at the same fraction of the real training split")
