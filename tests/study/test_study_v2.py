@@ -112,6 +112,8 @@ def test_a_grid_with_an_edit_arm_runs_end_to_end(tmp_path, capsys):
                        "dafusion_swap": EDIT_ARM}}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(config))
+    assert main(["study", "--config", str(path), "--prepare"]) == 0  # the generator and its bank, no cell
+    assert "bank: " in capsys.readouterr().out and not (tmp_path / "study" / "cells").exists()
     assert main(["study", "--config", str(path)]) == 0
     results = json.loads((tmp_path / "study" / "results.json").read_text())
     cells = {r["arm"]: r for r in results["cells"]}
