@@ -82,7 +82,8 @@ class FolderDataModule(SplitDataModule):
             else the shipped ISBI 2012 EM copy (30 images of 512x512 with membrane masks).
         image_dir, mask_dir: sub-folders of ``root``; ``mask_dir=None`` for images only.
         spatial_dims: 2 or 3; ``None`` infers it from the files.
-        image_size: resize every image to this side length (bilinear; masks nearest).
+        image_size: resize every image to this side length, or to one size per axis ((H, W) or
+            (D, H, W), for non-square and non-cubic grids) (bilinear; masks nearest).
         mask_threshold: fraction of a mask's maximum above which a voxel is foreground.
         intensity_percentiles: (low, high) percentiles mapped to -1 and 1.
         val_indices, test_indices: samples to hold out; override the fractions.
@@ -97,7 +98,8 @@ class FolderDataModule(SplitDataModule):
     """
 
     def __init__(self, root: str | None = None, image_dir: str = "image", mask_dir: str | None = "label",
-                 spatial_dims: int | None = None, image_size: int | None = None, mask_threshold: float = 0.5,
+                 spatial_dims: int | None = None, image_size: int | Sequence[int] | None = None,
+                 mask_threshold: float = 0.5,
                  intensity_percentiles: tuple[float, float] = (0.5, 99.5),
                  val_indices: Sequence[int] | None = None, test_indices: Sequence[int] | None = None,
                  val_fraction: float | None = None, test_fraction: float | None = None, split_seed: int = 0,
@@ -107,8 +109,12 @@ class FolderDataModule(SplitDataModule):
         super().__init__()
         if spatial_dims not in (None, 2, 3):
             raise ValueError(f"spatial_dims must be 2, 3 or None (infer), got {spatial_dims}")
-        if image_size is not None and image_size < 4:
-            raise ValueError(f"image_size must be at least 4 (or None to keep the files' size), got {image_size}")
+        if image_size is not None:
+            sides = [image_size] if isinstance(image_size, int) else list(image_size)
+            if not sides or any(isinstance(s, bool) or not isinstance(s, int) or s < 4 for s in sides) \
+                    or (spatial_dims is not None and len(sides) not in (1, spatial_dims)) or len(sides) > 3:
+                raise ValueError(f"image_size must be one side or one per axis, each at least 4 (or None to keep "
+                                 f"the files' size), got {image_size!r}")
         if not 0.0 < mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
         lo, hi = intensity_percentiles

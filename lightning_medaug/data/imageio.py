@@ -221,6 +221,9 @@ def resize(x: Tensor, size: int | Sequence[int] | None, is_mask: bool) -> Tensor
         return x
     sd = x.ndim - 1
     size = (size,) * sd if isinstance(size, int) else tuple(int(s) for s in size)
+    if len(size) != sd:
+        raise ValueError(f"image_size={list(size)} gives {len(size)} sizes but the images have {sd} axes: "
+                         f"give one side or {sd} sizes")
     if is_mask:
         return F.interpolate(x[None], size=size, mode="nearest-exact")[0]
     mode = "bilinear" if sd == 2 else "trilinear"

@@ -230,3 +230,15 @@ def test_holdout_split_rules_and_env_root(tmp_path, monkeypatch):
             holdout_split(10, **kwargs)
     monkeypatch.setenv("MEDAUG_DATA", str(tmp_path))
     assert FolderDataModule().root == tmp_path / "isbi2012-em"
+
+
+def test_per_axis_image_size_gives_non_square_grids(tmp_path):
+    _phantom_folder(tmp_path, 2, 24, ".mha", n=4)
+    dm = FolderDataModule(root=str(tmp_path), image_size=(20, 12), val_fraction=0.25, test_fraction=0.25)
+    dm.setup()
+    assert dm.image_size == (20, 12) and dm.train_dataset[0]["image"].shape == (1, 20, 12)
+    assert dm.train_dataset[0]["mask"].shape == (1, 20, 12)
+    with pytest.raises(ValueError, match="2 axes"):
+        FolderDataModule(root=str(tmp_path), image_size=(20, 12, 8)).setup()
+    with pytest.raises(ValueError, match="one per axis"):
+        FolderDataModule(image_size=(20, 2))
