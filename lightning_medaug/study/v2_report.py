@@ -167,12 +167,13 @@ def _sections(study: BeyondClassicStudy, results: list[dict[str, Any]], rows: li
     sections.append(Section("Optimiser steps per cell", tables=[Table(
         ("fraction", "arm", "steps", "budget"), [(f"{f:g}", a, s, b) for f, a, s, b in steps])]))
     figures = []
-    for fraction in study.fractions[:1]:
-        seed = study.seeds_for(fraction)[0]
+    grids = ((f, s) for f in study.fractions for s in study.seeds_for(f))
+    for fraction, seed in grids:  # the first subset whose generator has drawn its grids
         folder = study.base.generator_folder(study.generator_name, fraction, seed)
-        for png in sorted(folder.glob("*.png")):
-            figures.append(Figure(png.relative_to(study.out).as_posix(), f"fraction {fraction:g}, seed {seed}: "
-                                                                          f"{png.stem}"))
+        figures = [Figure(png.relative_to(study.out).as_posix(), f"fraction {fraction:g}, seed {seed}: {png.stem}")
+                   for png in sorted(folder.glob("*.png"))]
+        if figures:
+            break
     if figures:
         sections.append(Section("Samples and edits", figures=figures))
     return sections
