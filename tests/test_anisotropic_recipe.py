@@ -58,8 +58,8 @@ def test_readme_anisotropic_section_runs_as_pasted(tmp_path, monkeypatch, capsys
         if kind == "bash":
             code = re.sub(r"^(medaug fit [^#\n]*?)\s*(#.*)?$", lambda m: f"{m.group(1)} {' '.join(FEW)}", code,
                           flags=re.M)
-            done = subprocess.run(["bash", "-e", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                                  timeout=300)
+            done = subprocess.run(["bash", "-e", "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                                  encoding="utf-8", errors="replace", timeout=300)
             assert done.returncode == 0, done.stderr[-3000:]
     monkeypatch.chdir(tmp_path)
     for kind, code in blocks:

@@ -21,7 +21,8 @@ def test_ddp_two_processes(source, generators, banks, tmp_path):
         generators("2d16").save_pretrained(path)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run([sys.executable, str(HERE / "ddp_project.py"), str(tmp_path), source, path],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=300, env=env,
+                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     shares = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert len(shares[0]) == len(shares[1]) == 40  # 40 real + 40 synthetic, half on each rank
