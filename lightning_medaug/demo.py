@@ -101,7 +101,7 @@ def main(argv: Sequence[str] = ()) -> int:
     console = Console()
     table = Table(title=f"test split, {args.subset:.0%} of the real training images (checkpoints selected on "
                         f"validation; one seed, {args.steps} optimiser steps per arm)")
-    table.add_column("arm")
+    table.add_column("arm", min_width=max(len(r["arm"]) for r in results))  # arm names are never cut
     for key in REPORTED:
         table.add_column(key, justify="right")
     table.add_column("steps", justify="right")

@@ -93,12 +93,14 @@ def test_demo_shows_the_committed_study_beside_its_own_figures(demo_run):
     text = (run / "report.md").read_text(encoding="utf-8")
     assert text.index("The demo beside the study") < text.index("## Results")  # the report opens with it
     assert CAVEAT in text and f"same {STEPS} optimiser steps" in text
+    assert f"Downstream training: {STEPS} optimiser steps per cell" in text  # not the recipe's epochs
     # the study at 5%: real 0.8420 +- 0.0322, classic 0.9317 +- 0.0083, classic + cGAN 0.9373 +- 0.0115 (5 seeds)
     for arm, study in (("real", "0.8420 +- 0.0322 (5 seeds)"), ("classic", "0.9317 +- 0.0083 (5 seeds)"),
                        ("classic_mix_cgan_r0.5", "0.9373 +- 0.0115 (5 seeds)")):
         assert f"| 0.05 | {arm} | {results[arm]['value']:.4f} | {study} |" in text
     assert " ".join(CAVEAT.split()) in " ".join(printed.split())  # the printed table comes with the sentence too
-    assert "study test/auc" in printed
+    assert "0.8420" in printed and "0.9373" in printed  # the study's real and classic + cGAN figures
+    assert "classic_mix_cgan_r0.5" in printed  # arm names are never cut
 
 
 def test_shipped_study_figures_match_the_committed_study():

@@ -129,6 +129,14 @@ def _comparison_tables(comparisons: Sequence[dict[str, Any]]) -> list[Table]:
     return tables
 
 
+def _budget(study: Study) -> str:
+    """How long each downstream run trained: a step budget set through ``overrides``, or epochs."""
+    steps = study.overrides.get("trainer.max_steps")
+    if steps is not None and steps > 0:
+        return f"Downstream training: {steps} optimiser steps per cell, whatever its epoch length"
+    return f"Downstream epochs: {study.epochs or 'the recipe' + chr(39) + 's'}"
+
+
 def study_sections(study: Study, results: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]],
                    comparisons: Sequence[dict[str, Any]], figures: dict[str, Path]) -> list[Section]:
     """The report's sections, in reading order."""
@@ -139,7 +147,7 @@ def study_sections(study: Study, results: Sequence[dict[str, Any]], rows: Sequen
              else ", ".join(f"{s} at fraction {f:g}" for f, s in study.seeds.items()))
     protocol = (f"Checkpoints selected on validation; mean +- std over seeds {seeds} (number of seeds in "
                 "brackets, * marks the best mean per fraction); generators trained on each cell's real subset "
-                f"only. Downstream epochs: {study.epochs or 'the recipe' + chr(39) + 's'}.")
+                f"only. {_budget(study)}.")
     main = _pivot(rows, lambda r: (r["mean"], r["std"]), f"{study.metric} on the test split")
     fraction_figure = ([Figure(figures["fraction_plot"].name, f"{study.metric} vs fraction of real data")]
                        if "fraction_plot" in figures else [])
