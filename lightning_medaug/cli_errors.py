@@ -93,6 +93,8 @@ def raised_by(err: BaseException) -> tuple[str | None, str]:
 def package_of(path: str | Path) -> str | None:
     """The top-level package (or standard-library module) a source file belongs to; ``None`` when it
     lies outside lightning-medaug, the installed packages and the standard library."""
+    if str(path).startswith("<"):  # "<frozen importlib._bootstrap>", "<string>": the interpreter's own code
+        return "python"
     path = Path(path).resolve()
     if path.is_relative_to(_OWN_PACKAGE):
         return "lightning_medaug"
