@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 
+from lightning_medaug.downloads import DownloadError
 from lightning_medaug.generative.base import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -76,9 +77,9 @@ _URL_SCHEMES = ("http://", "https://", "file://")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-class PretrainedDownloadError(ValueError, ConnectionError):
-    """A URL of weights could not be read (offline, refused, 404). A ``ValueError``, so the CLI
-    prints it as one line, and a ``ConnectionError`` for code that retries on network errors."""
+class PretrainedDownloadError(DownloadError):
+    """A URL of weights could not be read (offline, refused, 404): the shared
+    :class:`~lightning_medaug.downloads.DownloadError`, named for weights."""
 
 
 # -- cache, hashes, index ---------------------------------------------------------------------

@@ -339,3 +339,13 @@ def test_per_axis_image_sizes_match_whatever_their_container():
     check_data_model_compatible(cube, PhantomDataModule(spatial_dims=3, image_size=(8, 8, 8)))
     with pytest.raises(ValueError, match="image_size"):
         check_data_model_compatible(model, PhantomDataModule(spatial_dims=3, image_size=(8, 12, 12)))
+
+
+def test_a_failed_download_is_the_users_situation_not_a_bug(capsys, tmp_path):
+    """Offline or refused: one line with where to put a hand-fetched copy, exit 2 (not the bug report)."""
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    line = _fails_cleanly(capsys, ["fit", "--config", str(recipes / "classify_pneumonia.yaml"),
+                                   "--data.init_args.root", str(tmp_path), "--data.init_args.download", "true",
+                                   "--data.init_args.url", "http://127.0.0.1:9/pneumoniamnist.npz"],
+                          "could not download")
+    assert "save it as" in line and not list(tmp_path.iterdir())

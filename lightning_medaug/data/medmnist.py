@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY
 from lightning_medaug.data.split_module import SplitDataModule
 from lightning_medaug.data.splits import check_subset, stratified_subset
+from lightning_medaug.downloads import DownloadError
 from lightning_medaug.hparams import save_own_hyperparameters
 from lightning_medaug.validation import check_loader_args
 
@@ -117,7 +118,8 @@ def download_file(url: str, dest: Path, md5: str, timeout: float = 60.0) -> None
     """Stream ``url`` to ``dest`` with a progress bar, verify its MD5, then rename atomically.
 
     A partial or corrupt download never appears at ``dest``: the temporary file is removed on any
-    failure. Raises ``RuntimeError`` saying where to put a hand-fetched copy.
+    failure. Raises :class:`~lightning_medaug.downloads.DownloadError` saying where to put a
+    hand-fetched copy.
     """
     dest = Path(dest)
     manual = f"Fetch it by hand from {url} and save it as {dest}, then run again with download=False."
@@ -125,7 +127,7 @@ def download_file(url: str, dest: Path, md5: str, timeout: float = 60.0) -> None
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     except OSError as err:
-        raise RuntimeError(f"cannot write into {dest.parent} ({err}). {manual}") from err
+        raise DownloadError(f"cannot write into {dest.parent} ({err}). {manual}") from err
     tmp = Path(tmp_name)
     digest = hashlib.md5()
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -141,9 +143,9 @@ def download_file(url: str, dest: Path, md5: str, timeout: float = 60.0) -> None
                         digest.update(chunk)
                         progress.advance(task, len(chunk))
         except (OSError, ValueError) as err:  # URLError, timeouts and refused connections are OSErrors
-            raise RuntimeError(f"could not download {url} ({_one_line(err)}). {manual}") from err
+            raise DownloadError(f"could not download {url} ({_one_line(err)}). {manual}") from err
         if digest.hexdigest() != md5:
-            raise RuntimeError(
+            raise DownloadError(
                 f"download of {url} has MD5 {digest.hexdigest()}, expected {md5}; the partial file was removed. "
                 f"Retry, or {manual[0].lower()}{manual[1:]}"
             )

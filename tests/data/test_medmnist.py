@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from lightning_medaug.data.medmnist import MedMNISTDataModule, medmnist_info, shipped_datasets_dir
+from lightning_medaug.downloads import DownloadError
 
 SHIPPED = shipped_datasets_dir() / "pneumoniamnist.npz"
 
@@ -187,7 +188,7 @@ def test_missing_file_message(tmp_path):
 
 def test_download_without_network_leaves_nothing(tmp_path):
     dm = MedMNISTDataModule(root=str(tmp_path / "data"), download=True, url="http://127.0.0.1:9/pneumoniamnist.npz")
-    with pytest.raises(RuntimeError, match="could not download.*save it as .*pneumoniamnist.npz"):
+    with pytest.raises(DownloadError, match="could not download.*save it as .*pneumoniamnist.npz"):
         dm.prepare_data()
     assert list((tmp_path / "data").iterdir()) == []
 
@@ -224,7 +225,7 @@ def test_download_from_local_server(tmp_path, http_root):
 
     bad = MedMNISTDataModule(name="bloodmnist", root=str(tmp_path / "other"), download=True,
                              url=f"{base}/bloodmnist.npz")  # official MD5 expected: the download is rejected
-    with pytest.raises(RuntimeError, match=f"MD5 {md5}, expected {medmnist_info('bloodmnist').md5}"):
+    with pytest.raises(DownloadError, match=f"MD5 {md5}, expected {medmnist_info('bloodmnist').md5}"):
         bad.prepare_data()
     assert list((tmp_path / "other").iterdir()) == []
 
