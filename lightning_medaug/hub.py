@@ -5,8 +5,8 @@
 * a folder written by :meth:`~lightning_medaug.generative.base.GenerativeModule.save_pretrained`;
 * a local ``.zip`` of such a folder (as written by :func:`package_pretrained`);
 * an ``http(s)://`` or ``file://`` URL of such a zip, downloaded once into the cache folder
-  (``$LIGHTNING_MEDAUG_CACHE``, else ``~/.cache/lightning_medaug``) and verified when a SHA-256
-  is known;
+  (:func:`~lightning_medaug.cache.cache_folder`: ``$MEDAUG_CACHE``, else
+  ``~/.cache/lightning_medaug``) and verified when a SHA-256 is known;
 * a name from the index of named weights, ``lightning_medaug/pretrained_index.json``
   (:func:`list_pretrained`).
 
@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 
+from lightning_medaug.cache import CACHE_ENV_VAR, cache_folder
 from lightning_medaug.downloads import DownloadError
 from lightning_medaug.generative.base import (
     CONFIG_NAME,
@@ -63,8 +64,6 @@ __all__ = ["CACHE_ENV_VAR", "CARD_NAME", "INDEX_FILE", "PretrainedDownloadError"
            "extract_pretrained", "file_sha256", "list_pretrained", "load_pretrained", "package_pretrained",
            "pretrained_index", "resolve_pretrained"]
 
-#: Environment variable naming the cache folder of downloaded and extracted weights.
-CACHE_ENV_VAR = "LIGHTNING_MEDAUG_CACHE"
 #: The model card written by :func:`lightning_medaug.model_card.write_model_card`.
 CARD_NAME = "MODEL_CARD.md"
 #: The shipped index of named weights.
@@ -82,15 +81,7 @@ class PretrainedDownloadError(DownloadError):
     :class:`~lightning_medaug.downloads.DownloadError`, named for weights."""
 
 
-# -- cache, hashes, index ---------------------------------------------------------------------
-def cache_folder(cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir``, else ``$LIGHTNING_MEDAUG_CACHE``, else ``~/.cache/lightning_medaug``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV_VAR)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "lightning_medaug"
-
-
+# -- hashes, index ---------------------------------------------------------------------
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file, read in chunks."""
     digest = hashlib.sha256()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_medaug.cache import cache_folder
 from lightning_medaug.hub import (
     PretrainedDownloadError,
     extract_pretrained,
@@ -113,10 +114,25 @@ def test_http_download_verifies_and_is_cached(pretrained, server, tmp_path):
 
 def test_file_url_and_cache_env_var(pretrained, tmp_path, monkeypatch):
     model, _, zip_path, _ = pretrained
-    monkeypatch.setenv("LIGHTNING_MEDAUG_CACHE", str(tmp_path / "env-cache"))
+    monkeypatch.delenv("LIGHTNING_MEDAUG_CACHE", raising=False)
+    monkeypatch.setenv("MEDAUG_CACHE", str(tmp_path / "env-cache"))
     loaded = load_pretrained(zip_path.resolve().as_uri())
     assert torch.equal(samples(loaded), samples(model))
     assert len(list((tmp_path / "env-cache" / "downloads").glob("*.zip"))) == 1
+
+
+def test_former_cache_env_var_still_works_with_a_future_warning(pretrained, tmp_path, monkeypatch):
+    model, _, zip_path, _ = pretrained
+    monkeypatch.delenv("MEDAUG_CACHE", raising=False)
+    monkeypatch.setenv("LIGHTNING_MEDAUG_CACHE", str(tmp_path / "old-cache"))
+    with pytest.warns(FutureWarning, match="rename it to \\$MEDAUG_CACHE"):
+        loaded = load_pretrained(zip_path.resolve().as_uri())
+    assert torch.equal(samples(loaded), samples(model))
+    assert len(list((tmp_path / "old-cache" / "downloads").glob("*.zip"))) == 1
+    # both set: the documented name wins and the former one is named as ignored
+    monkeypatch.setenv("MEDAUG_CACHE", str(tmp_path / "new-cache"))
+    with pytest.warns(FutureWarning, match="LIGHTNING_MEDAUG_CACHE=.* is ignored"):
+        assert cache_folder() == tmp_path / "new-cache"
 
 
 def test_sha256_mismatch_names_both_hashes_and_deletes_the_download(pretrained, server, tmp_path):

@@ -22,6 +22,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import Dataset
 
+from lightning_medaug.cache import cache_folder
 from lightning_medaug.recipe_files import MIX_CLASS, find_recipe
 
 __all__ = ["DROPPED_DATA_ARGS", "bank_provenance", "build_datamodule", "default_extractor_cache", "describe_extractor",
@@ -113,10 +114,8 @@ def real_splits(datamodule: L.LightningDataModule) -> tuple[Dataset, Dataset, st
 
 # -- the feature extractor -------------------------------------------------------------------------
 def default_extractor_cache() -> Path:
-    """``$MEDAUG_CACHE/extractors``, else ``~/.cache/lightning_medaug/extractors``."""
-    root = os.environ.get("MEDAUG_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "lightning_medaug"
-    return base / "extractors"
+    """``extractors`` in the cache folder (:func:`~lightning_medaug.cache.cache_folder`)."""
+    return cache_folder() / "extractors"
 
 
 def resolve_extractor(name: str, datamodule: L.LightningDataModule, cache_dir: str | Path | None = None,
