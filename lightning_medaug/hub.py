@@ -58,6 +58,7 @@ from lightning_medaug.generative.base import (
     load_generator,
 )
 from lightning_medaug.generative.privacy import PRIVACY_REPORT
+from lightning_medaug.hashing import file_digest
 from lightning_medaug.registry import GENERATORS
 
 __all__ = ["CACHE_ENV_VAR", "CARD_NAME", "INDEX_FILE", "PretrainedDownloadError", "download_pretrained",
@@ -82,13 +83,8 @@ class PretrainedDownloadError(DownloadError):
 
 
 # -- hashes, index ---------------------------------------------------------------------
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+#: Hex SHA-256 of a file: :func:`lightning_medaug.hashing.file_digest`, under the name this module always exported.
+file_sha256 = file_digest
 
 
 def pretrained_index(index: str | Path | Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:

@@ -32,7 +32,6 @@ leaves either a complete shard or files that the next run deletes and rewrites.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import re
@@ -46,7 +45,7 @@ import numpy as np
 __all__ = ["COLUMNS", "BANK_FILE", "MANIFEST_FILE", "SCORES_FILE", "SHARD_DIR", "ShardFiles", "shard_files",
            "shard_range", "num_shards", "atomic_write_text", "fsync_file", "read_bank_info", "write_bank_info",
            "settings_mismatch", "write_shard_rows", "read_shard_rows", "shard_complete", "write_manifest_csv",
-           "read_manifest_columns", "list_shard_files", "csv_header", "read_shard_digests", "sha256_files"]
+           "read_manifest_columns", "list_shard_files", "csv_header", "read_shard_digests"]
 
 BANK_FILE = "bank.json"
 MANIFEST_FILE = "manifest.csv"
@@ -92,16 +91,6 @@ def list_shard_files(root: str | Path) -> dict[int, list[Path]]:
             if match:
                 found.setdefault(int(match.group(1)), []).append(entry)
     return found
-
-
-def sha256_files(paths: Iterable[Path]) -> str:
-    """One SHA-256 over the bytes of ``paths`` in order (a shard's images, then its masks)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 # -- atomic writing --------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from lightning_medaug.bank import manifest as mf
 from lightning_medaug.data.imageio import Geometry
+from lightning_medaug.hashing import file_digest
 
 __all__ = ["SyntheticBank"]
 
@@ -320,7 +321,7 @@ class SyntheticBank(Dataset):
         digests = mf.read_shard_digests(self.path / mf.MANIFEST_FILE)
         for shard, digest in sorted(digests.items()):
             files = mf.shard_files(self.path, shard)
-            actual = mf.sha256_files([files.images, files.masks] if self._has_masks else [files.images])
+            actual = file_digest([files.images, files.masks] if self._has_masks else [files.images])
             if actual != digest:
                 raise ValueError(f"shard {shard} of {self.path} does not match its SHA-256: its files were changed "
                                  "or damaged; delete its manifest and rerun `medaug generate` to rewrite it")

@@ -36,6 +36,7 @@ from lightning_medaug.bank.image_files import FILE_COLUMNS, SampleFiles
 from lightning_medaug.bank.plan import LabelPlan, label_plan
 from lightning_medaug.bank.progress import shard_progress
 from lightning_medaug.data.imageio import Geometry
+from lightning_medaug.hashing import file_digest
 from lightning_medaug.sizes import spatial_size
 
 __all__ = ["write_bank", "WriteSummary", "shard_seed", "checkpoint_sha256"]
@@ -199,7 +200,7 @@ def _file_digest(folder: str | Path) -> str:
     weights = Path(folder) / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: pass a folder written by save_pretrained()")
-    return mf.sha256_files([weights])
+    return file_digest(weights)
 
 
 def _names(model: Any) -> tuple[str, str]:
@@ -353,7 +354,7 @@ def _write_shard(job: _ShardJob, shard: int, advance: Callable[[int], None]) -> 
     if job.files is not None:  # from the committed arrays, so a file holds exactly what the bank reads
         stored_masks = None if job.masks is None else np.load(files.masks, mmap_mode="r")
         job.files.write(job.root, indices, np.load(files.images, mmap_mode="r"), stored_masks)
-    _write_rows(job, shard, indices, seed, mf.sha256_files([p for p, _, _ in targets]))
+    _write_rows(job, shard, indices, seed, file_digest([p for p, _, _ in targets]))
 
 
 def _checked(images: Tensor, n: int, image_shape: tuple[int, ...], shard: int) -> np.ndarray:

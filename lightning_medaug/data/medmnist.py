@@ -37,6 +37,7 @@ from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY
 from lightning_medaug.data.split_module import SplitDataModule
 from lightning_medaug.data.splits import check_subset, stratified_subset
 from lightning_medaug.downloads import DownloadError
+from lightning_medaug.hashing import file_digests
 from lightning_medaug.hparams import save_own_hyperparameters
 from lightning_medaug.validation import check_loader_args
 
@@ -102,16 +103,6 @@ def medmnist_info(name: str, size: int = 28) -> MedMNISTInfo:
         task=meta["task"],
         class_names=tuple(labels[str(i)] for i in range(len(labels))),
     )
-
-
-def _digests(path: Path) -> tuple[str, str]:
-    """(md5, sha256) of a file in one pass."""
-    md5, sha = hashlib.md5(), hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            md5.update(chunk)
-            sha.update(chunk)
-    return md5.hexdigest(), sha.hexdigest()
 
 
 def download_file(url: str, dest: Path, md5: str, timeout: float = 60.0) -> None:
@@ -251,7 +242,8 @@ class MedMNISTDataModule(SplitDataModule):
                     f"or pass download=True (root={str(self.root)!r}; set root or ${DATA_ENV_VAR} to use another "
                     "folder)."
                 )
-            self._digests = _digests(self.path)
+            digests = file_digests(self.path, ("md5", "sha256"))  # one pass: MD5 checks, SHA-256 identifies
+            self._digests = digests["md5"], digests["sha256"]
             documented = DOCUMENTED_COPIES.get((self.info.filename, self._digests[0]))
             if documented is not None:
                 log.info("%s has MD5 %s, not the official %s: %s", self.path, self._digests[0], self.md5, documented)

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lightning_medaug.cache import cache_folder
+from lightning_medaug.hashing import file_digest
 from lightning_medaug.recipe_files import MIX_CLASS, find_recipe
 
 __all__ = ["DROPPED_DATA_ARGS", "bank_provenance", "build_datamodule", "default_extractor_cache", "describe_extractor",
@@ -201,7 +202,6 @@ def read_privacy(path: str | Path, checkpoint_sha256: str | None) -> dict[str, A
     When the folder holds the generator's ``model.safetensors`` (or ``generator/`` does), its
     SHA-256 must be the bank's checkpoint hash: a privacy report of another model would be wrong.
     """
-    from lightning_medaug.bank.manifest import sha256_files
     from lightning_medaug.generative.base import WEIGHTS_NAME
     from lightning_medaug.generative.privacy import EXPORT_FOLDER, load_privacy_report
 
@@ -211,7 +211,7 @@ def read_privacy(path: str | Path, checkpoint_sha256: str | None) -> dict[str, A
     weights = next((w for w in (folder / WEIGHTS_NAME, folder / EXPORT_FOLDER / WEIGHTS_NAME) if w.is_file()), None)
     verified = False
     if weights is not None and checkpoint_sha256:
-        if sha256_files([weights]) != checkpoint_sha256:
+        if file_digest(weights) != checkpoint_sha256:
             raise ValueError(f"the privacy report in {folder} belongs to another generator: its {WEIGHTS_NAME} does "
                              "not have the bank's checkpoint SHA-256; pass the folder of the generator that drew "
                              "the bank")
