@@ -114,7 +114,7 @@ def _sections(study: BeyondClassicStudy, results: list[dict[str, Any]], rows: li
     rule = study.selection.get("rule")
     protocol = ("classic_best per fraction and seed is the classic candidate with the best validation score of its "
                 f"selected checkpoint ({', '.join(study.candidates)}; ties to 3 decimals go to the earlier name)."
-                + (f" Pre-registered rule: {' '.join(str(rule).split())}." if rule else "") +
+                + (f" Pre-registered rule: {' '.join(str(rule).split()).rstrip('.')}." if rule else "") +
                 " Every arm of a fraction trains for the same optimiser steps; test figures are never used to "
                 "choose. Mean +- std over seeds (number of seeds in brackets, * marks the best mean per fraction).")
     main = _pivot(rows, lambda r: (r["mean"], r["std"]), f"{study.metric} on the test split")
@@ -136,7 +136,8 @@ def _sections(study: BeyondClassicStudy, results: list[dict[str, Any]], rows: li
                 chosen.append(line)
     header = ("family", "fraction", "variant", "validation score", "difference of means", "95% bootstrap interval",
               "positive seeds", "per seed", "target")
-    margin, need = study.targets.get("over_classic_best"), study.targets.get("min_positive_seeds")
+    margin, need = study.targets.get("over_classic_best"), study.targets.get("min_positive_seeds") or {}
+    need = ", ".join(f"{k} at fraction {float(f):g}" for f, k in need.items()) if isinstance(need, dict) else need
     text = (f"Paired per-seed differences of {study.metric} against classic_best (same subset, same seed), with a "
             "percentile bootstrap interval over seeds (10,000 resamples, seed 0). Target (pre-registered): mean "
             f"difference >= {margin} and positive in at least {need} seeds; 'open' while seeds are missing. "
