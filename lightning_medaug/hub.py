@@ -39,8 +39,6 @@ import json
 import os
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -50,7 +48,7 @@ from typing import Any
 import torch
 
 from lightning_medaug.cache import CACHE_ENV_VAR, cache_folder
-from lightning_medaug.downloads import DownloadError
+from lightning_medaug.downloads import DownloadError, download_file
 from lightning_medaug.generative.base import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -135,8 +133,8 @@ def download_pretrained(url: str, cache_dir: str | Path | None = None, sha256: s
                         timeout: float = 60.0) -> Path:
     """The zip at ``url`` in the cache (``<cache>/downloads/<hash of url>.zip``), downloaded once.
 
-    Written to a ``.part`` file and renamed when complete and verified, so the cache never holds a
-    partial file. A cached file that fails ``sha256`` is deleted and fetched again once.
+    Streamed by :func:`~lightning_medaug.downloads.download_file`, so the cache never holds a
+    partial or unverified file. A cached file that fails ``sha256`` is deleted and fetched again once.
     """
     if not url.startswith(_URL_SCHEMES):
         raise ValueError(f"{url!r} is not an http(s):// or file:// URL")
@@ -147,47 +145,8 @@ def download_pretrained(url: str, cache_dir: str | Path | None = None, sha256: s
             return dest
         except ValueError:
             pass  # deleted: fetch it again below
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, part = tempfile.mkstemp(prefix=dest.stem + ".", suffix=".part", dir=dest.parent)
-    part_path = Path(part)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            _stream(url, out, timeout)
-        _check_sha256(part_path, sha256, url, delete=True)
-        os.replace(part_path, dest)  # concurrent downloads each rename a complete file: last one wins
-    finally:
-        part_path.unlink(missing_ok=True)
-    return dest
-
-
-def _stream(url: str, out: Any, timeout: float) -> None:
-    """Copy ``url`` into ``out``, with a rich progress bar when the size is known."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TransferSpeedColumn,
-    )
-
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            if total is None:
-                shutil.copyfileobj(response, out, 1 << 20)
-                return
-            columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-            with Progress(*columns, transient=True) as progress:
-                task = progress.add_task(f"downloading {PurePosixPath(url).name}", total=total)
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    progress.advance(task, len(chunk))
-    except (OSError, ValueError) as err:  # URLError, HTTPError, timeouts and refused connections are OSErrors
-        reason = getattr(err, "reason", None) or err
-        raise PretrainedDownloadError(
-            f"could not download {url} ({type(err).__name__}: {str(reason).strip().splitlines()[0][:160]}); "
-            "check the address and the connection, or pass a local folder or .zip of the weights instead"
-        ) from None
+    return download_file(url, dest, sha256, "sha256", timeout, error=PretrainedDownloadError,
+                         advice="or pass a local folder or .zip of the weights instead")
 
 
 # -- zips -------------------------------------------------------------------------------------

@@ -8,11 +8,8 @@ URLs, MD5s, tasks and class names come from ``medmnist.info.INFO``. Nothing is e
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 import os
-import tempfile
-import urllib.request
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,26 +19,18 @@ from typing import Any
 import numpy as np
 import torch
 from medmnist.info import INFO
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from lightning_medaug.data.batch import IMAGE_KEY, LABEL_KEY
 from lightning_medaug.data.split_module import SplitDataModule
 from lightning_medaug.data.splits import check_subset, stratified_subset
-from lightning_medaug.downloads import DownloadError
+from lightning_medaug.downloads import download_file
 from lightning_medaug.hashing import file_digests
 from lightning_medaug.hparams import save_own_hyperparameters
 from lightning_medaug.validation import check_loader_args
 
-__all__ = ["MEDMNIST_SIZES", "MedMNISTInfo", "medmnist_info", "MedMNISTDataset", "MedMNISTDataModule", "download_file"]
+__all__ = ["MEDMNIST_SIZES", "MedMNISTInfo", "medmnist_info", "MedMNISTDataset", "MedMNISTDataModule"]
 
 #: Image side lengths of MedMNIST (28) and MedMNIST+ (64, 128, 224; 3D sets only have 28 and 64).
 MEDMNIST_SIZES: tuple[int, ...] = (28, 64, 128, 224)
@@ -103,47 +92,6 @@ def medmnist_info(name: str, size: int = 28) -> MedMNISTInfo:
         task=meta["task"],
         class_names=tuple(labels[str(i)] for i in range(len(labels))),
     )
-
-
-def download_file(url: str, dest: Path, md5: str, timeout: float = 60.0) -> None:
-    """Stream ``url`` to ``dest`` with a progress bar, verify its MD5, then rename atomically.
-
-    A partial or corrupt download never appears at ``dest``: the temporary file is removed on any
-    failure. Raises :class:`~lightning_medaug.downloads.DownloadError` saying where to put a
-    hand-fetched copy.
-    """
-    dest = Path(dest)
-    manual = f"Fetch it by hand from {url} and save it as {dest}, then run again with download=False."
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    except OSError as err:
-        raise DownloadError(f"cannot write into {dest.parent} ({err}). {manual}") from err
-    tmp = Path(tmp_name)
-    digest = hashlib.md5()
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
-    try:
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                with Progress(*columns, transient=True) as progress:
-                    task = progress.add_task(f"downloading {dest.name}", total=total)
-                    while chunk := response.read(1 << 20):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        progress.advance(task, len(chunk))
-        except (OSError, ValueError) as err:  # URLError, timeouts and refused connections are OSErrors
-            raise DownloadError(f"could not download {url} ({_one_line(err)}). {manual}") from err
-        if digest.hexdigest() != md5:
-            raise DownloadError(
-                f"download of {url} has MD5 {digest.hexdigest()}, expected {md5}; the partial file was removed. "
-                f"Retry, or {manual[0].lower()}{manual[1:]}"
-            )
-        tmp.chmod(0o644)  # mkstemp creates 0600 files; a data file should be readable like any other
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _one_line(err: BaseException) -> str:
@@ -227,7 +175,7 @@ class MedMNISTDataModule(SplitDataModule):
     def prepare_data(self) -> None:
         """Download the npz file when ``download=True`` and it is not there yet."""
         if self.hparams.download and not self.path.is_file():
-            download_file(self.url, self.path, self.md5)
+            download_file(self.url, self.path, self.md5, "md5", advice="then run again with download=False")
 
     @property
     def dataset_hash(self) -> str:
