@@ -74,7 +74,8 @@ def transfer_weights(source: GenerativeModule, target: GenerativeModule, strict_
                      where: str = "the source") -> list[str]:
     """Copy ``source``'s weights into ``target`` (same registered family); returns the keys left as initialised.
 
-    Label embeddings may differ in shape when ``num_classes`` differs: they keep ``target``'s
+    Label embeddings may differ in shape when ``num_classes`` differs, and a lean export holds no
+    training-only parts (``source.untrained_parts``, e.g. a discriminator): both keep ``target``'s
     fresh initialisation. Any other shape mismatch raises ``ValueError`` naming the first one,
     unless ``strict_shapes=False``, which skips it too.
     """
@@ -94,8 +95,11 @@ def transfer_weights(source: GenerativeModule, target: GenerativeModule, strict_
     embeddings = _label_embedding_keys(target) if relabelled else set()
     kept: dict[str, Tensor] = {}
     skipped: list[str] = []
+    untrained = getattr(source, "untrained_parts", frozenset())
     for key, value in dst.items():
-        if src[key].shape == value.shape:
+        if key in untrained:
+            skipped.append(key)
+        elif src[key].shape == value.shape:
             kept[key] = src[key]
         elif key in embeddings or not strict_shapes:
             skipped.append(key)
@@ -158,9 +162,15 @@ class FineTuneFrom(L.Callback):
             self.reinitialised = transfer_weights(source, pl_module, self.strict_shapes,
                                                   where=f"the source {_short(self.source)}")
         self.loaded = True
+        unsaved = sorted(set(self.frozen) & source.untrained_parts)
+        if unsaved:
+            raise ValueError(f"FineTuneFrom would freeze {unsaved[0]} at a fresh initialisation: the source "
+                             f"{_short(self.source)} is an inference export without its training-only parts; "
+                             "save it with save_pretrained(path, training_parts=True), or freeze other layers")
         rank_zero_info(f"FineTuneFrom: loaded {_short(self.source)} into {type(pl_module).__name__}")
         if self.reinitialised:
-            why = (f"num_classes {source.num_classes} -> {pl_module.num_classes}"  # type: ignore[attr-defined]
+            why = ("no training-only parts in the source" if source.untrained_parts else
+                   f"num_classes {source.num_classes} -> {pl_module.num_classes}"  # type: ignore[attr-defined]
                    if source.num_classes != pl_module.num_classes else "strict_shapes=False")  # type: ignore
             rank_zero_info(f"FineTuneFrom: re-initialised {len(self.reinitialised)} tensors ({why}): "
                            + ", ".join(self.reinitialised[:6]) + (" ..." if len(self.reinitialised) > 6 else ""))

@@ -179,10 +179,14 @@ class MedaugCLI(LightningCLI):
     before_fit = before_validate = before_test = before_predict = check
 
     def after_fit(self) -> None:
-        """Export a trained generator as a ``save_pretrained`` folder, ready for ``medaug generate``."""
+        """Export a trained generator as a ``save_pretrained`` folder, ready for ``medaug generate``.
+
+        With its training-only parts (a GAN's discriminator): the run's export is also the source
+        that ``FineTuneFrom`` fine-tunes with frozen discriminator layers (docs/few_shot.md).
+        """
         if not hasattr(self.model, "save_pretrained") or self.trainer.interrupted:
             return
         folder = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "generator"
         if self.trainer.is_global_zero:
-            self.model.save_pretrained(folder)
+            self.model.save_pretrained(folder, training_parts=True)
             print(f"generator saved to {folder} (medaug generate --model {folder} ...)")

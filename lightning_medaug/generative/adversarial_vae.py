@@ -158,6 +158,8 @@ class VAEGAN(AdversarialVAE):
         **kwargs: see :class:`AdversarialVAE` and :class:`VAE`.
     """
 
+    training_only_modules = ("discriminator",)
+
     def __init__(self, gamma: float = 1.0, discriminator_channels: int = 32, num_downsamples: int | None = None,
                  feature_layer: int | None = None, lr: float = 3e-4, lr_d: float = 3e-4,
                  diffaugment: str = "color,translation,cutout", spectral_norm: bool = True, **kwargs: Any):

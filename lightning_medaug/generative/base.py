@@ -8,7 +8,9 @@ Contract (see the project's style guide): a generator is a LightningModule that
   ((N, C, H, W) or (N, C, D, H, W)) and value range ([-1, 1]);
 * saves and loads as a folder with ``config.json`` + ``model.safetensors``
   (:meth:`save_pretrained` / :func:`load_generator`), like diffusers' ``save_pretrained``;
-  loading never unpickles anything.
+  loading never unpickles anything. The folder is an inference export: it holds what
+  ``sample`` needs, not the parts only training uses (discriminators, the live network an EMA
+  averages), which stay in Lightning checkpoints.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ class GenerativeModule(L.LightningModule):
 
     #: whether ``sample`` needs ``masks`` (mask -> image models set this to True).
     requires_masks: bool = False
+    #: submodules only training uses (discriminators): :meth:`save_pretrained` leaves them out.
+    training_only_modules: tuple[str, ...] = ()
+    #: ``(live network, its EMA)`` attribute names of a family that samples from the average: with
+    #: an EMA the live network is training state too.
+    ema_pair: tuple[str, str] | None = None
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0):
         super().__init__()
@@ -71,6 +78,8 @@ class GenerativeModule(L.LightningModule):
         self.image_size = image_size if isinstance(image_size, int) else self.spatial_size
         self.num_classes = num_classes
         self._train_terms = TermAccumulator()  # this epoch's training terms (log_terms)
+        #: state-dict keys :func:`load_generator` found no weights for (training-only parts of a lean export)
+        self.untrained_parts: frozenset[str] = frozenset()
 
     # -- the contract -------------------------------------------------------------------------
     @property
@@ -207,12 +216,26 @@ class GenerativeModule(L.LightningModule):
         init_args = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
         return {"generator": name, "init_args": init_args, "library_version": __version__}
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into the folder ``path``."""
+    def training_only_prefixes(self) -> tuple[str, ...]:
+        """State-dict key prefixes of the parts ``sample`` never uses (see :attr:`training_only_modules`)."""
+        names = list(self.training_only_modules)
+        if self.ema_pair is not None and getattr(self, self.ema_pair[1], None) is not None:
+            names.append(self.ema_pair[0])
+        return tuple(name + "." for name in names)
+
+    def save_pretrained(self, path: str | Path, training_parts: bool = False) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into the folder ``path``.
+
+        The weights are those ``sample`` uses; ``training_parts=True`` adds the training-only
+        ones (:meth:`training_only_prefixes`), e.g. a discriminator to fine-tune with frozen
+        layers (:class:`~lightning_medaug.finetune.FineTuneFrom`). To resume training, use a
+        Lightning checkpoint.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         config = self.generator_config()
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        skipped = () if training_parts else self.training_only_prefixes()
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith(skipped)}
         tmp_weights = path / (WEIGHTS_NAME + ".tmp")
         save_file(state, str(tmp_weights), metadata={"generator": config["generator"]})
         tmp_weights.replace(path / WEIGHTS_NAME)
@@ -276,9 +299,26 @@ def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -
         first = next((line.strip() for line in str(err).splitlines() if "mismatch" in line), str(err).splitlines()[0])
         raise ValueError(f"{weights_file} does not match a {name} built from {config_file} ({first}); write the "
                          "folder again with save_pretrained()") from None
+    training_only = model.training_only_prefixes()
+    absent = [k for k in missing if k.startswith(training_only)]
+    # Folders written before exports were lean hold training-only weights: ignored if no part takes them.
+    missing = [k for k in missing if not k.startswith(training_only)]
+    unexpected = [k for k in unexpected if not k.startswith(training_only)]
     if missing or unexpected:
         raise ValueError(
             f"{weights_file} does not match a {name} built from {config_file}: "
             f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
         )
+    model.untrained_parts = _start_training_parts(model, absent)
     return model.eval()
+
+
+def _start_training_parts(model: GenerativeModule, absent: list[str]) -> frozenset[str]:
+    """Without its saved weights, a live network an EMA averages starts from the average (training
+    continues from the weights that sample); returns the keys left as initialised (discriminators)."""
+    if absent and model.ema_pair is not None:
+        live, ema = (getattr(model, name, None) for name in model.ema_pair)
+        if ema is not None:
+            live.load_state_dict(ema.module.state_dict())
+            absent = [k for k in absent if not k.startswith(model.ema_pair[0] + ".")]
+    return frozenset(absent)

@@ -67,6 +67,8 @@ class CycleGAN(GenerativeModule):
         gradient_clip_val: clip each optimiser's gradient norm; ``None`` disables it.
     """
 
+    training_only_modules = ("discriminator_a", "discriminator_b")
+
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0,
                  generator_channels: int = 32, generator_levels: int = 3, num_res_units: int = 1,
                  discriminator_channels: int = 64, discriminator_layers: int | None = None,

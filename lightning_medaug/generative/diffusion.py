@@ -53,6 +53,8 @@ class DiffusionGenerator(DiffusionEditing, SharedStepModule):
     ``guidance_scale``, ``sampler``, ``num_inference_steps``, ``lr``, ``ema_decay``.
     """
 
+    ema_pair = ("unet", "ema")
+
     def setup_diffusion(self, data_channels: int, data_size: tuple[int, ...], cond_channels: int,
                         clip_sample: bool) -> None:
         """Build the UNet, its EMA and the training scheduler for data of shape (data_channels, *data_size)."""

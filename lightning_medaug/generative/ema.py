@@ -55,6 +55,8 @@ class EMASampling:
     """Mixin of GAN modules holding a ``generator`` and ``ema``, an :class:`EMA` of it or ``None``:
     they sample from the average when they keep one (Karras et al. 2018)."""
 
+    ema_pair = ("generator", "ema")
+
     generator: nn.Module
     ema: EMA | None
 

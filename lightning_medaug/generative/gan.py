@@ -100,6 +100,8 @@ class GAN(EMASampling, GenerativeModule):
             (``Trainer(gradient_clip_val=...)`` does not apply under manual optimisation).
     """
 
+    training_only_modules = ("discriminator",)
+
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0,
                  latent_dim: int = 128, generator_channels: int = 64, discriminator_channels: int = 64,
                  num_upsamples: int | None = None, embed_dim: int = 32, lr_g: float = 1e-4, lr_d: float = 4e-4,

@@ -56,6 +56,8 @@ class Pix2Pix(GenerativeModule):
         gradient_clip_val: clip each network's gradient norm; ``None`` disables it.
     """
 
+    training_only_modules = ("discriminator",)
+
     requires_masks = True
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 256, num_classes: int = 0,

@@ -80,6 +80,8 @@ class ProGAN(EMASampling, GenerativeModule):
         use_ema, ema_decay: keep an EMA of the generator and sample from it.
     """
 
+    training_only_modules = ("discriminator",)
+
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0,
                  latent_dim: int = 64, embed_dim: int = 32, channel_base: int = 1024, channel_max: int = 128,
                  num_upsamples: int | None = None, stage_batches: int = 400, lr: float = 1e-3, beta1: float = 0.0,

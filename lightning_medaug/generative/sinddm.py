@@ -132,6 +132,8 @@ class SinDDM(GenerativeModule):
         ema_decay: EMA decay of the weights used for sampling; 0 disables the EMA.
     """
 
+    ema_pair = ("net", "ema")
+
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 28, num_classes: int = 0,
                  image_index: int = 0, scale_factor: float = 1.411, coarsest_size: int = 12,
                  channels: Sequence[int] = (32, 64, 64, 32), depthwise_kernel_size: int = 5, emb_channels: int = 32,

@@ -72,6 +72,8 @@ class StyleGAN2(EMASampling, GenerativeModule):
         gradient_clip_val: clip each network's gradient norm; ``None`` disables it.
     """
 
+    training_only_modules = ("discriminator",)
+
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0,
                  latent_dim: int = 64, w_dim: int = 64, mapping_layers: int = 4, embed_dim: int = 32,
                  channel_base: int = 1024, channel_max: int = 128, num_upsamples: int | None = None,
