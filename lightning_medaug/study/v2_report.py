@@ -140,7 +140,8 @@ def _sections(study: BeyondClassicStudy, results: list[dict[str, Any]], rows: li
     need = ", ".join(f"{k} at fraction {float(f):g}" for f, k in need.items()) if isinstance(need, dict) else need
     text = (f"Paired per-seed differences of {study.metric} against classic_best (same subset, same seed), with a "
             "percentile bootstrap interval over seeds (10,000 resamples, seed 0). Target (pre-registered): mean "
-            f"difference >= {margin} and positive in at least {need} seeds; 'open' while seeds are missing. "
+            f"difference >= {margin} and positive in at least as many seeds as given ({need}); 'open' while seeds are "
+            "missing. "
             "The first table quotes per family the variant (strength or ratio) with the best mean validation "
             "score; the second lists every variant.")
     if not comparisons:
