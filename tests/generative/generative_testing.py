@@ -27,3 +27,20 @@ def quiet_trainer(max_steps: int, **kwargs: Any) -> L.Trainer:
     defaults = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
                 "enable_model_summary": False, "max_steps": max_steps}
     return L.Trainer(**{**defaults, **kwargs})
+
+
+def assert_exports_round_trip(model, folder):
+    """``save_pretrained`` round trips bit for bit: the sampling weights of the default (inference)
+    export, and every weight of a ``training_parts=True`` export. Returns the inference export loaded."""
+    import torch
+
+    from lightning_medaug.generative import load_generator
+
+    training_only = model.training_only_prefixes()
+    lean = load_generator(model.save_pretrained(folder / "inference"))
+    full = load_generator(model.save_pretrained(folder / "full", training_parts=True))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, full.state_dict()[key]), key
+        if not key.startswith(training_only):
+            assert torch.equal(value, lean.state_dict()[key]), key
+    return lean
