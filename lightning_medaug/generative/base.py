@@ -23,7 +23,7 @@ from typing import Any
 import lightning as L
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from lightning_medaug.compat import attached_trainer
@@ -32,11 +32,10 @@ from lightning_medaug.generative.term_logging import TermAccumulator, logs_this_
 from lightning_medaug.registry import GENERATORS
 from lightning_medaug.sizes import SizeLike, spatial_size
 from lightning_medaug.validation import check_at_least, check_spatial_dims
+from lightning_medaug.weights_folder import CONFIG_NAME, WEIGHTS_NAME, write_weights_folder
 
 __all__ = ["GenerativeModule", "load_generator", "CONFIG_NAME", "WEIGHTS_NAME", "SharedStepModule"]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 class GenerativeModule(L.LightningModule):
@@ -231,18 +230,10 @@ class GenerativeModule(L.LightningModule):
         layers (:class:`~lightning_medaug.finetune.FineTuneFrom`). To resume training, use a
         Lightning checkpoint.
         """
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         config = self.generator_config()
         skipped = () if training_parts else self.training_only_prefixes()
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith(skipped)}
-        tmp_weights = path / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp_weights), metadata={"generator": config["generator"]})
-        tmp_weights.replace(path / WEIGHTS_NAME)
-        tmp_config = path / (CONFIG_NAME + ".tmp")
-        tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
-        tmp_config.replace(path / CONFIG_NAME)
-        return path
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith(skipped)}
+        return write_weights_folder(path, config, state, metadata={"generator": config["generator"]})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:

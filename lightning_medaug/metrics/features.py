@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.registry import register_feature_extractor
 from lightning_medaug.validation import check_at_least, check_spatial_dims
+from lightning_medaug.weights_folder import CONFIG_NAME, WEIGHTS_NAME, write_weights_folder
 
 if TYPE_CHECKING:  # imported where used: the metrics need no timm or MONAI until a classifier is built
     from lightning_medaug.tasks.classification import ClassificationTask
@@ -51,8 +52,6 @@ __all__ = [
     "train_feature_extractor",
 ]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 class DomainFeatureExtractor(nn.Module):
@@ -153,16 +152,11 @@ def save_feature_extractor(task: ClassificationTask, folder: str | Path, **metad
     ``metadata`` (JSON-serialisable: data hash, training settings, validation scores) is stored
     in ``config.json`` beside the task's init arguments.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     init_args = {k: v for k, v in task.hparams.items() if not k.startswith("_")}
     from lightning_medaug import __version__
 
     config = {"feature_extractor": "domain", "task_init_args": init_args, "library_version": __version__, **metadata}
-    state = {k: v.detach().contiguous().cpu() for k, v in task.net.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_NAME), metadata={"feature_extractor": "domain"})
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
-    return folder
+    return write_weights_folder(folder, config, task.net.state_dict(), metadata={"feature_extractor": "domain"})
 
 
 def load_feature_extractor(folder: str | Path, map_location: str | torch.device = "cpu") -> DomainFeatureExtractor:
