@@ -152,18 +152,20 @@ def _sections(study: BeyondClassicStudy, results: list[dict[str, Any]], rows: li
     sections.append(Section("Beyond classic: synthetic arms against classic_best", paragraphs=[text], tables=tables))
     overall = []
     for fraction in study.fractions:
-        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in results:
-            if r["fraction"] == fraction and r["arm"] not in study.candidates:
-                groups[r["arm"]].append(r)
+        # over the seeds on which every arm finished: an arm with more finished seeds is not preferred for that
+        arms = [BASELINE, *(a.name for a in study.arms if not study.is_virtual(a))]
+        done = {(r["seed"], r["arm"]): r for r in results if r["fraction"] == fraction}
+        seeds = [s for s in study.seeds_for(fraction) if all((s, a) in done for a in arms)]
+        groups = {a: [done[(s, a)] for s in seeds] for a in arms}
         pick = choose_variant(groups)
         if pick:
-            overall.append((f"{fraction:g}", pick, len(groups[pick]),
+            overall.append((f"{fraction:g}", pick, ", ".join(map(str, seeds)),
                             f"{statistics.fmean(validation_score(c) for c in groups[pick]):.4f}",
                             f"{statistics.fmean(c['value'] for c in groups[pick]):.4f}"))
     if overall:
         sections.append(Section("Arm chosen on validation", tables=[Table(
-            ("fraction", "arm", "seeds", "mean validation score", f"mean {study.metric}"), overall)]))
+            ("fraction", "arm", "seeds", "mean validation score", f"mean {study.metric}"), overall,
+            caption="among every arm, over the seeds on which all of them finished")]))
     steps = sorted({(r["fraction"], r["arm"], r.get("steps"), r.get("step_budget")) for r in results
                     if r["arm"] != BASELINE})
     sections.append(Section("Optimiser steps per cell", tables=[Table(
