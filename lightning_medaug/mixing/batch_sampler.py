@@ -12,10 +12,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from lightning_medaug.bank.plan import largest_remainder
-from lightning_medaug.mixing.sampler import MixSampler, ratio_at, synthetic_count
+from lightning_medaug.mixing.sampler import MixSampler, ratio_at, seeded_rngs, synthetic_count
 
 __all__ = ["MixBatchSampler"]
 
@@ -49,23 +48,12 @@ class MixBatchSampler:
         self.epoch = int(epoch)
 
     def _real_batches(self, epoch: int) -> list[list[int]]:
-        key = int(np.random.SeedSequence([self.seed, epoch, 11]).generate_state(1)[0])
-        inner = getattr(self.batch_sampler, "sampler", None)
         if callable(getattr(self.batch_sampler, "set_epoch", None)):
             self.batch_sampler.set_epoch(epoch)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(key)
-            state = np.random.get_state()
-            np.random.seed(key)
-            old = getattr(inner, "generator", None)
-            try:
-                if inner is not None and hasattr(inner, "generator"):
-                    inner.generator = torch.Generator().manual_seed(key)
-                return [[int(i) for i in batch] for batch in self.batch_sampler]
-            finally:
-                if inner is not None and hasattr(inner, "generator"):
-                    inner.generator = old
-                np.random.set_state(state)
+        # the batch sampler's own sampler holds the generator, when it has one
+        inner = getattr(self.batch_sampler, "sampler", self.batch_sampler)
+        with seeded_rngs(inner, int(np.random.SeedSequence([self.seed, epoch, 11]).generate_state(1)[0])):
+            return [[int(i) for i in batch] for batch in self.batch_sampler]
 
     def epoch_batches(self, epoch: int | None = None) -> list[list[int]]:
         """Every batch of the epoch, across all ranks."""

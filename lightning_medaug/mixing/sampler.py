@@ -7,6 +7,7 @@ run replays the same epochs, and each DDP rank takes a disjoint, equal share of 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import warnings
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-__all__ = ["MixSampler", "synthetic_count", "balance_allocation", "ratio_at", "seeded_draw", "curriculum"]
+__all__ = ["MixSampler", "synthetic_count", "balance_allocation", "ratio_at", "seeded_draw", "seeded_rngs",
+           "curriculum"]
 
 MODES = ("add", "replace", "swap")
 
@@ -225,17 +227,14 @@ def curriculum(preset: str, mode: str) -> dict[int, float]:
     return {0: 1.0, int(epochs): 0.0}
 
 
-def seeded_draw(sampler: Iterable, seed: int, epoch: int) -> np.ndarray:
-    """One pass of a user's sampler, seeded by ``(seed, epoch)`` whichever RNG it draws from.
+@contextlib.contextmanager
+def seeded_rngs(sampler: Any, key: int) -> Iterator[None]:
+    """Inside: every generator a user's sampler may draw from is seeded by ``key``.
 
-    Samplers with a ``generator`` attribute (torch's random, weighted and subset samplers) get a
-    seeded one for the pass; torch's, NumPy's and Python's global generators are seeded inside a
-    saved-and-restored state for samplers that use those. Every DDP rank thus draws the same
-    indices and takes its own share of them.
+    A sampler's own ``generator`` attribute (torch's random, weighted and subset samplers) is
+    swapped for a seeded one; torch's, NumPy's and Python's global generators are seeded inside a
+    saved-and-restored state. Every DDP rank thus draws the same indices.
     """
-    key = int(np.random.SeedSequence([seed, epoch, 7]).generate_state(1)[0])
-    if callable(getattr(sampler, "set_epoch", None)):
-        sampler.set_epoch(epoch)
     has_generator = hasattr(sampler, "generator")
     old = getattr(sampler, "generator", None)
     np_state, py_state = np.random.get_state(), random.getstate()
@@ -246,12 +245,21 @@ def seeded_draw(sampler: Iterable, seed: int, epoch: int) -> np.ndarray:
             random.seed(key)
             if has_generator:
                 sampler.generator = torch.Generator().manual_seed(key)
-            return np.fromiter((int(i) for i in iter(sampler)), dtype=np.int64)
+            yield
     finally:
         if has_generator:
             sampler.generator = old
         np.random.set_state(np_state)
         random.setstate(py_state)
+
+
+def seeded_draw(sampler: Iterable, seed: int, epoch: int) -> np.ndarray:
+    """One pass of a user's sampler, seeded by ``(seed, epoch)`` whichever RNG it draws from
+    (:func:`seeded_rngs`), so every DDP rank draws the same indices and takes its own share."""
+    if callable(getattr(sampler, "set_epoch", None)):
+        sampler.set_epoch(epoch)
+    with seeded_rngs(sampler, int(np.random.SeedSequence([seed, epoch, 7]).generate_state(1)[0])):
+        return np.fromiter((int(i) for i in iter(sampler)), dtype=np.int64)
 
 
 @functools.lru_cache(maxsize=8)
