@@ -207,9 +207,11 @@ class SyntheticMixDataModule(L.LightningDataModule):
                 probe = [real[i] for i in probe_indices(len(real))]
             strict = self.to_sample is None  # a user's to_sample builds the fields we could not
             template = SampleTemplate(probe[0], *self.keys, fill=self.fill, strict=strict)
-            value_range = self.hparams.value_range or (infer_value_range(probe, template) if strict else (-1.0, 1.0))
-            self._template = SampleTemplate(probe[0], *self.keys, value_range=value_range, fill=self.fill,
-                                            strict=strict)
+            if self.hparams.value_range is not None:
+                template.value_range = tuple(float(v) for v in self.hparams.value_range)
+            elif strict:
+                template.value_range = infer_value_range(probe, template)
+            self._template = template
         return self._template
 
     def _parts(self) -> tuple[DataLoader, Dataset, SampleTemplate, Dataset, SyntheticAdapter, int]:
