@@ -28,11 +28,7 @@ from typing import Any
 
 from rich.console import Console
 
-from lightning_medaug.study.generators import (
-    ARM_SETTINGS,
-    GeneratorSpec,
-    parse_generators,
-)
+from lightning_medaug.study.generators import ARM_SETTINGS, GeneratorSpec, parse_generators
 from lightning_medaug.study.recipe import (
     load_recipe,
     real_data,
@@ -49,6 +45,7 @@ from lightning_medaug.study.synthetic import (
     train_labels,
     train_masks,
 )
+from lightning_medaug.weights_folder import WEIGHTS_NAME
 
 __all__ = ["Cell", "Study"]
 
@@ -303,12 +300,11 @@ class Study:
         return cli.datamodule
 
     def train_generator(self, name: str, fraction: float, seed: int) -> Path:
-        """Train entry ``name``'s generator on this subset once (its ``weights_from`` entry's, if it has one);
-        returns the exported ``save_pretrained`` folder."""
+        """Train entry ``name``'s generator (its ``weights_from`` entry's) on this subset once; returns its export."""
         trained_as = self.specs[name].trained_as
         trained = self.generator_folder(trained_as, fraction, seed)
         exported = trained / "run" / "generator"
-        if not (exported / "model.safetensors").is_file():
+        if not (exported / WEIGHTS_NAME).is_file():
             if trained.exists():
                 shutil.rmtree(trained)
             self.console.print(f"training generator {trained_as} on fraction {fraction:g}, seed {seed}")
@@ -316,8 +312,7 @@ class Study:
         return exported
 
     def bank(self, name: str, fraction: float, seed: int) -> Path:
-        """Train the generator on this subset (once; an entry with ``weights_from`` uses that entry's) and
-        write its bank (resumably); returns the bank folder."""
+        """Write entry ``name``'s bank (resumably) from its generator trained on this subset; returns the folder."""
         from lightning_medaug.bank import write_bank
         from lightning_medaug.generative import load_generator
 
