@@ -20,6 +20,7 @@ from monai.transforms import (
     RandAffined,
     RandFlipd,
     RandGaussianNoised,
+    RandGridDistortiond,
 )
 from torch import Tensor
 
@@ -43,6 +44,10 @@ class ClassicAugmentation:
         translate: maximum shift as a fraction of the side length per axis.
         contrast_prob, gamma: probability and range of the random gamma contrast change.
         noise_prob, noise_std: probability and std of additive Gaussian noise (image units).
+        distort_prob, distort_cells, distort_limit: probability of a random grid distortion (MONAI's
+            ``RandGridDistortiond``, image and mask alike: a smooth non-rigid warp, the elastic kind of
+            deformation segmentation work relies on), its grid cells per axis and the largest relative
+            shift of a grid line. Off by default.
         seed: seed of the random state; in a DataLoader worker it is combined with the worker's
             seed so that workers (and epochs, without persistent workers) draw different transforms.
     """
@@ -50,10 +55,11 @@ class ClassicAugmentation:
     def __init__(self, spatial_dims: int = 2, flip_prob: float = 0.5, flip_axes: Sequence[int] | None = None,
                  affine_prob: float = 0.5, rotate_degrees: float = 10.0, scale: float = 0.1, translate: float = 0.05,
                  contrast_prob: float = 0.3, gamma: tuple[float, float] = (0.8, 1.25), noise_prob: float = 0.2,
-                 noise_std: float = 0.02, seed: int = 0):
+                 noise_std: float = 0.02, distort_prob: float = 0.0, distort_cells: int = 5,
+                 distort_limit: float = 0.1, seed: int = 0):
         check_spatial_dims(spatial_dims)
         for name, p in (("flip_prob", flip_prob), ("affine_prob", affine_prob), ("contrast_prob", contrast_prob),
-                        ("noise_prob", noise_prob)):
+                        ("noise_prob", noise_prob), ("distort_prob", distort_prob)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
         self.flip_axes = tuple(flip_axes) if flip_axes is not None else (spatial_dims - 1,)
@@ -66,10 +72,14 @@ class ClassicAugmentation:
             raise ValueError(f"gamma must be (low, high) with 0 < low <= high, got {gamma}")
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        if distort_cells < 1 or not 0 <= distort_limit < 1:
+            raise ValueError(f"need distort_cells >= 1 and 0 <= distort_limit < 1, got {distort_cells}, "
+                             f"{distort_limit}")
         self.spatial_dims, self.flip_prob, self.affine_prob = spatial_dims, flip_prob, affine_prob
         self.rotate, self.scale, self.translate = float(np.deg2rad(rotate_degrees)), scale, translate
         self.contrast_prob, self.gamma = contrast_prob, tuple(gamma)
         self.noise_prob, self.noise_std, self.seed = noise_prob, noise_std, seed
+        self.distort_prob, self.distort_cells, self.distort_limit = distort_prob, distort_cells, distort_limit
         self.set_random_state(seed)
 
     def set_random_state(self, seed: int | Sequence[int]) -> ClassicAugmentation:
@@ -91,6 +101,12 @@ class ClassicAugmentation:
                             translate_range=[self.translate * s for s in shape], mode=("bilinear", "nearest"),
                             # Reflection pads image and mask alike; zeros would be mid-grey in [-1, 1].
                             padding_mode="reflection", allow_missing_keys=True),
+            ]
+            if self.distort_prob > 0:  # only when asked: the draws of the default pipeline stay as they were
+                transforms.append(RandGridDistortiond(
+                    keys, num_cells=self.distort_cells, prob=self.distort_prob, mode=("bilinear", "nearest"),
+                    distort_limit=(-self.distort_limit, self.distort_limit), allow_missing_keys=True))
+            transforms += [
                 RandAdjustContrastd(IMAGE_KEY, prob=self.contrast_prob, gamma=self.gamma),
                 RandGaussianNoised(IMAGE_KEY, prob=self.noise_prob, std=self.noise_std),
             ]
@@ -115,7 +131,7 @@ class ClassicAugmentation:
     def __repr__(self) -> str:
         return (f"ClassicAugmentation(spatial_dims={self.spatial_dims}, flip_axes={self.flip_axes}, "
                 f"rotate={np.rad2deg(self.rotate):.1f}deg, scale={self.scale}, translate={self.translate}, "
-                f"gamma={self.gamma}, noise_std={self.noise_std}, seed={self.seed})")
+                f"gamma={self.gamma}, noise_std={self.noise_std}, distort_prob={self.distort_prob}, seed={self.seed})")
 
 
 def reseed_in_worker(transform: Any) -> None:

@@ -26,7 +26,11 @@ POLICY_CLASS = "lightning_medaug.data.PolicyAugmentation"
 
 #: Augmentation baselines selectable by name (:func:`with_augmentation`): per-sample ones are the real
 #: data's ``train_transforms``, batch-level ones (MixUp, CutMix) the classifier's ``batch_augmentation``.
-AUGMENTATIONS = ("none", "classic", "trivialaugment", "randaugment", "mixup", "cutmix")
+AUGMENTATIONS = ("none", "classic", "trivialaugment", "randaugment", "mixup", "cutmix", "classic_distort")
+
+#: ``classic_distort``: the classic augmentation plus a grid distortion (image and mask alike), the
+#: non-rigid warp segmentation baselines add (e.g. U-Net's elastic deformations on EM images).
+CLASSIC_DISTORT = {"distort_prob": 0.5, "distort_cells": 5, "distort_limit": 0.1}
 
 
 def load_recipe(name: str | Path) -> dict[str, Any]:
@@ -69,7 +73,8 @@ def with_classic_augmentation(config: dict[str, Any], spatial_dims: int = 2, **k
 def with_augmentation(config: dict[str, Any], name: str, spatial_dims: int = 2, **kwargs: Any) -> dict[str, Any]:
     """A copy training with the augmentation baseline ``name`` (one of :data:`AUGMENTATIONS`) and no other.
 
-    ``classic``: :class:`~lightning_medaug.data.ClassicAugmentation`; ``trivialaugment`` / ``randaugment``:
+    ``classic``: :class:`~lightning_medaug.data.ClassicAugmentation` (``classic_distort``: with
+    :data:`CLASSIC_DISTORT`, 2D and 3D, masks too); ``trivialaugment`` / ``randaugment``:
     :class:`~lightning_medaug.data.PolicyAugmentation` (2D); ``mixup`` / ``cutmix``: the
     ``ClassificationTask``'s ``batch_augmentation``; ``none``: neither. ``kwargs`` go to the chosen one
     (``mix_alpha`` for the batch-level ones).
@@ -82,6 +87,8 @@ def with_augmentation(config: dict[str, Any], name: str, spatial_dims: int = 2, 
     model.pop("batch_augmentation", None)
     if name == "classic":
         return with_classic_augmentation(config, spatial_dims, **kwargs)
+    if name == "classic_distort":
+        return with_classic_augmentation(config, spatial_dims, **{**CLASSIC_DISTORT, **kwargs})
     if name in ("trivialaugment", "randaugment"):
         data["train_transforms"] = {"class_path": POLICY_CLASS,
                                     "init_args": {"policy": name, "spatial_dims": spatial_dims, **kwargs}}

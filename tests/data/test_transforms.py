@@ -73,3 +73,24 @@ def test_dataloader_workers_draw_different_transforms():
     loader = torch.utils.data.DataLoader(Augmented(), batch_size=1, num_workers=2)
     first_of_each_worker = list(loader)[:2]  # samples 0 and 1 come from workers 0 and 1
     assert not torch.allclose(first_of_each_worker[0]["image"], first_of_each_worker[1]["image"])
+
+
+@pytest.mark.parametrize("spatial_dims, size", [(2, 32), (3, (12, 10, 8))])
+def test_grid_distortion_warps_image_and_mask_together(spatial_dims, size):
+    import numpy as np
+
+    shape = (size,) * spatial_dims if isinstance(size, int) else size
+    rng = np.random.default_rng(0)
+    masks = [torch.from_numpy((rng.random((1, *shape)) > 0.5).astype("float32")) for _ in range(4)]
+    only_distort = {"flip_prob": 0.0, "affine_prob": 0.0, "contrast_prob": 0.0, "noise_prob": 0.0}
+    aug = classic_augmentation(spatial_dims, seed=3, distort_prob=1.0, distort_limit=0.3, **only_distort)
+    for mask in masks:
+        out = aug({"image": mask * 2 - 1, "mask": mask})
+        assert out["mask"].shape == mask.shape and set(out["mask"].unique().tolist()) <= {0.0, 1.0}
+        assert (out["mask"] != mask).float().mean() > 0.05  # the warp moved the mask...
+        assert ((out["image"] > 0).float() == out["mask"]).float().mean() > 0.9  # ...and the image with it
+    # off by default: without it, nothing moves
+    plain = classic_augmentation(spatial_dims, seed=3, **only_distort)
+    assert all(torch.equal(plain({"image": m * 2 - 1})["image"], m * 2 - 1) for m in masks)
+    with pytest.raises(ValueError, match="distort"):
+        ClassicAugmentation(distort_limit=1.5)

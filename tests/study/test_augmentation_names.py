@@ -18,11 +18,13 @@ def test_each_name_builds_its_augmentation(name, tmp_path):
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     cli = MedaugCLI(args=["--config", str(path)], run=False)
     transform = cli.datamodule.train_transforms
-    expected = {"classic": ClassicAugmentation, "trivialaugment": PolicyAugmentation,
-                "randaugment": PolicyAugmentation}.get(name)
+    expected = {"classic": ClassicAugmentation, "classic_distort": ClassicAugmentation,
+                "trivialaugment": PolicyAugmentation, "randaugment": PolicyAugmentation}.get(name)
     assert (transform is None) if expected is None else isinstance(transform, expected)
     if expected is PolicyAugmentation:
         assert transform.policy == name
+    if expected is ClassicAugmentation:
+        assert transform.distort_prob == (0.5 if name == "classic_distort" else 0.0)
     mixing = cli.model.label_mixing
     assert (mixing is None) if name not in ("mixup", "cutmix") else mixing.kind == name
 
