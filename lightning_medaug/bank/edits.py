@@ -15,6 +15,11 @@ per sample (:data:`EDIT_COLUMNS`):
   class the edit was guided to;
 * ``soft_label``: the Diff-Mix soft label as a JSON list (one-hot for an edit to its own class;
   empty for unconditional models), see :func:`~lightning_medaug.generative.editing.soft_labels`.
+
+Segmentation data: when the training samples carry masks, each edit keeps its parent's mask (the
+image is edited, the mask is not), stored beside the image like the masks of any bank of pairs, so
+an edit trains a segmenter as an (image, mask) pair; a mask-conditional model is also conditioned on
+that mask while it edits, which keeps the edited anatomy on it.
 """
 
 from __future__ import annotations
@@ -101,9 +106,10 @@ def edit_targets(spec: str | Mapping[int, int] | None, sources: np.ndarray, num_
     return np.array([int(mapping[int(c)]) for c in sources], dtype=np.int64)
 
 
-def _read_parents(dataset: Dataset) -> tuple[np.ndarray, list[str]]:
-    """Classes (-1 when unlabelled) and image hashes of every sample of ``dataset``."""
-    labels, hashes = [], []
+def _read_parents(dataset: Dataset) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """Classes (-1 when unlabelled), image hashes and masks (uint8 (N, 1, *S), or ``None`` when the
+    samples have none) of every sample of ``dataset``."""
+    labels, hashes, masks = [], [], []
     for i in range(len(dataset)):
         batch = unpack_batch(default_collate([dataset[i]]))
         if batch.label is not None and batch.label.numel() != 1:
@@ -112,9 +118,13 @@ def _read_parents(dataset: Dataset) -> tuple[np.ndarray, list[str]]:
         labels.append(-1 if batch.label is None else int(batch.label))
         image = batch.image[0].detach().float().cpu().contiguous().numpy()
         hashes.append(hashlib.sha256(image.tobytes()).hexdigest())
+        if batch.mask is not None:
+            masks.append(batch.mask[0].detach().float().round().clamp(0, 1).to(torch.uint8).cpu().numpy())
     if not labels:
         raise ValueError("the training set is empty: nothing to edit")
-    return np.asarray(labels, dtype=np.int64), hashes
+    if masks and len(masks) != len(labels):
+        raise ValueError("some training samples have a mask and others none; edits keep each parent's mask")
+    return np.asarray(labels, dtype=np.int64), hashes, np.stack(masks) if masks else None
 
 
 @dataclass
@@ -136,7 +146,8 @@ class _EditJob(_ShardJob):
         batch = unpack_batch(default_collate([self.dataset[int(p)] for p in parents]))
         device = self.model.device
         sources = None if labels is None else torch.as_tensor(self.sources[parents], device=device)
-        real_masks = None if batch.mask is None or not self.model.requires_masks else batch.mask.to(device).float()
+        # the parent's mask, read from the job's mask array (what the shard stores beside the edit)
+        real_masks = masks if getattr(self.model, "requires_masks", False) else None
         return self.model.edit(batch.image.to(device).float(), self.strength, labels=sources, target_labels=labels,
                                masks=real_masks, generator=generator, **self.sample_kwargs)
 
@@ -175,7 +186,9 @@ def write_edit_bank(model: Any, out: str | Path, dataset: Dataset, strength: flo
     model, settings = prepare_generator(model, out, shard_size, batch_size, seed, dtype, device, checkpoint_folder)
     if not callable(getattr(model, "edit", None)):
         raise ValueError(f"{type(model).__name__} cannot edit real images: use a diffusion model ('ddpm', 'ldm')")
-    sources, hashes = _read_parents(dataset)
+    sources, hashes, parent_masks = _read_parents(dataset)
+    if parent_masks is None and getattr(model, "requires_masks", False):
+        raise ValueError(f"{type(model).__name__} is mask-conditional: edit a training set whose samples have masks")
     num_samples = len(sources) if num_samples is None else num_samples
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer (default: one edit per training image), "
@@ -189,15 +202,22 @@ def write_edit_bank(model: Any, out: str | Path, dataset: Dataset, strength: flo
     kwargs = check_sample_kwargs(model, sample_kwargs or {}, method="edit")
     counts = [] if num_classes == 0 else np.bincount(labels, minlength=num_classes).tolist()
     settings |= {
-        "num_samples": num_samples, "sample_kwargs": kwargs, "masks": None,
+        "num_samples": num_samples, "sample_kwargs": kwargs,
+        "masks": None if parent_masks is None else {
+            "count": len(parent_masks), "shape": list(parent_masks.shape[1:]), "source": "parents",
+            "sha256": hashlib.sha256(parent_masks.tobytes()).hexdigest()},
         "label_plan": {"kind": "edits", "counts": counts, "proportions": None, "num_samples": num_samples},
         "edit": {"strength": strength, "target_labels": target_labels if isinstance(target_labels, str | None)
                  else {str(k): int(v) for k, v in target_labels.items()}, "num_parents": len(sources),
                  "parents_sha256": hashlib.sha256("".join(hashes).encode()).hexdigest(),
                  "source": None if source is None else dict(source)},
     }
-    outputs, files = prepare_outputs(geometry, file_format, tuple(settings["image_shape"][1:]), False)
-    job = _EditJob(model, Path(out), settings | outputs, labels, None, None, kwargs, _sampler_record(model, kwargs),
+    outputs, files = prepare_outputs(geometry, file_format, tuple(settings["image_shape"][1:]),
+                                     parent_masks is not None)
+    # mask i of the job is parent i's; the writer takes sample g's mask as g % len(masks), its parent's
+    names = None if parent_masks is None else [str(i) for i in range(len(parent_masks))]
+    job = _EditJob(model, Path(out), settings | outputs, labels, parent_masks, names, kwargs,
+                   _sampler_record(model, kwargs),
                    files, dataset=dataset, strength=strength, sources=sources, hashes=hashes, soft=soft)
     with rank_context() as ctx:
         return _run(job, ctx, progress)

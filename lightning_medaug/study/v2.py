@@ -276,7 +276,8 @@ class BeyondClassicStudy:
 
 
 def _edit_grid(model: Any, dataset: Any, arm: Arm, path: Path, sample_kwargs: dict[str, Any]) -> None:
-    """Eight real training images of each class (first row of a pair) above their seeded edits."""
+    """Up to eight real training images of each class (one row per class; one row for data without
+    classes, e.g. segmentation) above their seeded edits (a mask-conditional model edits on each image's mask)."""
     import torch
 
     from lightning_medaug.bank.edits import edit_targets
@@ -284,22 +285,22 @@ def _edit_grid(model: Any, dataset: Any, arm: Arm, path: Path, sample_kwargs: di
     from lightning_medaug.report import save_image_grid
 
     samples = [unpack_batch(dataset[i]) for i in range(min(len(dataset), 64))]
-    labels = [int(s.label) for s in samples]
-    rows = []
-    for c in sorted(set(labels)):
-        rows.append([i for i, label in enumerate(labels) if label == c][:8])
+    labels = [-1 if s.label is None else int(s.label) for s in samples]
+    rows = [[i for i, label in enumerate(labels) if label == c][:8] for c in sorted(set(labels))]
     nrow = max(len(r) for r in rows)
     rows = [r + r[:1] * (nrow - len(r)) for r in rows]  # pad a short row with its first image
     picked = [i for r in rows for i in r]
     images = torch.stack([samples[i].image for i in picked]).float()
+    masks = torch.stack([samples[i].mask for i in picked]).float() if getattr(model, "requires_masks", False) else None
     sources = torch.tensor([labels[i] for i in picked])
+    conditional = bool(model.num_classes)
     targets = torch.as_tensor(edit_targets(arm.target_labels, sources.numpy(), int(model.num_classes or 0), 0))
-    edits = model.edit(images, arm.strength, labels=sources if model.num_classes else None,
-                       target_labels=targets if model.num_classes else None,
+    edits = model.edit(images, arm.strength, labels=sources if conditional else None,
+                       target_labels=targets if conditional else None, masks=masks,
                        generator=torch.Generator().manual_seed(0), **sample_kwargs).float().cpu()
     pairs = torch.cat([torch.cat([images[k * nrow:(k + 1) * nrow], edits[k * nrow:(k + 1) * nrow]])
                        for k in range(len(rows))])
+    real_rows = "rows 1, 3" if len(rows) > 1 else "row 1"
     save_image_grid(pairs, path, nrow=nrow, scale=max(1, round(84 / images.shape[-1])),
-                    title=f"real (rows 1, 3) and edits (rows 2, 4): target {arm.target_labels}, "
+                    title=f"real ({real_rows}) and their edits below: target {arm.target_labels}, "
                           f"strength {arm.strength:g}")
-

@@ -129,3 +129,39 @@ def test_a_grid_with_an_edit_arm_runs_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["study", "--config", str(path), "--list"]) == 0  # a rerun skips every finished cell
     assert capsys.readouterr().out.split()[::2] == ["done"] * 4
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_segmentation_grid_edits_images_and_keeps_their_masks(tmp_path):
+    from lightning_medaug.bank import SyntheticBank
+    from lightning_medaug.bank.edits import load_training_set
+
+    small = {"data.init_args.image_size": 64, "data.init_args.batch_size": 4}
+    study = BeyondClassicStudy(
+        "segment_isbi.yaml", out=str(tmp_path), metric="test/dice", fractions=[0.25], seeds=[0], epochs=1,
+        classic_candidates=["classic", "classic_distort"], selection={"metric": "val/dice"}, overrides=small,
+        generator={"recipe": "ddpm_isbi_mask.yaml", "epochs": 1, "sample_kwargs": {"num_inference_steps": 2},
+                   "overrides": {**small, "model.init_args.image_size": 64, "model.init_args.channels": [8, 8],
+                                 "model.init_args.norm_num_groups": 8,
+                                 "trainer.callbacks.1.init_args.every_n_epochs": 10}},
+        arms={"real": {"augmentation": "none"}, "classic_best": {"augmentation": "classic-best"},
+              "dafusion_swap": EDIT_ARM})
+    results = {r["arm"]: r for r in study.run()}
+    assert set(results) == {"real", "classic", "classic_distort", "classic_best", "dafusion_swap"}
+    assert results["dafusion_swap"]["augmentation"] in ("classic", "classic_distort")
+    assert len({r["steps"] for r in results.values()}) == 1
+    config = (tmp_path / "cells" / "classic_distort_f0.25_s0" / "run" / "config.yaml").read_text(encoding="utf-8")
+    assert "distort_prob: 0.5" in config
+    bank = SyntheticBank(tmp_path / results["dafusion_swap"]["bank"])
+    parents, _ = load_training_set(tmp_path / "cells" / "real_f0.25_s0" / "run" / "recipe.yaml")  # its subset
+    assert len(bank) == len(parents) == 5 and bank.has_masks
+    for i in range(len(bank)):  # the edit keeps its parent's mask, and its image is a new one
+        parent = parents[int(bank.column("parent_index")[i])]
+        assert torch_equal(bank[i]["mask"], parent["mask"].float())
+        assert (bank[i]["image"] - parent["image"]).abs().mean() > 1e-3
+    folder = tmp_path / results["dafusion_swap"]["bank"]
+    assert (folder.parent / f"{folder.name}.png").is_file()
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a.reshape(b.shape) == b).all())
