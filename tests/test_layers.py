@@ -162,3 +162,9 @@ def test_checker_catches_a_lazy_cycle_and_ignores_type_checking(tmp_path):
     assert edges[("top", "low")] == ["top.py:1"]  # `from pkg import Thing` is an import of pkg.low
     assert import_cycles(edges) == [["low", "mid", "top"]]
     assert "low->top (low/thing.py:2)" in describe(import_cycles(edges), edges)
+
+
+def test_federated_sits_below_the_products():
+    """``federated/`` trains generators: the model card and the CLI read its record, never the other way."""
+    edges = import_edges(PACKAGE)
+    assert {b for a, b in edges if a == "federated"} & {"model_card", "cli", "study", "evaluation"} == set()
