@@ -43,7 +43,7 @@ _COMMANDS = {
     "generate": "lightning_medaug.bank.generate:main",
     "evaluate": "lightning_medaug.evaluation.command:main",
     "study": "lightning_medaug.study.command:main",
-    "card": "lightning_medaug.model_card:card_main",
+    "card": "lightning_medaug.model_card.command:main",
 }
 
 

@@ -97,6 +97,25 @@ def test_card_main_reads_the_run_folder(generator_folder, evaluation, capsys):
     assert env["hardware"]["cpu"] in text and f"torch: {torch.__version__}" in text
 
 
+def test_card_options_from_a_yaml_and_the_run_config_under_its_old_name(generator_folder, tmp_path, capsys):
+    """`--config` holds the options; `--config` naming a run's config.yaml still works, with a FutureWarning."""
+    _, folder = generator_folder
+    run_config = tmp_path / "elsewhere.yaml"
+    run_config.write_text(yaml.safe_dump({"seed_everything": 7, "data": {"class_path": "lightning_medaug.data.X",
+                                                                         "init_args": {"name": "phantoms"}}}))
+    options = tmp_path / "card.yaml"
+    options.write_text(yaml.safe_dump({"folder": str(folder), "run-config": str(run_config), "license": "CC0-1.0",
+                                       "data_size": 32}))
+    assert card_main(["--config", str(options)]) == 0
+    card = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "| seed | 7 |" in card and "| name | phantoms |" in card and "| size | 32 |" in card and "CC0-1.0" in card
+    (folder / "MODEL_CARD.md").unlink()
+    with pytest.warns(FutureWarning, match="deprecated.*--run-config"):
+        assert card_main([str(folder), f"--config={run_config}", "--license", "CC0-1.0", "--data-size", "32"]) == 0
+    assert (folder / "MODEL_CARD.md").read_text(encoding="utf-8") == card
+    assert f"from {run_config}" in capsys.readouterr().out
+
+
 def test_bad_inputs_raise_value_error(generator_folder, tmp_path):
     _, folder = generator_folder
     with pytest.raises(ValueError, match="needs a 'name'"):

@@ -6,21 +6,15 @@ Figures come only from files the library wrote (``config.json``, the run's ``met
 ``config.yaml``, and the ``metrics.json`` of ``medaug evaluate``); anything not recorded is
 written as "not recorded" or "not evaluated", never guessed.
 
-From the command line (``medaug card``)::
-
-    medaug card runs/cgan_pneumonia/version_0/generator --metrics eval/cgan/metrics.json --record-environment
-
-The run's ``config.yaml`` and ``metrics.json`` next to the generator folder are used when present.
+From the command line: ``medaug card`` (:mod:`lightning_medaug.model_card.command`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import platform
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +25,7 @@ from lightning_medaug.generative.base import CONFIG_NAME, load_generator
 from lightning_medaug.generative.privacy import PRIVACY_REPORT, load_privacy_report
 from lightning_medaug.hub import CARD_NAME
 
-__all__ = ["DEFAULT_INTENDED_USE", "card_main", "read_evaluation", "training_environment",
-           "write_model_card"]
+__all__ = ["DEFAULT_INTENDED_USE", "read_evaluation", "training_environment", "write_model_card"]
 
 DEFAULT_INTENDED_USE = (
     "Research on synthetic data augmentation for medical image analysis: drawing synthetic images to add to, "
@@ -301,95 +294,3 @@ def write_model_card(folder: str | Path, *, data: Mapping[str, Any], training: M
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-# -- command line -----------------------------------------------------------------------------
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"cannot read the run config {path} ({err})") from None
-
-
-def _medmnist_facts(name: str, split: str, subset: Any) -> dict[str, Any]:
-    """Attribution and split size of a MedMNIST set, from ``medmnist.info``; empty for other data."""
-    from medmnist.info import HOMEPAGE, INFO
-
-    info = INFO.get(str(name).lower())
-    if info is None:
-        return {}
-    facts: dict[str, Any] = {"attribution": f"{info['python_class']} of MedMNIST v2 (Yang et al., Scientific Data "
-                                            f"2023, {HOMEPAGE}), licence {info['license']}"}
-    if subset is None:
-        facts["size"] = info["n_samples"].get(split)
-    elif isinstance(subset, int) and not isinstance(subset, bool):
-        facts["size"] = subset * len(info["label"])  # an int subset is that many samples per class
-    return facts
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medaug card", description="Write MODEL_CARD.md into a save_pretrained folder.")
-    p.add_argument("folder", type=Path, help="generator folder (config.json + model.safetensors)")
-    p.add_argument("--data-name", help="training data set (default: data.init_args.name of the run config)")
-    p.add_argument("--data-split", default="train")
-    p.add_argument("--data-size", type=int, help="number of training images")
-    p.add_argument("--data-subset", help="subset of the split that was used")
-    p.add_argument("--attribution", help="data source and its licence (MedMNIST sets are filled in)")
-    p.add_argument("--metrics", type=Path, help="metrics.json (or folder) of `medaug evaluate`")
-    p.add_argument("--training-log", type=Path, help="the run's metrics.json (default: FOLDER/../metrics.json)")
-    p.add_argument("--config", type=Path, help="the run's config.yaml (default: FOLDER/../config.yaml)")
-    p.add_argument("--wall-time", type=float, help="training wall time in seconds")
-    p.add_argument("--record-environment", action="store_true",
-                   help="record this machine's CPU/GPU and library versions (write the card where it trained)")
-    p.add_argument("--intended-use", default=DEFAULT_INTENDED_USE)
-    p.add_argument("--license", default="Apache-2.0")
-    p.add_argument("--load-source", help="what the loading example passes to load_pretrained")
-    return p
-
-
-def card_main(argv: Sequence[str] | None = None) -> int:
-    """``medaug card FOLDER ...``: write the card, print its path; returns the exit code."""
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    run = args.folder.resolve().parent
-    config_path = args.config or (run / "config.yaml" if (run / "config.yaml").is_file() else None)
-    config = _read_yaml(config_path) if config_path else {}
-    log_path = args.training_log
-    if log_path is None and (run / "metrics.json").is_file():
-        candidate = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-        log_path = run / "metrics.json" if candidate.get("kind") != REPORT_KIND else None
-    log = json.loads(log_path.read_text(encoding="utf-8")) if log_path else {}
-    data_args = ((config.get("data") or {}).get("init_args") or {}) if isinstance(config.get("data"), Mapping) else {}
-    name = args.data_name or data_args.get("name")
-    if not name:
-        raise ValueError("pass --data-name: no run config.yaml with data.init_args.name was found next to the folder")
-    subset = args.data_subset if args.data_subset is not None else data_args.get("subset")
-    data = {"name": name, "split": args.data_split, "size": args.data_size, "subset": subset,
-            "attribution": args.attribution}
-    for key, value in _medmnist_facts(name, args.data_split, data_args.get("subset")).items():
-        data[key] = data[key] if data[key] is not None else value
-    if data_args.get("size"):
-        data["image size"] = data_args["size"]
-    fit = log.get("fit") or {}
-    trainer = config.get("trainer") or {}
-    training: dict[str, Any] = {"epochs": log.get("epochs", fit.get("epochs")),
-                                "steps": log.get("steps", fit.get("global_step")),
-                                "wall_time_s": args.wall_time or log.get("wall_time_s"),
-                                "precision": log.get("precision", trainer.get("precision"))}
-    for key in ("hardware", "versions"):
-        if key in log:
-            training[key] = log[key]
-    if args.record_environment:
-        training.update(training_environment())
-    if config.get("seed_everything") is not None:
-        training["seed"] = config["seed_everything"]
-    path = write_model_card(args.folder, data=data, training=training, evaluation=args.metrics,
-                            intended_use=args.intended_use, license=args.license, load_source=args.load_source)
-    used = ", ".join(str(p) for p in (config_path, log_path, args.metrics) if p) or "no run files"
-    print(f"model card written to {path} (from {used})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(card_main())
