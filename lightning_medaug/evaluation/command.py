@@ -20,7 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ArgumentParser
+
+from lightning_medaug.command_parser import command_parser, parse_command
 
 __all__ = ["build_parser", "main", "stage_progress"]
 
@@ -29,8 +31,7 @@ STAGES = ("reading the bank and the data", "feature extractor", "reading samples
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="medaug evaluate", description=__doc__.splitlines()[0], exit_on_error=False)
-    p.add_argument("--config", action=ActionConfigFile, help="YAML file holding any of these options")
+    p = command_parser("medaug evaluate", __doc__.splitlines()[0])
     p.add_argument("--bank", type=str, required=True, help="bank folder written by `medaug generate`")
     p.add_argument("--data", type=str, required=True,
                    help="recipe YAML (its data: section) or data module config (class_path/init_args), file or inline")
@@ -127,7 +128,7 @@ def main(argv: Sequence[str]) -> int:
     )
     from lightning_medaug.evaluation.output import check_output_folder
 
-    args = build_parser().parse_args(list(argv))
+    args = parse_command(build_parser(), argv)
     trainer_kwargs = _trainer_kwargs(args.device)
     check_options(args.num_samples, args.k, args.percentile, args.num_pairs)
     check_output_folder(args.out, args.overwrite)  # before any work

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ArgumentParser
+
+from lightning_medaug.command_parser import command_parser, config_files, parse_command
 
 __all__ = ["build_parser", "main", "study_class"]
 
@@ -25,12 +27,9 @@ def study_class(argv: Sequence[str]) -> type:
     from lightning_medaug.study.runner import Study
     from lightning_medaug.study.v2 import BeyondClassicStudy
 
-    argv = list(argv)
-    for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.partition("=")[2]
-        if (arg == "--config" or arg.startswith("--config=")) and Path(path).is_file():
-            if "arms" in (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}):
-                return BeyondClassicStudy
+    for _, path in config_files(list(argv)):
+        if Path(path).is_file() and "arms" in (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}):
+            return BeyondClassicStudy
     return Study
 
 
@@ -38,8 +37,7 @@ def build_parser(cls: type | None = None) -> ArgumentParser:
     from lightning_medaug.study.runner import Study
 
     cls = cls or Study
-    parser = ArgumentParser(prog="medaug study", description=__doc__.splitlines()[0], exit_on_error=False)
-    parser.add_argument("--config", action=ActionConfigFile, help=f"study YAML (keys: the {cls.__name__} arguments)")
+    parser = command_parser("medaug study", __doc__.splitlines()[0], f"study YAML (keys: the {cls.__name__} arguments)")
     parser.add_class_arguments(cls, nested_key=None, as_positional=False)
     parser.add_argument("--max_cells", type=int | None, default=None, help="run at most this many new cells")
     parser.add_argument("--list", action="store_true", help="list the cells and whether each is done, then exit")
@@ -52,7 +50,7 @@ def build_parser(cls: type | None = None) -> ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     """Run ``medaug study``; returns the exit code (bad input raises for the CLI's one-line handler)."""
     cls = study_class(argv)
-    config = build_parser(cls).parse_args(list(argv)).as_dict()
+    config = parse_command(build_parser(cls), argv).as_dict()
     study = cls(**{k: v for k, v in config.items() if k not in _OWN})
     if config["list"]:
         for cell in study.cells():
