@@ -69,6 +69,8 @@ def _list() -> int:
         except ImportError:
             names = []
         print(f"{registry.kind}s: {', '.join(names) or '-'}")
+        for where, err in registry.failures.items():
+            print(f"  not loaded: {where}: {err}")
     return 0
 
 

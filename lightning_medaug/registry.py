@@ -7,6 +7,10 @@ reachable by name from Python, recipes and the CLI. Third-party generators plug 
     # in the plug-in's pyproject.toml
     [project.entry-points."lightning_medaug.generators"]
     my_gan = "my_package.my_gan:MyGAN"
+
+A module or plug-in that fails to import (a missing optional dependency) does not take the others
+down: every other family still loads, and asking for an entry that is missing says which module
+failed and why (:attr:`Registry.failures`), so ``medaug list`` and recipes of other families keep working.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class Registry(Generic[T]):
         self._entry_point_group = entry_point_group
         self._entries: dict[str, T] = {}
         self._loaded = False
+        #: module (or ``entry point name = target``) -> the ImportError that kept it out
+        self.failures: dict[str, ImportError] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``; the name is stored on it as ``registry_name``."""
@@ -80,11 +86,24 @@ class Registry(Generic[T]):
             # every public module of the package: a new family is one new file, no import list to edit
             for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
                 if not info.name.startswith("_"):
-                    importlib.import_module(f"{self._builtin_module}.{info.name}")
+                    module = f"{self._builtin_module}.{info.name}"
+                    try:
+                        importlib.import_module(module)
+                    except ImportError as err:  # one family's missing dependency must not hide the others
+                        self.failures[module] = err
         if self._entry_point_group:
             for ep in entry_points(group=self._entry_point_group):
                 if ep.name not in self._entries:
-                    self.register(ep.name)(ep.load())
+                    try:
+                        self.register(ep.name)(ep.load())
+                    except ImportError as err:
+                        self.failures[f"{ep.name} = {ep.value}"] = err
+
+    def _failure_hint(self) -> str:
+        if not self.failures:
+            return ""
+        lines = "; ".join(f"{where} ({_missing(err)})" for where, err in self.failures.items())
+        return f" Not loaded, so not available: {lines}."
 
     def get(self, name: str) -> T:
         """Return the entry registered as ``name``; raises ``ValueError`` naming close matches."""
@@ -93,7 +112,8 @@ class Registry(Generic[T]):
             close = difflib.get_close_matches(name, self._entries, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             raise ValueError(
-                f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(sorted(self._entries)) or 'none'}"
+                f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(sorted(self._entries)) or 'none'}."
+                f"{self._failure_hint()}"
             )
         return self._entries[name]
 
@@ -118,6 +138,14 @@ class Registry(Generic[T]):
             if entry is cls:
                 return name
         return None
+
+
+def _missing(err: ImportError) -> str:
+    """What an ImportError lacks, in words a user can act on."""
+    name = getattr(err, "name", None)
+    if isinstance(err, ModuleNotFoundError) and name:
+        return f"it needs the module {name.split('.')[0]!r}, which is not installed"
+    return f"ImportError: {err}"
 
 
 def _qualname(obj: Any) -> str:

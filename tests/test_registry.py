@@ -90,3 +90,28 @@ def test_every_module_of_the_builtin_package_registers_without_an_import_list(tm
     for module in ("medaug_families_reg", "medaug_families_demo", "medaug_families_demo.alpha",
                    "medaug_families_demo.beta"):
         sys.modules.pop(module, None)
+
+
+def test_a_family_with_a_missing_dependency_leaves_the_others_loaded(tmp_path, monkeypatch):
+    package = tmp_path / "medaug_partial_families"
+    package.mkdir()
+    (package / "__init__.py").write_text("from lightning_medaug.registry import Registry\nREG = Registry('widget')\n")
+    (package / "a_broken.py").write_text("import medaug_no_such_dependency\n")
+    (package / "b_fine.py").write_text(textwrap.dedent("""
+        from medaug_partial_families import REG
+
+        @REG.register("fine")
+        class Fine:
+            pass
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from medaug_partial_families import REG
+
+    REG._builtin_module = "medaug_partial_families"
+    assert REG.list() == ["fine"]  # the module after the broken one still registered
+    assert list(REG.failures) == ["medaug_partial_families.a_broken"]
+    with pytest.raises(ValueError, match=r"unknown widget 'broken'.*medaug_partial_families.a_broken \(it needs the "
+                                         r"module 'medaug_no_such_dependency', which is not installed\)"):
+        REG.get("broken")
+    for name in [m for m in sys.modules if m.startswith("medaug_partial_families")]:
+        sys.modules.pop(name)
