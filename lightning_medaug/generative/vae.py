@@ -129,12 +129,14 @@ class VAE(AutoencoderModule):
         kl_warmup_steps: steps over which the KL weight ramps from 0 to ``beta``; 0 disables.
         recon_loss: ``"mse"`` or ``"l1"``.
         lr: Adam learning rate.
+        gradient_checkpointing: recompute the encoder's and decoder's activations in the backward
+            pass (MONAI's ``use_checkpoint``): less memory for large images or volumes, more time.
     """
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0,
                  latent_channels: int = 4, channels: Sequence[int] = (32, 64, 64), num_res_blocks: int = 1,
                  norm_num_groups: int = 16, cond_channels: int = 8, beta: float = 1.0, kl_warmup_steps: int = 0,
-                 recon_loss: str = "mse", lr: float = 1e-3):
+                 recon_loss: str = "mse", lr: float = 1e-3, gradient_checkpointing: bool = False):
         super().__init__(spatial_dims, in_channels, image_size, num_classes)
         self.save_hyperparameters()
         channels = tuple(int(c) for c in channels)
@@ -146,6 +148,7 @@ class VAE(AutoencoderModule):
             spatial_dims=spatial_dims, in_channels=in_channels + cond, out_channels=in_channels, channels=channels,
             latent_channels=latent_channels, num_res_blocks=num_res_blocks, attention_levels=(False,) * len(channels),
             norm_num_groups=norm_num_groups, with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False,
+            use_checkpoint=gradient_checkpointing,
         )
         self.label_embedding = nn.Embedding(num_classes, cond_channels) if num_classes > 0 else None
         self.latent_condition = (

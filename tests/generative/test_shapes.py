@@ -21,6 +21,7 @@ _STYLE = {"latent_dim": 8, "channel_base": 64, "channel_max": 8}
 TINY = {
     "vae": _AE, "beta_vae": _AE, "cvae": {**_AE, "num_classes": 2}, "introvae": _AE,
     "vaegan": {**_AE, "discriminator_channels": 4},
+    "kl_autoencoder": {**_AE, "discriminator_channels": 4},
     "vqvae": {"channels": (8, 16), "latent_channels": 4, "num_embeddings": 8, "num_res_layers": 0},
     "rhvae": {"channels": (8, 16), "latent_dim": 2, "n_lf": 1},
     "ddpm": {"channels": (8, 16), "norm_num_groups": 8, "num_inference_steps": 2},
