@@ -6,26 +6,51 @@ and ``latent_shape``) is given as a ``save_pretrained`` folder and kept as a fro
 its weights are saved inside the latent diffusion model's own ``model.safetensors``. Its config
 is stored in the hyperparameters (``autoencoder_config``), so :func:`load_generator` rebuilds the
 whole model from the LDM's folder alone: the autoencoder's original folder may be gone.
+
+Mask-conditional models (``mask_conditional=True``, mask -> image as in Rombach et al.'s
+semantic synthesis) take the mask down to the latent grid and concatenate it to the UNet's input:
+``"space_to_depth"`` folds each block of mask pixels (e.g. 4x4 or 4x4x4) into channels, losing
+nothing (a 1-px membrane keeps its place inside its block); ``"area"`` keeps one channel of the
+block's foreground fraction, cheaper for many-voxel blocks. ``sample(n, masks=...)`` takes masks at
+the image's full resolution and returns images at that resolution.
 """
 
 from __future__ import annotations
 
 import contextvars
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.generative.base import GenerativeModule, load_generator
 from lightning_medaug.generative.diffusion import DiffusionGenerator
+from lightning_medaug.generative.shapes import pad_to, space_to_depth
 from lightning_medaug.registry import GENERATORS, register_generator
 from lightning_medaug.sizes import SizeLike, spatial_size
+from lightning_medaug.validation import check_choice
 
-__all__ = ["LatentDiffusion"]
+__all__ = ["MASK_DOWNSAMPLING", "LatentDiffusion", "mask_to_latent_grid"]
 
 _AUTOENCODER_API = ("encode", "decode", "latent_shape")
+#: how a mask reaches the latent grid: every pixel folded into channels, or the foreground fraction
+MASK_DOWNSAMPLING = ("space_to_depth", "area")
+
+
+def mask_to_latent_grid(masks: Tensor, network_size: tuple[int, ...], latent_size: tuple[int, ...],
+                        how: str) -> Tensor:
+    """Masks (N, 1, *S) in {0, 1} on the latent grid, in [-1, 1]: padded to the autoencoder's
+    ``network_size`` as its images are, then folded (``"space_to_depth"``) or averaged (``"area"``)."""
+    padded = pad_to(masks.float(), network_size)
+    if how == "area":
+        coarse = F.interpolate(padded, size=latent_size, mode="area")
+    else:
+        coarse = space_to_depth(padded, [n // s for n, s in zip(network_size, latent_size)])
+    return coarse * 2.0 - 1.0
 
 
 @register_generator("ldm")
@@ -46,6 +71,9 @@ class LatentDiffusion(DiffusionGenerator):
         num_classes: classes for class conditioning with classifier-free guidance; 0 for none.
             The labels are also passed to the autoencoder's ``encode`` / ``decode`` (a conditional
             VAE needs them and the same number of classes; others ignore them).
+        mask_conditional: condition on a mask (training batches need a ``"mask"``, ``sample``
+            then requires ``masks``); see the module docstring.
+        mask_downsampling: ``"space_to_depth"`` (lossless, ``prod(factors)`` channels) or ``"area"``.
         spatial_dims, in_channels, image_size: read from the autoencoder; when given, they must
             agree with it.
         channels, num_res_blocks, norm_num_groups, num_train_timesteps, beta_schedule,
@@ -59,7 +87,8 @@ class LatentDiffusion(DiffusionGenerator):
                  norm_num_groups: int = 16, num_train_timesteps: int = 1000, beta_schedule: str = "linear",
                  prediction_type: str = "v_prediction", cond_drop_prob: float = 0.1, guidance_scale: float = 1.0,
                  sampler: str = "dpmsolver++", num_inference_steps: int = 20, lr: float = 2e-4,
-                 ema_decay: float = 0.999):
+                 ema_decay: float = 0.999, mask_conditional: bool = False,
+                 mask_downsampling: str = "space_to_depth"):
         # A fresh context: under LightningCLI a context variable holds the hyperparameters given to
         # *this* module, and the autoencoder's own save_hyperparameters() would otherwise record them.
         autoencoder, config = contextvars.Context().run(_build_autoencoder, autoencoder_path, autoencoder_config)
@@ -79,7 +108,12 @@ class LatentDiffusion(DiffusionGenerator):
         latent_shape = tuple(int(s) for s in autoencoder.latent_shape)
         if len(latent_shape) != self.spatial_dims + 1:
             raise ValueError(f"latent_shape {latent_shape} must be (channels, *spatial) with spatial_dims sizes")
-        self.setup_diffusion(latent_shape[0], latent_shape[1:], cond_channels=0, clip_sample=False)
+        check_choice("mask_downsampling", mask_downsampling, MASK_DOWNSAMPLING)
+        self.requires_masks = mask_conditional
+        self.latent_grid = (tuple(autoencoder.network_size), latent_shape[1:])
+        folded = math.prod(n // s for n, s in zip(*self.latent_grid)) if mask_downsampling != "area" else 1
+        self.setup_diffusion(latent_shape[0], latent_shape[1:], cond_channels=folded if mask_conditional else 0,
+                             clip_sample=False)
         # 0 means "not measured yet"; set from the first training batch.
         self.register_buffer("latent_scale", torch.zeros(()))
         self._scale_known: bool | None = None
@@ -111,7 +145,18 @@ class LatentDiffusion(DiffusionGenerator):
     # -- diffusion space ------------------------------------------------------------------------
     def to_diffusion_space(self, batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
         z, labels = self._encode(batch)
-        return z * self._scale(), labels, None
+        cond = None
+        if self.requires_masks:
+            masks = unpack_batch(batch).mask
+            if masks is None:
+                raise ValueError(f"{type(self).__name__} with mask_conditional=True needs batches with a 'mask' entry")
+            cond = self.sample_condition(masks.to(z.device))
+        return z * self._scale(), labels, cond
+
+    def sample_condition(self, masks: Tensor | None) -> Tensor | None:
+        if masks is None:
+            return None
+        return mask_to_latent_grid(masks, *self.latent_grid, self.hparams.mask_downsampling)
 
     def from_diffusion_space(self, x0: Tensor, labels: Tensor | None) -> Tensor:
         return self.autoencoder.decode(x0 / self._scale(), labels).clamp(-1.0, 1.0)

@@ -7,7 +7,9 @@ every axis a fixed number of times. Every family therefore goes through these he
 * :func:`padded_size` / :func:`resampling_count` say which grid a network runs on;
 * :func:`pad_to` pads images to that grid (edge replication, centred, so the border looks like
   the data to the convolutions) and :func:`crop_to` cuts the same border off again, so samples
-  have exactly the data's shape and losses cover the real image only.
+  have exactly the data's shape and losses cover the real image only;
+* :func:`space_to_depth` folds a fine grid onto a coarse one without losing a value (a mask onto
+  a latent grid).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from torch import Tensor
 
 from lightning_medaug.sizes import MIN_SIDE, format_size
 
-__all__ = ["crop_to", "pad_to", "padded_size", "resampling_count", "resampling_grid", "resolution_ladder"]
+__all__ = ["crop_to", "pad_to", "padded_size", "resampling_count", "resampling_grid", "resolution_ladder",
+           "space_to_depth"]
 
 
 def padded_size(size: Sequence[int], multiple: int) -> tuple[int, ...]:
@@ -104,3 +107,19 @@ def crop_to(x: Tensor, size: Sequence[int]) -> Tensor:
         start = (have - want) // 2
         index.append(slice(start, start + want))
     return x[tuple(index)]
+
+
+def space_to_depth(x: Tensor, factors: Sequence[int]) -> Tensor:
+    """Fold each ``factors`` block of the trailing axes of ``x`` (N, C, *S) into channels: (N, C * prod(factors),
+    *S / factors), any number of spatial axes (``pixel_unshuffle`` for 2D and 3D alike); lossless."""
+    n, c, *spatial = x.shape
+    if len(factors) != len(spatial) or any(s % f for s, f in zip(spatial, factors)):
+        raise ValueError(f"cannot fold a grid of {tuple(spatial)} by {tuple(factors)}: every side must be a multiple")
+    split = [n, c]
+    for side, factor in zip(spatial, factors):
+        split += [side // factor, factor]
+    dims = len(spatial)
+    # (n, c, g0, f0, g1, f1, ...) -> (n, c, f0, f1, ..., g0, g1, ...)
+    order = [0, 1] + [3 + 2 * i for i in range(dims)] + [2 + 2 * i for i in range(dims)]
+    coarse = [side // factor for side, factor in zip(spatial, factors)]
+    return x.reshape(split).permute(order).reshape(n, c * math.prod(factors), *coarse)
