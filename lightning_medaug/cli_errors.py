@@ -24,11 +24,11 @@ import site
 import sys
 import sysconfig
 import traceback
-from argparse import ArgumentError
 from functools import cache
 from pathlib import Path
 
 import torch
+from jsonargparse import ArgumentError  # argparse's own class, which jsonargparse and LightningCLI raise
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 __all__ = ["USER_ERRORS", "bug_line", "is_user_error", "one_line", "out_of_memory", "raised_by", "report_failure"]
@@ -36,7 +36,8 @@ __all__ = ["USER_ERRORS", "bug_line", "is_user_error", "one_line", "out_of_memor
 #: Always the user's to fix, whoever raised them.
 USER_ERRORS = (ArgumentError, MisconfigurationException, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                PermissionError)
-#: Packages whose ``ValueError`` says what was wrong with the user's input (``None``: the user's own code).
+#: Packages whose ``ValueError`` says what was wrong with the user's input (``None``: the user's own code);
+#: ``argparse`` runs inside jsonargparse's and LightningCLI's parsers.
 VALIDATING_PACKAGES = (None, "lightning_medaug", "jsonargparse", "argparse", "lightning", "lightning_fabric",
                        "pytorch_lightning")
 ISSUES_FALLBACK = "https://github.com/lightning-medaug/lightning-medaug/issues"

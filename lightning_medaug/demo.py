@@ -21,19 +21,20 @@ Each training run leaves its folder (``recipe.yaml``, ``config.yaml``, ``metrics
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 from rich.console import Console
 from rich.table import Table
 
+from lightning_medaug.command_parser import command_parser, parse_command
 from lightning_medaug.demo_reference import CAVEAT, describe, reference_arm, reference_section
 from lightning_medaug.study.recipe import find_recipe
 
-__all__ = ["find_recipe", "main", "next_run_folder", "step_budget"]
+__all__ = ["build_parser", "find_recipe", "main", "next_run_folder", "step_budget"]
 
 GENERATOR_RECIPE = "cgan_pneumonia.yaml"
 CLASSIFIER_RECIPE = "classify_pneumonia.yaml"
@@ -57,19 +58,22 @@ def step_budget(steps: int) -> dict[str, Any]:
             "trainer.val_check_interval": max(1, steps // VALIDATIONS)}
 
 
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="medaug demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/demo", help="parent of the demo's run folder (default: runs/demo)")
+def build_parser() -> ArgumentParser:
+    parser = command_parser("medaug demo", __doc__.splitlines()[0])
+    parser.add_argument("--out", type=str, default="runs/demo", help="parent of the demo's run folder")
     # Defaults sized for about five minutes on 2 CPU cores; `medaug study` runs the full protocol.
-    parser.add_argument("--subset", type=float, default=0.1, help="stratified fraction of real train (default 0.1)")
-    parser.add_argument("--generator-epochs", type=int, default=20, help="GAN epochs on the subset (default 20)")
-    parser.add_argument("--steps", type=int, default=120,
-                        help="optimiser steps of the classifier in every arm (default 120)")
-    parser.add_argument("--ratio", type=float, default=0.5, help="synthetic fraction of mixed training (default 0.5)")
-    parser.add_argument("--classic", action=argparse.BooleanOptionalAction, default=True,
-                        help="the classic-augmentation arms, alone and with synthetic images (default: on)")
+    parser.add_argument("--subset", type=float, default=0.1, help="stratified fraction of real train")
+    parser.add_argument("--generator-epochs", type=int, default=20, help="GAN epochs on the subset")
+    parser.add_argument("--steps", type=int, default=120, help="optimiser steps of the classifier in every arm")
+    parser.add_argument("--ratio", type=float, default=0.5, help="synthetic fraction of mixed training")
+    parser.add_argument("--classic", action=ActionYesNo(no_prefix="no-"), default=True,
+                        help="the classic-augmentation arms, alone and with synthetic images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset, the models and the bank")
-    args = parser.parse_args(list(argv))
+    return parser
+
+
+def _parse(argv: Sequence[str]) -> Namespace:
+    args = parse_command(build_parser(), argv)
     if not 0 < args.subset <= 1:
         raise ValueError(f"--subset must be in (0, 1], got {args.subset}")
     if not 0 < args.ratio < 1:

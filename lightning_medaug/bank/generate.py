@@ -17,58 +17,57 @@ An interrupted run resumes when rerun with the same arguments; see :func:`write_
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
+from jsonargparse import ArgumentParser, Namespace
 
 from lightning_medaug.bank.encoding import DTYPES
 from lightning_medaug.bank.image_files import FILE_FORMATS
 from lightning_medaug.bank.writer import WriteSummary, write_bank
+from lightning_medaug.command_parser import command_parser, parse_command
 
 __all__ = ["main", "build_parser", "read_mask_folder", "sampler_kwargs"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # The medaug CLI prints ValueErrors as one line with exit code 2.
-        raise ValueError(f"generate: {message} (see `medaug generate --help`)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="medaug generate", description="Draw a sharded, resumable synthetic bank from a generator.")
-    p.add_argument("--model", required=True, help="folder written by save_pretrained (config.json + model.safetensors)")
-    p.add_argument("--out", required=True, help="bank folder (new, empty, or a bank to resume)")
-    p.add_argument("--num-samples", type=int, help="bank size (optional with explicit --labels counts)")
-    p.add_argument("--labels", help="balanced (default), proportional, or counts like 0:1000,1:500")
-    p.add_argument("--proportions", help="class shares for --labels proportional, like 0:0.26,1:0.74")
-    p.add_argument("--masks", help="folder of mask files (any SimpleITK format), cycled, for mask-conditional models")
-    p.add_argument("--edit-from", help="recipe (its 'data' section) or data config whose real training images a "
-                   "diffusion model edits, one edit per image (cycled up to --num-samples)")
-    p.add_argument("--strength", type=float, help="edit strength in (0, 1] (with --edit-from): how far along the "
-                   "noise schedule the real images are taken back; 1 = from pure noise")
-    p.add_argument("--target-labels", help="classes edits are guided to (with --edit-from): same (default), other "
-                   "(a random other class, Diff-Mix counterfactuals) or a map like 0:1,1:0")
-    p.add_argument("--sampler", help="sampler of diffusion models, e.g. ddim, dpmsolver++, ddpm")
-    p.add_argument("--steps", type=int, help="sampling steps of diffusion models")
-    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (1 = none)")
-    p.add_argument("--shard-size", type=int, default=1024, help="samples per shard file (default 1024)")
-    p.add_argument("--batch-size", type=int,
+def build_parser() -> ArgumentParser:
+    p = command_parser("medaug generate", "Draw a sharded, resumable synthetic bank from a generator.")
+    p.add_argument("--model", type=str, required=True,
+                   help="folder written by save_pretrained (config.json + model.safetensors)")
+    p.add_argument("--out", type=str, required=True, help="bank folder (new, empty, or a bank to resume)")
+    p.add_argument("--num-samples", type=int | None, help="bank size (optional with explicit --labels counts)")
+    p.add_argument("--labels", type=str | None, help="balanced (default), proportional, or counts like 0:1000,1:500")
+    p.add_argument("--proportions", type=str | None, help="class shares for --labels proportional, like 0:0.26,1:0.74")
+    p.add_argument("--masks", type=str | None,
+                   help="folder of mask files (any SimpleITK format), cycled, for mask-conditional models")
+    p.add_argument("--edit-from", type=str | None, help="recipe (its 'data' section) or data config whose real "
+                   "training images a diffusion model edits, one edit per image (cycled up to --num-samples)")
+    p.add_argument("--strength", type=float | None, help="edit strength in (0, 1] (with --edit-from): how far along "
+                   "the noise schedule the real images are taken back; 1 = from pure noise")
+    p.add_argument("--target-labels", type=str | None, help="classes edits are guided to (with --edit-from): same "
+                   "(default), other (a random other class, Diff-Mix counterfactuals) or a map like 0:1,1:0")
+    p.add_argument("--sampler", type=str | None, help="sampler of diffusion models, e.g. ddim, dpmsolver++, ddpm")
+    p.add_argument("--steps", type=int | None, help="sampling steps of diffusion models")
+    p.add_argument("--guidance-scale", type=float | None, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--shard-size", type=int, default=1024, help="samples per shard file")
+    p.add_argument("--batch-size", type=int | None,
                    help="samples per sample() call (default: the resumed bank's; else 256 images up to 128x128, "
                         "fewer for larger images and volumes: 128 at 32^3, 16 at 64^3, 2 at 128^3)")
     p.add_argument("--seed", type=int, default=0, help="base seed; shard k uses SeedSequence([seed, k])")
-    p.add_argument("--device", default="auto", help="auto (this rank's GPU if any), cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="float16", choices=DTYPES, help="storage dtype of the images (default float16)")
-    p.add_argument("--format", default="shards", choices=("shards", *FILE_FORMATS),
-                   help="shards (default) only, or also every sample as an image file: nifti (.nii.gz), mha or nrrd, "
+    p.add_argument("--device", type=str, default="auto", help="auto (this rank's GPU if any), cpu, cuda or cuda:N")
+    # choices rather than a Literal type: the error lists the choices
+    p.add_argument("--dtype", type=str, default="float16", choices=DTYPES, help="storage dtype of the images")
+    p.add_argument("--format", type=str, default="shards", choices=("shards", *FILE_FORMATS),
+                   help="shards only, or also every sample as an image file: nifti (.nii.gz), mha or nrrd, "
                         "float32 in [-1, 1], in BANK/image/ (masks in BANK/label/)")
-    p.add_argument("--geometry-from", help="image file (any SimpleITK format) or recipe / data config whose images' "
-                   "spacing, origin and direction the bank records in bank.json and its image files")
+    p.add_argument("--geometry-from", type=str | None, help="image file (any SimpleITK format) or recipe / data "
+                   "config whose images' spacing, origin and direction the bank records in bank.json and its "
+                   "image files")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -126,7 +125,7 @@ def read_mask_folder(folder: str | Path, spatial_dims: int, image_size: int | Se
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``medaug generate``; returns the exit code (errors raise ValueError / FileNotFoundError)."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parse_command(build_parser(), sys.argv[1:] if argv is None else argv)
     from lightning_medaug.generative.base import load_generator
 
     model = load_generator(args.model)
@@ -145,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _outputs(args: argparse.Namespace) -> dict[str, Any]:
+def _outputs(args: Namespace) -> dict[str, Any]:
     """``geometry`` and ``file_format`` of the writers, from --geometry-from and --format."""
     from lightning_medaug.bank.geometry import geometry_from
 
@@ -153,7 +152,7 @@ def _outputs(args: argparse.Namespace) -> dict[str, Any]:
     return {"geometry": geometry, "file_format": None if args.format == "shards" else args.format}
 
 
-def _write_samples(model: Any, args: argparse.Namespace, outputs: dict[str, Any]) -> WriteSummary:
+def _write_samples(model: Any, args: Namespace, outputs: dict[str, Any]) -> WriteSummary:
     given = [f"--{name.replace('_', '-')}" for name in ("strength", "target_labels") if getattr(args, name) is not None]
     if given:
         raise ValueError(f"generate: {', '.join(given)} only apply to edits of real images: add --edit-from")
@@ -170,7 +169,7 @@ def _write_samples(model: Any, args: argparse.Namespace, outputs: dict[str, Any]
     )
 
 
-def _write_edits(model: Any, args: argparse.Namespace, outputs: dict[str, Any]) -> WriteSummary:
+def _write_edits(model: Any, args: Namespace, outputs: dict[str, Any]) -> WriteSummary:
     from lightning_medaug.bank.edits import load_training_set, write_edit_bank
 
     given = [f"--{name}" for name in ("labels", "proportions", "masks") if getattr(args, name) is not None]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+import yaml
 
 from lightning_medaug.bank import SyntheticBank, write_bank
 from lightning_medaug.bank.manifest import read_manifest_columns, shard_complete, shard_files
@@ -63,6 +64,22 @@ def test_cli_writes_a_proportional_bank_and_reports_errors(model_dir, tmp_path, 
     assert len(err) == 1 and err[0].startswith("medaug: error: out of memory (") and "PiB" in err[0], err
     assert "--batch-size" in err[0] and "--num-samples" in err[0]
     assert not (tmp_path / "huge").exists()
+
+
+def test_cli_reads_its_options_from_a_config_file(model_dir, tmp_path, capsys):
+    """`--config` holds any option, spelled as on the command line or with underscores; later options win."""
+    config = tmp_path / "generate.yaml"
+    config.write_text(yaml.safe_dump({"model": str(model_dir), "num-samples": 6, "labels": "0:2,1:4",
+                                      "shard_size": 4, "dtype": "uint8", "no-progress": True}), encoding="utf-8")
+    assert cli_main(["generate", "--config", str(config), "--dtype", "float32", "--out", str(tmp_path / "bank")]) == 0
+    assert "wrote 2 of 2 shards" in capsys.readouterr().out
+    bank = SyntheticBank(tmp_path / "bank")
+    assert bank.class_counts().tolist() == [2, 4]
+    assert (bank.info["settings"]["shard_size"], bank.info["settings"]["dtype"]) == (4, "float32")
+    config.write_text("model: [not, a, path]\n", encoding="utf-8")  # a mistake in the file: one line, exit 2
+    assert cli_main(["generate", "--config", str(config), "--out", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model" in err[0] and "medaug generate --help" in err[0], err
 
 
 def test_cli_passes_sampler_options_to_models_that_take_them(tmp_path, capsys):
