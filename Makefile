@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,dp]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,dp,federated]"
 	touch $(STAMP)
 
 setup: $(STAMP)

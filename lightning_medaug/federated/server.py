@@ -1,0 +1,203 @@
+"""The server's side of a federation: check the sites, run the rounds with a Flower strategy, keep a
+checkpoint of every round, export the global generator with the federation's record.
+
+:func:`run_federation` is the body of the ``ServerApp`` (:func:`server_app`), so it runs the same on
+the in-process grid, Flower's simulation engine and its deployment engine. It drives Flower's own
+strategies (``FedAvg``, ``FedProx``, ``FedAdam``) round by round through their ``configure_train``
+and ``aggregate_train`` rather than ``Strategy.start``, which cannot start at a later round: after
+each round the global weights and the record so far are written to ``<out>/checkpoint`` (atomically),
+and a server started again on the same ``out`` resumes after the last round written, none lost.
+
+Before round 1 every site answers a query with its image shape, classes and size
+(:func:`~.sites.site_summary`); a site that does not fit the generator is refused by name
+(:func:`~.sites.check_sites`). A site that fails or drops out in a round is left out of that
+round's average; a round with fewer than ``min_sites`` replies stops the federation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+from safetensors.torch import load_file, save_file
+
+from lightning_medaug.federated.parameters import load_shared_state, shared_state
+from lightning_medaug.federated.settings import FederationSettings
+from lightning_medaug.federated.sites import check_sites
+from lightning_medaug.generative.privacy import EXPORT_FOLDER, PRIVACY_REPORT
+
+__all__ = ["CHECKPOINT_FOLDER", "FEDERATION_RECORD", "make_strategy", "run_federation", "server_app"]
+
+#: Folder of ``out`` with the last round's global weights and the record so far.
+CHECKPOINT_FOLDER = "checkpoint"
+#: The federation's record, written beside the exported generator (and read by ``medaug card``).
+FEDERATION_RECORD = "federation.json"
+_WEIGHTS, _STATE = "global.safetensors", "state.json"
+
+
+def make_strategy(settings: FederationSettings) -> Strategy:
+    """The Flower strategy the settings name, sampling every connected site each round."""
+    common = dict(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=settings.min_sites,
+                  min_available_nodes=settings.min_sites, train_metrics_aggr_fn=_no_metrics)
+    if settings.strategy == "fedprox":
+        return FedProx(proximal_mu=settings.proximal_mu, **common)
+    if settings.strategy == "fedadam":
+        return FedAdam(eta=settings.server_lr, **common)
+    return FedAvg(**common)
+
+
+def _no_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    # Per-site figures are recorded from the replies themselves: an average would hide each site's epsilon.
+    return MetricRecord()
+
+
+def server_app(settings: FederationSettings, out: str | Path, sites_dir: str | Path | None = None) -> ServerApp:
+    """The Flower ``ServerApp`` of a federation writing into ``out``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_federation(grid, settings, out, sites_dir)
+
+    return app
+
+
+def run_federation(grid: Grid, settings: FederationSettings, out: str | Path, sites_dir: str | Path | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the federation on ``grid``; returns its record (also in ``out/generator``)."""
+    out = Path(out)
+    base = {"federation": settings.to_json(), "sites-dir": str(Path(sites_dir) if sites_dir else out / "sites")}
+    record, arrays = _resume(out, settings)
+    model = settings.build_generator()
+    sites = _check_sites(grid, settings, base, model)
+    record["sites"] = {str(node): name for node, name in sites.items()}
+    if arrays is None:
+        arrays = ArrayRecord(shared_state(model, settings.average_training_parts))
+    strategy = make_strategy(settings)
+    for server_round in range(len(record["rounds"]) + 1, settings.num_rounds + 1):
+        started = time.time()
+        messages = strategy.configure_train(server_round, arrays, ConfigRecord(dict(base)), grid)
+        replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+        ok = [r for r in replies if not r.has_error()]
+        failed = {_name(sites, r): r.error.reason for r in replies if r.has_error()}
+        if len(ok) < settings.min_sites:
+            raise RuntimeError(f"round {server_round}: {len(ok)} of {len(replies)} sites returned weights, fewer than "
+                               f"min_sites={settings.min_sites} ({'; '.join(f'{k}: {v}' for k, v in failed.items())})")
+        aggregated, _ = strategy.aggregate_train(server_round, ok)
+        arrays = aggregated
+        entry = {"round": server_round, "seconds": round(time.time() - started, 2), "dropped": failed,
+                 "sites": {_name(sites, r): dict(r.content["metrics"]) for r in ok}}
+        record["rounds"].append(entry)
+        _save_checkpoint(out, arrays, record)
+        log(f"round {server_round}/{settings.num_rounds}: {_round_line(entry)}")
+    return _export(out, settings, arrays, record)
+
+
+def _check_sites(grid: Grid, settings: FederationSettings, base: dict[str, str], model: Any) -> dict[int, str]:
+    """Ask every site what it holds and refuse those that do not fit; returns node id -> site name."""
+    deadline = time.time() + settings.round_timeout
+    while len(nodes := list(grid.get_node_ids())) < settings.num_sites and time.time() < deadline:
+        time.sleep(1.0)  # real sites connect over time
+    if len(nodes) < settings.min_sites:
+        raise RuntimeError(f"{len(nodes)} sites connected, fewer than min_sites={settings.min_sites}")
+    messages = [Message(RecordDict({"config": ConfigRecord(dict(base))}), node, "query") for node in nodes]
+    summaries, names = {}, {}
+    for reply in grid.send_and_receive(messages, timeout=settings.round_timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            raise ValueError(f"the site on node {node} could not describe its data before round 1: "
+                             f"{reply.error.reason}")
+        summary = json.loads(str(reply.content["site"]["summary"]))
+        if summary["site"] in summaries:
+            raise ValueError(f"two sites are named {summary['site']}: give each its own site-name")
+        summaries[summary["site"]], names[node] = summary, summary["site"]
+    check_sites(summaries, model.image_shape, model.num_classes)
+    return names
+
+
+def _round_line(entry: dict[str, Any]) -> str:
+    """One round's figures per site (loss; epsilon under DP) and the sites that dropped out."""
+    parts = [f"{site} loss {m.get('train-loss', float('nan')):.4g}" + (f" eps {m['epsilon']:.3g}" if "epsilon" in m
+                                                                       else "") for site, m in entry["sites"].items()]
+    return ", ".join(parts) + (f"; dropped: {', '.join(entry['dropped'])}" if entry["dropped"] else "")
+
+
+def _name(sites: dict[int, str], reply: Message) -> str:
+    return sites.get(reply.metadata.src_node_id, f"node {reply.metadata.src_node_id}")
+
+
+def _resume(out: Path, settings: FederationSettings) -> tuple[dict[str, Any], ArrayRecord | None]:
+    """The record and global weights of the last finished round in ``out``, or a fresh record."""
+    state_file, weights_file = out / CHECKPOINT_FOLDER / _STATE, out / CHECKPOINT_FOLDER / _WEIGHTS
+    fresh = {"settings": json.loads(settings.to_json()), "rounds": []}
+    if not state_file.is_file():
+        return fresh, None
+    record = json.loads(state_file.read_text(encoding="utf-8"))
+    if record.get("settings") != fresh["settings"]:
+        changed = sorted(k for k in fresh["settings"] if record.get("settings", {}).get(k) != fresh["settings"][k])
+        raise ValueError(f"{out} holds a federation with other settings ({', '.join(changed)}): resume it with the "
+                         "same settings or write to a new folder")
+    return record, ArrayRecord(load_file(str(weights_file)))
+
+
+def _save_checkpoint(out: Path, arrays: ArrayRecord, record: dict[str, Any]) -> None:
+    """Weights first, then the record naming their round: a crash between the two redoes that round."""
+    folder = out / CHECKPOINT_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in arrays.to_torch_state_dict().items()}
+    save_file(state, str(folder / (_WEIGHTS + ".tmp")))
+    (folder / (_WEIGHTS + ".tmp")).replace(folder / _WEIGHTS)
+    (folder / (_STATE + ".tmp")).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    (folder / (_STATE + ".tmp")).replace(folder / _STATE)
+
+
+def federation_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The federation in the few figures a model card and a bank manifest name."""
+    settings, rounds = record["settings"], record["rounds"]
+    sites = sorted({site for entry in rounds for site in entry["sites"]} | set(record.get("sites", {}).values()))
+    summary = {"rounds": len(rounds), "sites": sites, "num_sites": settings["num_sites"],
+               "strategy": settings["strategy"], "split": settings["split"], "local_epochs": settings["local_epochs"],
+               "min_sites": settings["min_sites"], "dropped": {e["round"]: sorted(e["dropped"]) for e in rounds
+                                                                if e["dropped"]}}
+    if settings["split"] != "iid":
+        summary["alpha"] = settings["alpha"]
+    last = _last_privacy(rounds)
+    if last:
+        summary["epsilon"] = max(p["epsilon"] for p in last.values())
+        summary["delta"] = max(p["delta"] for p in last.values())
+        summary["epsilon_per_site"] = {site: p["epsilon"] for site, p in last.items()}
+    return summary
+
+
+def _last_privacy(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each site's latest (epsilon, delta): the accountant composes, so the last round a site took part in."""
+    latest: dict[str, dict[str, float]] = {}
+    for entry in rounds:
+        for site, metrics in entry["sites"].items():
+            if "epsilon" in metrics:
+                latest[site] = {"epsilon": metrics["epsilon"], "delta": metrics["delta"]}
+    return latest
+
+
+def _export(out: Path, settings: FederationSettings, arrays: ArrayRecord, record: dict[str, Any]) -> dict[str, Any]:
+    """Save the global generator to ``out/generator`` with :data:`FEDERATION_RECORD` (and ``privacy.json``)."""
+    model = settings.build_generator()
+    load_shared_state(model, arrays.to_torch_state_dict())
+    folder = model.save_pretrained(out / EXPORT_FOLDER)
+    record = {**record, "summary": federation_summary(record)}
+    (folder / FEDERATION_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    summary = record["summary"]
+    if "epsilon" in summary:
+        privacy = {"epsilon": summary["epsilon"], "delta": summary["delta"],
+                   "mechanism": "DP-SGD (Abadi et al. 2016) at every site, its accountant composed over the rounds; "
+                                "the global model is as private as its least private site",
+                   "unit": "one training example of a site", "accountant": settings.privacy.get("accountant", "rdp"),
+                   "epsilon_per_site": summary["epsilon_per_site"], "rounds": summary["rounds"]}
+        (folder / PRIVACY_REPORT).write_text(json.dumps(privacy, indent=2), encoding="utf-8")
+    return record
