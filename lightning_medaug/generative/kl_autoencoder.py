@@ -22,8 +22,10 @@ from torch import Tensor, nn
 from lightning_medaug.downloads import DownloadError
 from lightning_medaug.generative.adversarial_vae import kl_per_sample
 from lightning_medaug.generative.gan import manual_step
+from lightning_medaug.generative.shapes import random_patches
 from lightning_medaug.generative.vae import VAE, reconstruction_loss
 from lightning_medaug.registry import register_generator
+from lightning_medaug.sizes import SizeLike, spatial_size
 from lightning_medaug.validation import check_at_least, check_choice, check_non_negative, check_positive
 
 __all__ = ["PERCEPTUAL_NETWORKS", "KLAutoencoder", "patch_discriminator_layers"]
@@ -67,6 +69,11 @@ class KLAutoencoder(VAE):
        the least-squares patch GAN loss asking the discriminator to call reconstructions real;
     2. discriminator (once ``adversarial_start_step`` is reached): real images vs reconstructions.
 
+    With ``patch_size`` the training step cuts one random patch from each image (the networks are
+    convolutional, so the model still encodes and decodes whole images): activations, and so
+    memory and time per step, shrink with the patch, for images or volumes too large to train
+    whole; validation runs on whole images.
+
     The adversarial terms start after ``adversarial_start_step`` steps (Lightning's
     ``global_step``, which counts both optimisers' steps once both run): a discriminator facing
     a blurry early autoencoder wins at once and its gradients only add noise. Logs
@@ -87,6 +94,8 @@ class KLAutoencoder(VAE):
             out. Its network's pretrained weights are downloaded at ``setup``: keep it 0 offline.
         perceptual_network: MONAI's ``network_type`` (one of :data:`PERCEPTUAL_NETWORKS`).
         lr_d: Adam learning rate of the discriminator (``lr`` is the autoencoder's).
+        patch_size: train on random patches of this size (one int or one per axis, at most the
+            image's); ``None`` trains on whole images.
         **kwargs: the :class:`~.vae.VAE`'s arguments (``gradient_checkpointing`` among them).
     """
 
@@ -96,7 +105,7 @@ class KLAutoencoder(VAE):
                  adversarial_start_step: int = 0, discriminator_channels: int = 32,
                  discriminator_layers: int | None = None, perceptual_weight: float = 0.0,
                  perceptual_network: str = "radimagenet_resnet50", lr: float = 1e-4, lr_d: float = 5e-4,
-                 **kwargs: Any):
+                 patch_size: SizeLike | None = None, **kwargs: Any):
         super().__init__(beta=beta, recon_loss=recon_loss, lr=lr, **kwargs)
         check_non_negative(adversarial_weight=adversarial_weight, adversarial_start_step=adversarial_start_step,
                            perceptual_weight=perceptual_weight)
@@ -104,7 +113,11 @@ class KLAutoencoder(VAE):
         check_at_least(1, discriminator_channels=discriminator_channels)
         check_choice("perceptual_network", perceptual_network, PERCEPTUAL_NETWORKS)
         self.automatic_optimization = False
-        layers = patch_discriminator_layers(self.spatial_size, discriminator_layers)
+        #: the size the training step sees: a patch, or the whole image
+        self.training_size = self.spatial_size if patch_size is None else spatial_size(patch_size, self.spatial_dims)
+        if any(p > s for p, s in zip(self.training_size, self.spatial_size)):
+            raise ValueError(f"patch_size {self.training_size} must not exceed image_size {self.spatial_size}")
+        layers = patch_discriminator_layers(self.training_size, discriminator_layers)
         self.discriminator = (
             PatchDiscriminator(self.spatial_dims, discriminator_channels, self.in_channels, num_layers_d=layers)
             if adversarial_weight > 0 else None
@@ -130,6 +143,8 @@ class KLAutoencoder(VAE):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         image, labels = self.read_batch(batch)
+        if self.training_size != self.spatial_size:
+            image = random_patches(image, self.training_size)
         hp = self.hparams
         optimizers = self.optimizers()
         opt_g = optimizers[0] if isinstance(optimizers, list) else optimizers
@@ -137,7 +152,7 @@ class KLAutoencoder(VAE):
         terms: dict[str, Tensor] = {}
         with self.toggled_optimizer(opt_g):
             mu, sigma = self.posterior(image, labels)
-            recon_image = self._decode_unclamped(mu + sigma * torch.randn_like(sigma), labels)
+            recon_image = self._decode_unclamped(mu + sigma * torch.randn_like(sigma), labels, self.training_size)
             terms["recon"] = reconstruction_loss(recon_image, image, hp.recon_loss)
             terms["kl"] = kl_per_sample(mu, sigma, image[0].numel()).mean()
             loss = terms["recon"] + hp.beta * terms["kl"]

@@ -8,6 +8,7 @@ every axis a fixed number of times. Every family therefore goes through these he
 * :func:`pad_to` pads images to that grid (edge replication, centred, so the border looks like
   the data to the convolutions) and :func:`crop_to` cuts the same border off again, so samples
   have exactly the data's shape and losses cover the real image only;
+* :func:`random_patches` cuts one random patch from each sample (patch-based training);
 * :func:`space_to_depth` folds a fine grid onto a coarse one without losing a value (a mask onto
   a latent grid).
 """
@@ -17,13 +18,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_medaug.sizes import MIN_SIDE, format_size
 
 __all__ = ["crop_to", "pad_to", "padded_size", "resampling_count", "resampling_grid", "resolution_ladder",
-           "space_to_depth"]
+           "random_patches", "space_to_depth"]
 
 
 def padded_size(size: Sequence[int], multiple: int) -> tuple[int, ...]:
@@ -107,6 +109,17 @@ def crop_to(x: Tensor, size: Sequence[int]) -> Tensor:
         start = (have - want) // 2
         index.append(slice(start, start + want))
     return x[tuple(index)]
+
+
+def random_patches(x: Tensor, size: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
+    """One patch of ``size`` at a uniformly random place in each sample of ``x`` (N, C, *S)."""
+    spatial = tuple(x.shape[2:])
+    if len(size) != len(spatial) or any(want > have for have, want in zip(spatial, size)):
+        raise ValueError(f"cannot cut patches of {tuple(size)} from samples of {spatial}")
+    starts = [torch.randint(0, have - want + 1, (x.shape[0],), generator=generator).tolist()
+              for have, want in zip(spatial, size)]
+    return torch.stack([x[(i, slice(None), *(slice(s[i], s[i] + w) for s, w in zip(starts, size)))]
+                        for i in range(x.shape[0])])
 
 
 def space_to_depth(x: Tensor, factors: Sequence[int]) -> Tensor:

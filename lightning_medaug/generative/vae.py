@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.generative.base import SharedStepModule
-from lightning_medaug.generative.shapes import padded_size
+from lightning_medaug.generative.shapes import crop_to, pad_to, padded_size
 from lightning_medaug.registry import register_generator
 from lightning_medaug.sizes import SizeLike
 from lightning_medaug.validation import (
@@ -168,13 +168,16 @@ class VAE(AutoencoderModule):
         return torch.cat([x, emb], dim=1)
 
     def posterior(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Mean and standard deviation of ``q(z | x, y)``."""
-        return self.autoencoder.encode(self._with_condition(self.pad_to_network(x), labels))
+        """Mean and standard deviation of ``q(z | x, y)``; ``x`` may also be a patch smaller than the
+        images (the networks are convolutional), padded like them to a multiple of the downsampling."""
+        x = pad_to(x, padded_size(x.shape[2:], self.downsample_factor))  # the network grid for whole images
+        return self.autoencoder.encode(self._with_condition(x, labels))
 
-    def _decode_unclamped(self, z: Tensor, labels: Tensor | None) -> Tensor:
+    def _decode_unclamped(self, z: Tensor, labels: Tensor | None, size: Sequence[int] | None = None) -> Tensor:
+        """Decoded ``z`` cut to ``size`` (default: the images' size; a patch's for a patch's latent)."""
         if self.latent_condition is not None:
             z = self.latent_condition(self._with_condition(z, labels))
-        return self.crop_to_image(self.autoencoder.decode(z))
+        return crop_to(self.autoencoder.decode(z), size or self.spatial_size)
 
     def encode(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """The posterior mean (deterministic); conditional models need ``labels``."""
@@ -199,7 +202,7 @@ class VAE(AutoencoderModule):
     def loss_terms(self, image: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
         mu, sigma = self.posterior(image, labels)
         z = mu + sigma * torch.randn_like(sigma)  # reparameterisation trick
-        recon = reconstruction_loss(self._decode_unclamped(z, labels), image, self.hparams.recon_loss)
+        recon = reconstruction_loss(self._decode_unclamped(z, labels, image.shape[2:]), image, self.hparams.recon_loss)
         mu, sigma = mu.float(), sigma.float()
         # KL(N(mu, sigma^2) || N(0, 1)), summed over latent elements, per image element.
         kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 2.0 * torch.log(sigma) - 1.0).sum() / image.numel()

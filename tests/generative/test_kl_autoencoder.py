@@ -11,6 +11,7 @@ from lightning_medaug.generative.kl_autoencoder import (
     build_perceptual_loss,
     patch_discriminator_layers,
 )
+from lightning_medaug.generative.shapes import random_patches
 from lightning_medaug.registry import create_generator
 
 TINY = {"channels": (8, 16), "norm_num_groups": 4, "latent_channels": 2, "discriminator_channels": 8}
@@ -82,3 +83,28 @@ def test_bad_arguments_are_one_line_errors():
         create_generator("kl_autoencoder", image_size=16, adversarial_weight=-1, **TINY)
     with pytest.raises(ValueError, match="is a 3D network"):  # refused before any download is tried
         build_perceptual_loss(2, "medicalnet_resnet10_23datasets")
+
+
+def test_trains_on_random_patches_and_still_encodes_whole_volumes():
+    torch.manual_seed(0)
+    size, patch = (8, 12, 16), (8, 8, 8)
+    model = create_generator("kl_autoencoder", spatial_dims=3, image_size=list(size), patch_size=8, **TINY)
+    seen = []
+    model.autoencoder.encoder.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape[2:])))
+    data = phantom_data(3, size, num_train=4, batch_size=2)
+    quiet_trainer(4, limit_val_batches=1, num_sanity_val_steps=0, max_epochs=1).fit(model, data)
+    assert seen[:2] == [patch, patch] and seen[-1] == size  # training on patches, validation on whole volumes
+    model.eval()
+    x = torch.rand(2, 1, *size) * 2 - 1
+    assert model.encode(x).shape == (2, *model.latent_shape) == (2, 2, 4, 6, 8)
+    with pytest.raises(ValueError, match="must not exceed image_size"):
+        create_generator("kl_autoencoder", spatial_dims=3, image_size=list(size), patch_size=[8, 16, 8], **TINY)
+
+
+def test_random_patches_are_blocks_of_their_sample():
+    x = torch.arange(2 * 6 * 10, dtype=torch.float32).reshape(2, 1, 6, 10)
+    patches = random_patches(x, (3, 4), generator=seeded(0))
+    assert patches.shape == (2, 1, 3, 4)
+    for i in range(2):
+        row, col = divmod(int(patches[i, 0, 0, 0]) - 60 * i, 10)
+        assert torch.equal(patches[i], x[i, :, row:row + 3, col:col + 4])
