@@ -12,6 +12,7 @@ objects, so no synthetic sample can reach model selection or evaluation.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ class SyntheticMixDataModule(L.LightningDataModule):
     Args:
         datamodule: the user's data module, used unchanged.
         bank: folder written by ``medaug generate`` (read lazily from its shard files).
-        generator: instead of a bank, a generator (a ``GenerativeModule`` or a ``save_pretrained``
+        model: instead of a bank, a generative model (a ``GenerativeModule`` or a ``save_pretrained``
             folder) sampled at the start of training, on its own device (GPU users).
         ratio: synthetic fraction of each training epoch, in [0, 1].
         mode: ``"add"`` keeps every real sample and adds synthetic ones; ``"replace"`` keeps the
@@ -84,17 +85,19 @@ class SyntheticMixDataModule(L.LightningDataModule):
             ``CacheDataset`` re-runs it; another dict transform whole; none for tuple samples, whose
             torchvision transforms start from files); ``None`` runs none; or a callable on samples
             in your layout.
-        num_generated: pool size drawn from ``generator`` (default: one epoch's need).
-        regenerate_every_epoch: draw a fresh pool from ``generator`` every epoch (needs
+        num_generated: pool size drawn from ``model`` (default: one epoch's need).
+        regenerate_every_epoch: draw a fresh pool from ``model`` every epoch (needs
             ``reload_dataloaders_every_n_epochs=1``).
-        sample_kwargs: extra ``sample`` arguments for ``generator`` (sampler, steps, guidance...).
+        sample_kwargs: extra ``sample`` arguments for ``model`` (sampler, steps, guidance...).
         to_sample: build a synthetic sample yourself from ``{"image", "label", "mask"}`` (tensors,
             image in [-1, 1], label a class index).
         image_key, label_key, mask_key: keys of the real dict samples (at any depth).
         fill: constants for fields of the real samples that no generator can provide, by key.
+        generator: deprecated name of ``model`` (a FutureWarning; it goes in a later release): in this
+            library, as in PyTorch and diffusers, ``generator=`` names a ``torch.Generator``.
     """
 
-    def __init__(self, datamodule: L.LightningDataModule, bank: str | None = None, generator: Any = None,
+    def __init__(self, datamodule: L.LightningDataModule, bank: str | None = None, model: Any = None,
                  ratio: float = 0.5, mode: str = "add", class_balance: bool = False, seed: int = 0,
                  return_is_synthetic: bool = False, ratio_schedule: dict[int, float] | str | None = None,
                  bank_labels: list[int] | None = None, min_score: float | None = None,
@@ -102,12 +105,18 @@ class SyntheticMixDataModule(L.LightningDataModule):
                  num_generated: int | None = None, regenerate_every_epoch: bool = False,
                  sample_kwargs: dict[str, Any] | None = None, to_sample: Callable[[dict], Any] | None = None,
                  image_key: str = "image", label_key: str = "label", mask_key: str = "mask",
-                 fill: dict[str, Any] | None = None):
+                 fill: dict[str, Any] | None = None, generator: Any = None):
         super().__init__()
+        if generator is not None:
+            if model is not None:
+                raise ValueError("pass model= only (generator= is its deprecated name), not both")
+            warnings.warn("SyntheticMixDataModule(generator=...) is deprecated: pass model=...; generator= names a "
+                          "torch.Generator elsewhere in the library", FutureWarning, stacklevel=2)
+            model, generator = generator, None
         if not isinstance(datamodule, L.LightningDataModule):
             raise ValueError(f"datamodule must be a LightningDataModule, got {type(datamodule).__name__}")
-        if (bank is None) == (generator is None):
-            raise ValueError("pass exactly one synthetic source: bank=<folder> or generator=<model or folder>")
+        if (bank is None) == (model is None):
+            raise ValueError("pass exactly one synthetic source: bank=<folder> or model=<generative model or folder>")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         ratio_schedule = curriculum(ratio_schedule, mode) if isinstance(ratio_schedule, str) else ratio_schedule
@@ -125,8 +134,9 @@ class SyntheticMixDataModule(L.LightningDataModule):
             raise ValueError(f"value_range must be (low, high) with low < high, got {value_range!r}")
         if fill is not None and not isinstance(fill, Mapping):
             raise ValueError(f"fill must be a dict of constant values by key, got {type(fill).__name__}")
-        save_own_hyperparameters(self, ignore=["datamodule", "generator", "to_sample", "synthetic_transform", "fill"])
-        self.datamodule, self.bank_path, self.generator = datamodule, bank, generator
+        save_own_hyperparameters(self, ignore=["datamodule", "model", "generator", "to_sample", "synthetic_transform",
+                                               "fill"])
+        self.datamodule, self.bank_path, self.model = datamodule, bank, model
         self.ratio, self.mode, self.class_balance, self.seed = float(ratio), mode, class_balance, seed
         self.ratio_schedule = {int(k): float(v) for k, v in (ratio_schedule or {}).items()}
         self.synthetic_transform, self.to_sample, self.fill = synthetic_transform, to_sample, dict(fill or {})
@@ -313,11 +323,11 @@ class SyntheticMixDataModule(L.LightningDataModule):
         return self._source
 
     def _generate(self, template: SampleTemplate, real: Dataset, epoch: int) -> GeneratedPool:
-        model = self.generator
+        model = self.model
         if isinstance(model, (str, Path)):
             from lightning_medaug.generative import load_generator
 
-            model = self.generator = load_generator(model)
+            model = self.model = load_generator(model)
         if self.hparams.regenerate_every_epoch and self.trainer is not None \
                 and self.trainer.reload_dataloaders_every_n_epochs != 1:
             raise ValueError("regenerate_every_epoch needs Trainer(reload_dataloaders_every_n_epochs=1)")

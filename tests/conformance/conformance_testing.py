@@ -6,12 +6,12 @@ import lightning as L
 
 from lightning_medaug.mixing import SyntheticMixDataModule
 
-SOURCES = ["bank", "generator"]
+SOURCES = ["bank", "model"]
 
 
 def source_kwargs(source: str, name: str, generators, banks) -> dict:
-    """``bank=`` or ``generator=`` for the mixer, by the test's ``source`` parameter."""
-    return {"bank": banks(name)} if source == "bank" else {"generator": generators(name)}
+    """``bank=`` or ``model=`` for the mixer, by the test's ``source`` parameter."""
+    return {"bank": banks(name)} if source == "bank" else {"model": generators(name)}
 
 
 def fit_one_epoch(model: L.LightningModule, datamodule: L.LightningDataModule, **trainer_kwargs) -> L.Trainer:

@@ -1,6 +1,6 @@
 """A user's torchvision-style project trained under DDP (2 processes, gloo), mixed with synthetic data.
 
-Run by ``test_project_ddp.py``: ``python ddp_project.py <out folder> bank|generator <bank or generator folder>``.
+Run by ``test_project_ddp.py``: ``python ddp_project.py <out folder> bank|model <bank or generator folder>``.
 Lightning starts the second process itself; each rank writes the SHA-1 of every image it trained on
 to ``<out>/rank<r>.json``.
 """

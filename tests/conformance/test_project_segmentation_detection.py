@@ -104,7 +104,7 @@ def test_detection_with_to_sample_from_a_bank_of_pairs(generators, banks):
 
 def test_detection_from_a_mask_conditional_generator_is_refused_at_setup(generators, banks):
     """Detection samples hold boxes, not masks, so a mask-conditional generator has nothing to draw from."""
-    data = mix(PairData("detection", detection_collate), "generator", "mask16", generators, banks, ratio=0.5,
+    data = mix(PairData("detection", detection_collate), "model", "mask16", generators, banks, ratio=0.5,
                to_sample=boxes_from_synthetic)
     with pytest.raises(ValueError, match="carry no masks to condition on.*medaug generate --masks"):
         data.setup("fit")

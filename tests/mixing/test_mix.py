@@ -48,7 +48,7 @@ def _epoch(dm):
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
 def test_ratio_holds_over_an_epoch(generator, mode, ratio):
     user = UserDataModule()
-    dm = SyntheticMixDataModule(user, generator=generator, ratio=ratio, mode=mode, return_is_synthetic=True)
+    dm = SyntheticMixDataModule(user, model=generator, ratio=ratio, mode=mode, return_is_synthetic=True)
     batches = _epoch(dm)
     flags = torch.cat([b[2] for b in batches])
     assert abs(flags.float().mean().item() - ratio) <= 0.01 + 1 / len(flags)
@@ -60,7 +60,7 @@ def test_ratio_holds_over_an_epoch(generator, mode, ratio):
 
 def test_batches_have_the_wrapped_structure_and_eval_loaders_are_untouched(generator):
     user = UserDataModule()
-    dm = SyntheticMixDataModule(user, generator=generator, ratio=0.5)
+    dm = SyntheticMixDataModule(user, model=generator, ratio=0.5)
     real_batch = next(iter(user.train_dataloader()))
     mixed = _epoch(dm)
     for batch in mixed:
@@ -87,7 +87,7 @@ class UserSegmentationData(L.LightningDataModule):
 def test_dict_batches_with_masks_keep_their_keys_and_pairs():
     torch.manual_seed(0)
     masked = create_generator("pix2pix", image_size=16, in_channels=1)
-    dm = SyntheticMixDataModule(UserSegmentationData(), generator=masked, ratio=0.5, return_is_synthetic=True,
+    dm = SyntheticMixDataModule(UserSegmentationData(), model=masked, ratio=0.5, return_is_synthetic=True,
                                 image_key="img", mask_key="seg")
     real_masks = {tuple(s["seg"].flatten().tolist()) for s in dm.datamodule.train_set}
     for batch in _epoch(dm):
@@ -104,7 +104,7 @@ def test_mask_generator_cannot_invent_class_labels():
     phantoms.setup("fit")
     masked = create_generator("pix2pix", image_size=16, in_channels=1)
     with pytest.raises(ValueError, match="labels but the synthetic source has none"):
-        _epoch(SyntheticMixDataModule(phantoms, generator=masked, ratio=0.5))
+        _epoch(SyntheticMixDataModule(phantoms, model=masked, ratio=0.5))
 
 
 def test_ddp_shares_are_disjoint_and_cover_the_epoch():
@@ -131,7 +131,7 @@ def test_successive_epochs_walk_through_the_synthetic_pool():
 
 def test_class_balance_evens_out_the_classes(generator):
     user = UserDataModule(imbalance=True)
-    balanced = SyntheticMixDataModule(user, generator=generator, ratio=0.5, class_balance=True,
+    balanced = SyntheticMixDataModule(user, model=generator, ratio=0.5, class_balance=True,
                                       num_generated=200)
     labels = torch.cat([b[1] for b in _epoch(balanced)])
     counts = torch.bincount(labels.long(), minlength=2)
@@ -141,19 +141,19 @@ def test_class_balance_evens_out_the_classes(generator):
 
 def test_ratio_schedule_and_exact_resume(generator):
     user = UserDataModule()
-    dm = SyntheticMixDataModule(user, generator=generator, ratio=0.0, mode="replace",
+    dm = SyntheticMixDataModule(user, model=generator, ratio=0.0, mode="replace",
                                 ratio_schedule={2: 0.5}, return_is_synthetic=True)
     dm.train_dataloader()
     assert dm.sampler.synthetic_fraction(0) == 0.0 and dm.sampler.synthetic_fraction(2) == 0.5
     dm.sampler.set_epoch(2)
     order = list(dm.sampler)
     state = dm.state_dict()
-    again = SyntheticMixDataModule(UserDataModule(), generator=generator, ratio=0.0, mode="replace",
+    again = SyntheticMixDataModule(UserDataModule(), model=generator, ratio=0.0, mode="replace",
                                    ratio_schedule={2: 0.5})
     again.load_state_dict(state)
     again.train_dataloader()
     assert list(again.sampler) == order
-    other = SyntheticMixDataModule(UserDataModule(), generator=generator, ratio=0.3, mode="replace")
+    other = SyntheticMixDataModule(UserDataModule(), model=generator, ratio=0.3, mode="replace")
     with pytest.raises(ValueError, match="ratio"):
         other.load_state_dict(state)
 
@@ -167,19 +167,23 @@ def test_ratio_schedule_and_exact_resume(generator):
 ])
 def test_bad_arguments(generator, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        SyntheticMixDataModule(UserDataModule(), generator=generator, **kwargs)
+        SyntheticMixDataModule(UserDataModule(), model=generator, **kwargs)
 
 
-def test_bad_sources():
+def test_bad_sources(generator):
     with pytest.raises(ValueError, match="exactly one synthetic source"):
         SyntheticMixDataModule(UserDataModule())
+    with pytest.warns(FutureWarning, match="pass model="):  # the old name still works, for one release
+        assert SyntheticMixDataModule(UserDataModule(), generator=generator).model is generator
+    with pytest.raises(ValueError, match="not both"):
+        SyntheticMixDataModule(UserDataModule(), model=generator, generator=generator)
     wrong_size = create_generator("cvae", image_size=32, num_classes=2, channels=[8, 16], norm_num_groups=4)
     with pytest.raises(ValueError, match="another image size or channel count"):
-        SyntheticMixDataModule(UserDataModule(), generator=wrong_size, num_generated=4).train_dataloader()
+        SyntheticMixDataModule(UserDataModule(), model=wrong_size, num_generated=4).train_dataloader()
     more_classes = create_generator("cvae", image_size=16, num_classes=5, channels=[8, 16], norm_num_groups=4)
     phantoms = PhantomDataModule(image_size=16, num_train=16, num_val=8, num_test=8)
     with pytest.raises(ValueError, match="labels up to"):
-        SyntheticMixDataModule(phantoms, generator=more_classes, num_generated=40).train_dataloader()
+        SyntheticMixDataModule(phantoms, model=more_classes, num_generated=40).train_dataloader()
 
 
 class UserClassifier(L.LightningModule):
@@ -204,7 +208,7 @@ class UserClassifier(L.LightningModule):
 
 
 def test_user_model_trains_unchanged_with_bf16(generator):
-    dm = SyntheticMixDataModule(UserDataModule(), generator=generator, ratio=0.5)
+    dm = SyntheticMixDataModule(UserDataModule(), model=generator, ratio=0.5)
     trainer = L.Trainer(accelerator="cpu", max_epochs=2, precision="bf16-mixed", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(UserClassifier(), datamodule=dm)
@@ -228,7 +232,7 @@ def test_batch_size_finder_sizes_the_mixed_batches(generator, tmp_path):
     from lightning.pytorch.callbacks import BatchSizeFinder
 
     inner = SizedUserDataModule()
-    dm = SyntheticMixDataModule(inner, generator=generator, ratio=0.5)
+    dm = SyntheticMixDataModule(inner, model=generator, ratio=0.5)
     assert dm.batch_size == 4
     finder = BatchSizeFinder(mode="power", steps_per_trial=1, init_val=2, max_trials=3)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1,
@@ -240,7 +244,7 @@ def test_batch_size_finder_sizes_the_mixed_batches(generator, tmp_path):
     loader = dm.train_dataloader()
     assert next(iter(loader))[0].shape[0] == 8 and len(loader.dataset) == 120  # still mixed: 60 + 60
     with pytest.raises(AttributeError, match="keeps no batch_size"):
-        SyntheticMixDataModule(UserDataModule(), generator=generator).batch_size  # noqa: B018
+        SyntheticMixDataModule(UserDataModule(), model=generator).batch_size  # noqa: B018
 
 
 def test_bank_pairs_stay_aligned_in_mixed_segmentation_batches(tmp_path):

@@ -59,13 +59,13 @@ def test_swap_needs_a_bank_of_edits(tmp_path):
     with pytest.raises(ValueError, match="needs a bank of edits"):
         data.setup("fit")
     with pytest.raises(ValueError, match="swap.*bank="):
-        SyntheticMixDataModule(phantoms(), generator=model, mode="swap")
+        SyntheticMixDataModule(phantoms(), model=model, mode="swap")
 
 
 def test_synthetic_then_real_curriculum(tmp_path):
     model = create_generator("cvae", image_size=8, num_classes=2, channels=[4, 8], norm_num_groups=4,
                              latent_channels=2, cond_channels=2)
-    data = SyntheticMixDataModule(phantoms(), generator=model, mode="replace", ratio_schedule="synthetic_then_real:2",
+    data = SyntheticMixDataModule(phantoms(), model=model, mode="replace", ratio_schedule="synthetic_then_real:2",
                                   return_is_synthetic=True)
     seen = []
 
@@ -79,6 +79,6 @@ def test_synthetic_then_real_curriculum(tmp_path):
               enable_model_summary=False, limit_val_batches=0, callbacks=[Recorder()]).fit(task, datamodule=data)
     assert {e for e, f in seen if f == 1.0} == {0, 1} and {e for e, f in seen if f == 0.0} == {2, 3}
     with pytest.raises(ValueError, match="synthetic_then_real:N"):
-        SyntheticMixDataModule(phantoms(), generator=model, mode="replace", ratio_schedule="real_first")
+        SyntheticMixDataModule(phantoms(), model=model, mode="replace", ratio_schedule="real_first")
     with pytest.raises(ValueError, match="needs mode='replace'"):
-        SyntheticMixDataModule(phantoms(), generator=model, ratio_schedule="synthetic_then_real:2")
+        SyntheticMixDataModule(phantoms(), model=model, ratio_schedule="synthetic_then_real:2")
