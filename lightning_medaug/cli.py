@@ -43,18 +43,20 @@ _COMMANDS = {
     "generate": "lightning_medaug.bank.generate:main",
     "evaluate": "lightning_medaug.evaluation.command:main",
     "study": "lightning_medaug.study.command:main",
+    "federate": "lightning_medaug.federated.command:main",
     "card": "lightning_medaug.model_card.command:main",
 }
 
 
 def _usage() -> str:
     return (
-        "usage: medaug {fit,validate,test,predict,demo,generate,evaluate,study,card,list} ...\n\n"
+        "usage: medaug {fit,validate,test,predict,demo,generate,evaluate,study,federate,card,list} ...\n\n"
         "  fit|validate|test|predict --config RECIPE.yaml   train or evaluate (LightningCLI; --help for options)\n"
         "  demo [--out DIR]                                 the README's main job on the shipped PneumoniaMNIST\n"
         "  generate --model DIR --num-samples N --out BANK  draw a synthetic bank (--help for options)\n"
         "  evaluate --bank BANK --data RECIPE --out REPORT  fidelity, memorization, privacy report of a bank\n"
         "  study --config STUDY.yaml                        resumable utility study: real vs augmented vs mixed\n"
+        "  federate --config FEDERATION.yaml --out DIR      one generator trained across sites (Flower)\n"
         "  card FOLDER [--metrics EVAL/metrics.json]        write MODEL_CARD.md for a generator folder\n"
         "  list                                             registered generators, tasks and feature extractors\n"
     )

@@ -20,6 +20,7 @@ A site is configured by its Flower node config:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -170,13 +171,19 @@ def _site_privacy(settings: FederationSettings, site: Site) -> DifferentialPriva
             elif isinstance(limit, float):
                 per_epoch = max(1, int(per_epoch * limit))
             delta = options.get("target_delta") or 1.0 / (10 * n)
-            options["noise_multiplier"] = calibrate_noise(
+            options["noise_multiplier"] = _calibrated_noise(
                 options.get("accountant", "rdp"), options["target_epsilon"], delta,
                 1.0 / len(site.datamodule.train_dataloader()), settings.num_rounds * settings.local_epochs * per_epoch)
     callback = DifferentialPrivacy(**options)
     if state:
         callback.load_state_dict(state)
     return callback
+
+
+@functools.lru_cache(maxsize=64)
+def _calibrated_noise(accountant: str, target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    # Opacus' search takes seconds; sites simulated in one process with equal shares ask the same question
+    return calibrate_noise(accountant, target_epsilon, delta, sample_rate, steps)
 
 
 def _index(name: str) -> int:

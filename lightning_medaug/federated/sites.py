@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.validation import check_at_least, check_choice, check_positive
 
-__all__ = ["SPLITS", "SiteDataModule", "check_sites", "site_indices", "site_summary"]
+__all__ = ["SPLITS", "SiteDataModule", "check_sites", "dataset_labels", "site_indices", "site_summary"]
 
 #: How the training split is dealt out to sites.
 SPLITS = ("iid", "label_skew", "quantity_skew")
@@ -129,13 +129,13 @@ def site_summary(datamodule: SiteDataModule) -> dict[str, Any]:
     """What a site tells the server before round 1: its image shape, classes and size (no image)."""
     dataset = datamodule.train_dataset
     images, labels, _ = unpack_batch(next(iter(DataLoader(dataset, batch_size=1))))
-    all_labels = _labels(dataset)
+    all_labels = dataset_labels(dataset)
     return {"image_shape": list(images.shape[1:]), "num_examples": len(dataset),
             "classes": sorted({int(v) for v in all_labels}) if all_labels is not None else [],
             "has_labels": labels is not None}
 
 
-def _labels(dataset: Dataset) -> np.ndarray | None:
+def dataset_labels(dataset: Dataset) -> np.ndarray | None:
     """Every label of ``dataset`` (read through the sample convention), or ``None`` without labels."""
     found = []
     for batch in DataLoader(dataset, batch_size=256):
