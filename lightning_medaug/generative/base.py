@@ -34,7 +34,11 @@ from lightning_medaug.sizes import SizeLike, spatial_size
 from lightning_medaug.validation import check_at_least, check_spatial_dims
 from lightning_medaug.weights_folder import CONFIG_NAME, WEIGHTS_NAME, write_weights_folder
 
-__all__ = ["GenerativeModule", "load_generator", "CONFIG_NAME", "WEIGHTS_NAME", "SharedStepModule"]
+__all__ = ["CHECKPOINT_KEY", "CONFIG_NAME", "GenerativeModule", "SharedStepModule", "WEIGHTS_NAME", "build_generator",
+           "load_generator"]
+
+#: Key under which a registered generator writes what ``config.json`` would hold into its Lightning checkpoints.
+CHECKPOINT_KEY = "medaug_generator"
 
 
 
@@ -215,6 +219,12 @@ class GenerativeModule(L.LightningModule):
         init_args = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
         return {"generator": name, "init_args": init_args, "library_version": __version__}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the family and init args (:meth:`generator_config`) in the checkpoint, so a ``.ckpt``
+        can be rebuilt and one of another family refused by name (a subclass overriding this calls super)."""
+        if GENERATORS.name_of(self) is not None:  # an unregistered subclass still trains and checkpoints
+            checkpoint[CHECKPOINT_KEY] = self.generator_config()
+
     def training_only_prefixes(self) -> tuple[str, ...]:
         """State-dict key prefixes of the parts ``sample`` never uses (see :attr:`training_only_modules`)."""
         names = list(self.training_only_modules)
@@ -278,28 +288,36 @@ def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -
         name, init_args = config["generator"], config["init_args"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{config_file} is not a generator config ({err})") from err
-    model = GENERATORS.get(name)(**init_args)
     try:
         state = load_file(str(weights_file), device=str(map_location))
     except (SafetensorError, OSError) as err:  # a damaged or foreign file (e.g. a pickle renamed)
         raise ValueError(f"{weights_file} is not a readable safetensors file ({str(err).splitlines()[0][:120]}); "
                          "write it again with save_pretrained()") from None
+    return build_generator(name, init_args, state, f"{weights_file} does not match a {name} built from {config_file}",
+                           "write the folder again with save_pretrained()")
+
+
+def build_generator(name: str, init_args: Mapping[str, Any], state: Mapping[str, Tensor], mismatch: str,
+                    remedy: str) -> GenerativeModule:
+    """The registered generator ``name`` built from ``init_args`` with the weights ``state``, in eval mode.
+
+    ``state`` may lack the training-only parts (a lean export): they stay as initialised and are
+    listed in ``untrained_parts``. Any other mismatch raises ``ValueError`` starting with
+    ``mismatch`` (what does not match what) and, for a shape, ending with ``remedy``.
+    """
+    model = GENERATORS.get(name)(**init_args)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches: name the first one, not all of them
         first = next((line.strip() for line in str(err).splitlines() if "mismatch" in line), str(err).splitlines()[0])
-        raise ValueError(f"{weights_file} does not match a {name} built from {config_file} ({first}); write the "
-                         "folder again with save_pretrained()") from None
+        raise ValueError(f"{mismatch} ({first}); {remedy}") from None
     training_only = model.training_only_prefixes()
     absent = [k for k in missing if k.startswith(training_only)]
     # Folders written before exports were lean hold training-only weights: ignored if no part takes them.
     missing = [k for k in missing if not k.startswith(training_only)]
     unexpected = [k for k in unexpected if not k.startswith(training_only)]
     if missing or unexpected:
-        raise ValueError(
-            f"{weights_file} does not match a {name} built from {config_file}: "
-            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
-        )
+        raise ValueError(f"{mismatch}: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
     model.untrained_parts = _start_training_parts(model, absent)
     return model.eval()
 
