@@ -8,6 +8,10 @@ stabilises training on few images. :class:`FineTuneFrom` does both for any regis
     trainer = L.Trainer(callbacks=[FineTuneFrom("runs/cgan_organamnist/version_0/generator",
                                                 freeze=["discriminator.features.0.*"])])
 
+The source is a ``save_pretrained`` folder, its zip, a URL or a named weight
+(:func:`~lightning_medaug.hub.load_pretrained`), or the Lightning checkpoint (``.ckpt``) of a run
+(:func:`~lightning_medaug.hub.load_generator_checkpoint`); the same checks apply to all of them.
+
 Lightning's documented hook order decides where each part happens: ``setup`` runs
 before ``configure_optimizers`` (so frozen parameters are frozen before any optimiser, automatic
 or manual, is built), but the trainer learns whether the run resumes from a checkpoint only
@@ -31,7 +35,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_medaug.generative.base import GenerativeModule
-from lightning_medaug.hub import load_pretrained
+from lightning_medaug.hub import load_generator_checkpoint, load_pretrained
 from lightning_medaug.registry import GENERATORS
 
 __all__ = ["FineTuneFrom", "freeze_parameters", "transfer_weights"]
@@ -85,7 +89,8 @@ def transfer_weights(source: GenerativeModule, target: GenerativeModule, strict_
                          "generators registered with @register_generator")
     if source_name != target_name:
         raise ValueError(f"{where} holds a {source_name!r} generator but the model being trained is a "
-                         f"{target_name!r}: fine-tune a model of the same family (model.class_path)")
+                         f"{target_name!r}: a {type(target).__name__} cannot start from a {type(source).__name__}; "
+                         "fine-tune a model of the same family (model.class_path)")
     src, dst = source.state_dict(), target.state_dict()
     absent = [k for k in dst if k not in src] + [k for k in src if k not in dst]
     if absent:
@@ -117,20 +122,23 @@ class FineTuneFrom(L.Callback):
     """Start training from a pretrained generator of the same family, with some layers frozen.
 
     Args:
-        source: anything :func:`~lightning_medaug.hub.load_pretrained` accepts: a
-            ``save_pretrained`` folder, its ``.zip``, a URL of the zip or a named weight.
+        source: anything :func:`~lightning_medaug.hub.load_pretrained` accepts (a
+            ``save_pretrained`` folder, its ``.zip``, a URL of the zip or a named weight), or a
+            Lightning checkpoint (``.ckpt``) of a generator of the same family, read on the CPU
+            with ``torch.load(weights_only=True)``.
         freeze: glob patterns of parameter names to freeze, e.g. ``"generator.blocks.0.*"`` or
             ``"discriminator.features.0.*"``; applied in ``setup('fit')``, also on resume.
         strict_shapes: raise on any shape mismatch other than the label embeddings (when
             ``num_classes`` differs); ``False`` keeps every mismatched tensor as initialised.
-        sha256: expected SHA-256 of the source zip.
+        sha256: expected SHA-256 of the source zip or ``.ckpt`` file.
         cache_dir: cache of downloads (see :func:`~lightning_medaug.hub.load_pretrained`).
     """
 
     def __init__(self, source: str, freeze: Sequence[str] = (), strict_shapes: bool = True,
                  sha256: str | None = None, cache_dir: str | None = None):
         if not str(source).strip():
-            raise ValueError("source is empty: pass a save_pretrained folder, a .zip, a URL or a named weight")
+            raise ValueError("source is empty: pass a save_pretrained folder, a .zip, a URL, a named weight or a "
+                             ".ckpt checkpoint")
         if isinstance(freeze, str):
             raise ValueError(f"freeze must be a list of glob patterns, got the string {freeze!r}: write [{freeze!r}]")
         self.source = str(source)
@@ -157,7 +165,7 @@ class FineTuneFrom(L.Callback):
         # same callback continues from the weights in memory.
         if trainer.ckpt_path is not None or self.loaded:
             return
-        source = load_pretrained(self.source, sha256=self.sha256, cache_dir=self.cache_dir, map_location="cpu")
+        source = self._load_source()
         with torch.no_grad():
             self.reinitialised = transfer_weights(source, pl_module, self.strict_shapes,
                                                   where=f"the source {_short(self.source)}")
@@ -174,6 +182,11 @@ class FineTuneFrom(L.Callback):
                    if source.num_classes != pl_module.num_classes else "strict_shapes=False")  # type: ignore
             rank_zero_info(f"FineTuneFrom: re-initialised {len(self.reinitialised)} tensors ({why}): "
                            + ", ".join(self.reinitialised[:6]) + (" ..." if len(self.reinitialised) > 6 else ""))
+
+    def _load_source(self) -> GenerativeModule:
+        if Path(self.source).suffix == ".ckpt" and "://" not in self.source:
+            return load_generator_checkpoint(self.source, sha256=self.sha256)
+        return load_pretrained(self.source, sha256=self.sha256, cache_dir=self.cache_dir, map_location="cpu")
 
     def state_dict(self) -> dict[str, Any]:
         return {"source": self.source, "freeze": list(self.freeze), "loaded": self.loaded}

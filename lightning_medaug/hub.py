@@ -10,6 +10,10 @@
 * a name from the index of named weights, ``lightning_medaug/pretrained_index.json``
   (:func:`list_pretrained`).
 
+:func:`load_generator_checkpoint` rebuilds a generator from a Lightning checkpoint (``.ckpt``,
+what ``medaug fit`` leaves in a run folder), read with ``torch.load(weights_only=True)``, which
+builds only tensors and plain containers.
+
 Only ``config.json``, ``model.safetensors``, ``MODEL_CARD.md`` and, for a model trained with
 differential privacy, ``privacy.json`` are ever taken out of a zip, and weights are read with
 safetensors, so loading never runs code from the file.
@@ -50,9 +54,11 @@ import torch
 from lightning_medaug.cache import CACHE_ENV_VAR, cache_folder
 from lightning_medaug.downloads import DownloadError, download_file
 from lightning_medaug.generative.base import (
+    CHECKPOINT_KEY,
     CONFIG_NAME,
     WEIGHTS_NAME,
     GenerativeModule,
+    build_generator,
     load_generator,
 )
 from lightning_medaug.generative.privacy import PRIVACY_REPORT
@@ -60,7 +66,8 @@ from lightning_medaug.hashing import file_digest
 from lightning_medaug.registry import GENERATORS
 
 __all__ = ["CACHE_ENV_VAR", "CARD_NAME", "INDEX_FILE", "PretrainedDownloadError", "download_pretrained",
-           "extract_pretrained", "file_sha256", "list_pretrained", "load_pretrained", "package_pretrained",
+           "extract_pretrained", "file_sha256", "list_pretrained", "load_generator_checkpoint", "load_pretrained",
+           "package_pretrained",
            "pretrained_index", "resolve_pretrained"]
 
 #: The model card written by :func:`lightning_medaug.model_card.write_model_card`.
@@ -300,3 +307,48 @@ def load_pretrained(source: str | Path, *, sha256: str | None = None, cache_dir:
             raise ValueError(f"named weights {text!r} should hold a {expected!r} generator but hold "
                              f"{GENERATORS.name_of(model)!r}: the index entry is wrong")
     return model
+
+
+def load_generator_checkpoint(path: str | Path, *, sha256: str | None = None) -> GenerativeModule:
+    """The generator a Lightning checkpoint holds, on the CPU, in eval mode.
+
+    Its family and init args come from the record every registered generator writes into its
+    checkpoints, or, in a checkpoint of ``medaug fit`` without one, from LightningCLI's
+    ``_class_path`` and the ``hyper_parameters``. ``sha256`` verifies the file first.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found: pass a .ckpt file written by ModelCheckpoint")
+    _check_sha256(path, sha256, str(path), delete=False)
+    try:  # a pickle that would build any other object is refused (pickle.UnpicklingError) before it runs
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable checkpoint ({str(err).splitlines()[0][:120]}); pass a .ckpt "
+                         "file written by ModelCheckpoint") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a Lightning checkpoint (it has no state_dict); pass a .ckpt file written "
+                         "by ModelCheckpoint")
+    name, init_args = _checkpoint_generator(checkpoint, path)
+    return build_generator(name, init_args, checkpoint["state_dict"],
+                           f"the state_dict of {path} does not match a {name} built from its hyper_parameters",
+                           "pass a checkpoint this generator's training wrote")
+
+
+def _checkpoint_generator(checkpoint: Mapping[str, Any], path: Path) -> tuple[str, dict[str, Any]]:
+    """The registered name and init args of the generator ``checkpoint`` holds."""
+    record = checkpoint.get(CHECKPOINT_KEY)
+    if isinstance(record, Mapping) and "generator" in record:
+        return str(record["generator"]), dict(record.get("init_args") or {})
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    class_path = hparams.get("_class_path")
+    if not isinstance(class_path, str):
+        raise ValueError(f"{path} does not say which model it holds (no {CHECKPOINT_KEY!r} record, no _class_path "
+                         "in its hyper_parameters): load it into its model in your own code and save_pretrained() it")
+    module, _, class_name = class_path.rpartition(".")
+    # compared by name, never imported: the path comes from the file (and may name a re-export)
+    for name in GENERATORS.list():
+        cls = GENERATORS.get(name)
+        if cls.__name__ == class_name and cls.__module__.split(".")[0] == module.split(".")[0]:
+            return name, {k: v for k, v in hparams.items() if not k.startswith("_")}
+    raise ValueError(f"{path} holds a {class_path}, which is not a registered generator: pass the checkpoint of a "
+                     f"generator ({', '.join(GENERATORS.list())})")

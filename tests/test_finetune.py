@@ -16,7 +16,9 @@ from lightning_medaug.finetune import (
     freeze_parameters,
     transfer_weights,
 )
-from lightning_medaug.hub import PretrainedDownloadError
+from lightning_medaug.generative.base import CHECKPOINT_KEY
+from lightning_medaug.hashing import file_digest
+from lightning_medaug.hub import PretrainedDownloadError, load_generator_checkpoint
 from lightning_medaug.registry import create_generator
 
 FREEZE = ["generator.blocks.0.*", "discriminator.features.0.*"]
@@ -155,3 +157,62 @@ def test_resume_keeps_the_checkpoint_and_never_reads_the_source(pretrained_cgan,
     assert not torch.equal(after["generator.project.weight"], before["generator.project.weight"])  # it trained on
     with pytest.raises(PretrainedDownloadError, match="could not download"):  # without a checkpoint it is read
         trainer(1, [FineTuneFrom(unreachable)]).fit(cgan(), phantoms(16, seed=7))
+
+
+@pytest.fixture(scope="module")
+def cgan_checkpoint(tmp_path_factory):
+    """The .ckpt a plain Trainer.fit of a cGAN writes (6 steps on 32 phantoms)."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    L.seed_everything(0)
+    trainer(6, [ModelCheckpoint(dirpath=folder, filename="cgan")], enable_checkpointing=True) \
+        .fit(cgan(), phantoms(32, seed=0))
+    return folder / "cgan.ckpt"
+
+
+def test_a_lightning_checkpoint_is_a_source_with_frozen_layers(cgan_checkpoint):
+    saved = torch.load(cgan_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+    class FirstStep(L.Callback):  # the weights training starts from
+        def on_train_start(self, trainer, pl_module):
+            self.start = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    first = FirstStep()
+    L.seed_everything(1)
+    model = cgan()
+    callback = FineTuneFrom(str(cgan_checkpoint), freeze=FREEZE, sha256=file_digest(cgan_checkpoint))
+    trainer(4, [callback, first]).fit(model, phantoms(16, seed=7))
+    assert first.start.keys() == saved.keys() and callback.reinitialised == []
+    assert all(torch.equal(first.start[k], saved[k]) for k in saved)  # every tensor is the checkpoint's
+    end = params(model)
+    assert callback.frozen and all(torch.equal(end[n], saved[n]) for n in callback.frozen)
+    assert not torch.equal(end["generator.project.weight"], saved["generator.project.weight"])  # the rest trained
+    with pytest.raises(ValueError, match="SHA-256 mismatch"):
+        trainer(1, [FineTuneFrom(str(cgan_checkpoint), sha256="0" * 64)]).fit(cgan(), phantoms(16, seed=7))
+
+
+def test_a_checkpoint_of_another_family_or_of_no_generator_is_refused(cgan_checkpoint, tmp_path):
+    L.seed_everything(0)
+    other = vae()
+    trainer(1, [ModelCheckpoint(dirpath=tmp_path, filename="vae")], enable_checkpointing=True) \
+        .fit(other, phantoms(16, seed=0))
+    target = cgan()
+    with pytest.raises(ValueError, match=rf"vae.ckpt holds a 'vae' generator but the model being trained is a 'cgan': "
+                                         rf"a {type(target).__name__} cannot start from a {type(other).__name__}"):
+        trainer(1, [FineTuneFrom(str(tmp_path / "vae.ckpt"))]).fit(target, phantoms(16, seed=7))
+    # a checkpoint of `medaug fit` written before the record: LightningCLI's _class_path names the family
+    checkpoint = torch.load(cgan_checkpoint, map_location="cpu", weights_only=True)
+    record = checkpoint.pop(CHECKPOINT_KEY)
+    checkpoint["hyper_parameters"]["_class_path"] = "lightning_medaug.generative.ConditionalGAN"
+    torch.save(checkpoint, tmp_path / "cli.ckpt")
+    loaded = load_generator_checkpoint(tmp_path / "cli.ckpt")
+    assert type(loaded).__name__ == "ConditionalGAN" and record["generator"] == "cgan"
+    key = "generator.project.weight"
+    assert torch.equal(loaded.state_dict()[key], checkpoint["state_dict"][key])
+    checkpoint["hyper_parameters"]["_class_path"] = "lightning_medaug.tasks.ClassificationTask"
+    torch.save(checkpoint, tmp_path / "task.ckpt")
+    with pytest.raises(ValueError, match=r"tasks.ClassificationTask, which is not a registered generator"):
+        load_generator_checkpoint(tmp_path / "task.ckpt")
+    del checkpoint["hyper_parameters"]["_class_path"]
+    torch.save(checkpoint, tmp_path / "anonymous.ckpt")
+    with pytest.raises(ValueError, match="does not say which model it holds"):
+        load_generator_checkpoint(tmp_path / "anonymous.ckpt")
