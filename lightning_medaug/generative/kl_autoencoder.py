@@ -96,6 +96,8 @@ class KLAutoencoder(VAE):
         lr_d: Adam learning rate of the discriminator (``lr`` is the autoencoder's).
         patch_size: train on random patches of this size (one int or one per axis, at most the
             image's); ``None`` trains on whole images.
+        gradient_clip_val: clip each network's gradient norm to this value; ``None`` disables it
+            (``Trainer(gradient_clip_val=...)`` does not apply under manual optimisation).
         **kwargs: the :class:`~.vae.VAE`'s arguments (``gradient_checkpointing`` among them).
     """
 
@@ -105,11 +107,13 @@ class KLAutoencoder(VAE):
                  adversarial_start_step: int = 0, discriminator_channels: int = 32,
                  discriminator_layers: int | None = None, perceptual_weight: float = 0.0,
                  perceptual_network: str = "radimagenet_resnet50", lr: float = 1e-4, lr_d: float = 5e-4,
-                 patch_size: SizeLike | None = None, **kwargs: Any):
+                 patch_size: SizeLike | None = None, gradient_clip_val: float | None = None, **kwargs: Any):
         super().__init__(beta=beta, recon_loss=recon_loss, lr=lr, **kwargs)
         check_non_negative(adversarial_weight=adversarial_weight, adversarial_start_step=adversarial_start_step,
                            perceptual_weight=perceptual_weight)
         check_positive(lr_d=lr_d)
+        if gradient_clip_val is not None:
+            check_positive(gradient_clip_val=gradient_clip_val)
         check_at_least(1, discriminator_channels=discriminator_channels)
         check_choice("perceptual_network", perceptual_network, PERCEPTUAL_NETWORKS)
         self.automatic_optimization = False
@@ -163,7 +167,7 @@ class KLAutoencoder(VAE):
                 terms["adv_g"] = self.adversarial_loss(self._patch_logits(recon_image), target_is_real=True,
                                                        for_discriminator=False)
                 loss = loss + hp.adversarial_weight * terms["adv_g"]
-            manual_step(self, opt_g, loss, None)
+            manual_step(self, opt_g, loss, hp.gradient_clip_val)
         terms["loss_g"] = loss
         if adversarial:
             opt_d = optimizers[1]
@@ -172,7 +176,7 @@ class KLAutoencoder(VAE):
                                              for_discriminator=True)
                 real = self.adversarial_loss(self._patch_logits(image), target_is_real=True, for_discriminator=True)
                 terms["loss_d"] = 0.5 * (fake + real)
-                manual_step(self, opt_d, terms["loss_d"], None)
+                manual_step(self, opt_d, terms["loss_d"], hp.gradient_clip_val)
         # ``train/loss`` is the autoencoder's loss, as for the GANs: what FiniteLossGuard watches.
         self.log_terms("train", {k: v.detach() for k, v in terms.items()} | {"loss": loss.detach()}, image.shape[0])
 
