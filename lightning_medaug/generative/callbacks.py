@@ -42,7 +42,8 @@ class FiniteLossGuard(L.Callback):
 
     Args:
         prefix: logged metrics whose name starts with this are checked at batch end.
-        check_weights: also check the weights after each batch (one pass over the parameters).
+        check_weights: also check the weights after each batch (one fused norm of the parameters,
+            read in the same host sync as the batch's losses).
     """
 
     def __init__(self, prefix: str = "train/loss", check_weights: bool = True):
@@ -60,12 +61,10 @@ class FiniteLossGuard(L.Callback):
         elif isinstance(outputs, Mapping) and "loss" in outputs:
             values["loss"] = outputs["loss"]
         values.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith(self.prefix)})
-        if self.check_weights and not _all_finite(pl_module.parameters()):
-            values["weights after the optimizer step"] = math.nan
-        self._check(trainer, values)
+        self._check(trainer, values, pl_module.parameters() if self.check_weights else ())
 
-    def _check(self, trainer: L.Trainer, values: Mapping[str, Any]) -> None:
-        bad = [name for name, value in values.items() if not _is_finite(value)]
+    def _check(self, trainer: L.Trainer, values: Mapping[str, Any], weights: Iterable[Tensor] = ()) -> None:
+        bad = _non_finite(values, weights)
         # One collective per check under DDP (a no-op on one device): any rank's NaN stops every rank.
         if not trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
             return
@@ -76,19 +75,43 @@ class FiniteLossGuard(L.Callback):
         )
 
 
-def _all_finite(parameters: Iterable[Tensor]) -> bool:
-    flags = [torch.isfinite(p.detach()).all() for p in parameters if p.is_floating_point()]
-    # One host sync for the whole model, not one per tensor.
-    return not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
+#: how :meth:`FiniteLossGuard._check` names the weights when one of them is NaN or infinite
+WEIGHTS = "weights after the optimizer step"
 
 
-def _is_finite(value: Any) -> bool:
+def _non_finite(values: Mapping[str, Any], weights: Iterable[Tensor] = ()) -> list[str]:
+    """Names of the values that are NaN or infinite, plus :data:`WEIGHTS` when an element of ``weights`` is.
+
+    One host sync for all tensors together when everything is finite (every batch): a device
+    sync per value, and a pass per weight tensor, cost more than a small model's step.
+    """
+    flags: dict[str, bool | Tensor] = {name: _finite_flag(value) for name, value in values.items()}
+    weights = [w.detach() for w in weights if w.is_floating_point() and w.numel()]
+    if weights:
+        # A NaN or infinite element makes its tensor's 2-norm NaN or infinite: one fused kernel on a GPU.
+        flags[WEIGHTS] = torch.stack(torch._foreach_norm(weights, 2)).isfinite().all()
+    on_device = [flag for flag in flags.values() if isinstance(flag, Tensor)]
+    if on_device and bool(torch.stack([flag.to(on_device[0].device) for flag in on_device]).all()):
+        return [name for name, flag in flags.items() if flag is False]
+    bad = [name for name, flag in flags.items() if not bool(flag)]
+    if WEIGHTS in bad and _all_finite(weights):  # a norm that overflowed: huge weights, but finite ones
+        bad.remove(WEIGHTS)
+    return bad
+
+
+def _finite_flag(value: Any) -> bool | Tensor:
+    """Whether ``value`` is finite: a 0-dim bool tensor, on its device, for a tensor; a bool otherwise."""
     if isinstance(value, Tensor):
-        return bool(torch.isfinite(value.detach()).all())
+        return torch.isfinite(value.detach()).all()
     try:
         return math.isfinite(float(value))
     except (TypeError, ValueError):
         return True  # not a number: nothing to check
+
+
+def _all_finite(tensors: Iterable[Tensor]) -> bool:
+    """Element by element: the exact check, for the rare batch whose weight norms are not finite."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 class RandomStateCheckpoint(L.Callback):

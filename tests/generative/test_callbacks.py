@@ -90,6 +90,35 @@ def test_guard_reads_logged_losses_when_nothing_is_returned():
         trainer(10, [FiniteLossGuard()]).fit(LogsOnly(), train_dataloaders=batches_with_nan_in_third())
 
 
+class RunawayStep(L.LightningModule):
+    """A finite loss whose optimizer step makes weights infinite (an unbounded learning rate)."""
+
+    def __init__(self, lr: float):
+        super().__init__()
+        self.net = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.lr = lr
+
+    def training_step(self, batch, batch_idx):
+        return (self.net(batch["image"].nan_to_num()) - 1).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def test_guard_catches_weights_a_finite_loss_made_infinite():
+    with pytest.raises(NonFiniteLossError, match=r"\(weights after the optimizer step\) at step 1"):
+        trainer(4, [FiniteLossGuard()]).fit(RunawayStep(lr=float("inf")), train_dataloaders=batches_with_nan_in_third())
+
+
+def test_guard_lets_huge_but_finite_weights_pass():
+    """The check reads each tensor's 2-norm, which overflows for weights near 1e30: the exact check decides."""
+    model = RunawayStep(lr=0.01)
+    model.register_parameter("idle", torch.nn.Parameter(torch.full((64,), 1e30), requires_grad=False))
+    run = trainer(4, [FiniteLossGuard()])
+    run.fit(model, train_dataloaders=batches_with_nan_in_third())
+    assert run.global_step == 4 and not torch.isfinite(torch.linalg.vector_norm(model.idle))
+
+
 def test_sample_grid_written_every_epoch_with_training_mode_restored(tmp_path):
     model = VAE(num_classes=2, cond_channels=2, **TINY)
     data = PhantomDataModule(image_size=16, num_train=8, num_val=4, num_test=4, batch_size=8)
