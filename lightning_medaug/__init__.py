@@ -56,6 +56,9 @@ _EXPORTS: dict[str, str] = {
     "fidelity_with_floor": "lightning_medaug.metrics",
     "memorization_report": "lightning_medaug.metrics",
     "evaluate_bank": "lightning_medaug.evaluation",
+    # selection of bank samples
+    "KeepRule": "lightning_medaug.selection",
+    "score_bank": "lightning_medaug.selection",
     # privacy
     "DifferentialPrivacy": "lightning_medaug.generative.privacy",
     "load_privacy_report": "lightning_medaug.generative.privacy",
@@ -74,6 +77,7 @@ __all__ = [
     "FolderDataModule",
     "FrechetDistance",
     "GenerativeModule",
+    "KeepRule",
     "KernelDistance",
     "MedMNISTDataModule",
     "MixSampler",
@@ -100,6 +104,7 @@ __all__ = [
     "register_generator",
     "register_task",
     "save_image_grid",
+    "score_bank",
     "train_feature_extractor",
     "unpack_batch",
     "write_bank",
@@ -159,6 +164,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real definitions
         register_task,
     )
     from lightning_medaug.report import save_image_grid
+    from lightning_medaug.selection import KeepRule, score_bank
     from lightning_medaug.study import Study
     from lightning_medaug.tasks import (
         ClassificationTask,

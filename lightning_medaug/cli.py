@@ -34,6 +34,7 @@ _MEMORY_HINTS = {
     "generate": ("lower --batch-size (samples per sample() call; it fixes the order in which a bank draws its "
                  "noise, so write to a new --out folder) or --num-samples"),
     "evaluate": "compare fewer images (--num-samples N) or run on the CPU (--device cpu)",
+    "score": "lower --batch-size or use a smaller --backbone",
     "study": "lower batch_size in the study's recipes",
 }
 
@@ -42,6 +43,7 @@ _COMMANDS = {
     "demo": "lightning_medaug.demo:main",
     "generate": "lightning_medaug.bank.generate:main",
     "evaluate": "lightning_medaug.evaluation.command:main",
+    "score": "lightning_medaug.selection.command:main",
     "study": "lightning_medaug.study.command:main",
     "federate": "lightning_medaug.federated.command:main",
     "card": "lightning_medaug.model_card.command:main",
@@ -50,11 +52,12 @@ _COMMANDS = {
 
 def _usage() -> str:
     return (
-        "usage: medaug {fit,validate,test,predict,demo,generate,evaluate,study,federate,card,list} ...\n\n"
+        "usage: medaug {fit,validate,test,predict,demo,generate,evaluate,score,study,federate,card,list} ...\n\n"
         "  fit|validate|test|predict --config RECIPE.yaml   train or evaluate (LightningCLI; --help for options)\n"
         "  demo [--out DIR]                                 the README's main job on the shipped PneumoniaMNIST\n"
         "  generate --model DIR --num-samples N --out BANK  draw a synthetic bank (--help for options)\n"
         "  evaluate --bank BANK --data RECIPE --out REPORT  fidelity, memorization, privacy report of a bank\n"
+        "  score --bank BANK --data RECIPE                  keep confident, novel, diverse bank samples (min_score=1)\n"
         "  study --config STUDY.yaml                        resumable utility study: real vs augmented vs mixed\n"
         "  federate --config FEDERATION.yaml --out DIR      one generator trained across sites (Flower)\n"
         "  card FOLDER [--metrics EVAL/metrics.json]        write MODEL_CARD.md for a generator folder\n"
