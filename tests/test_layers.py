@@ -127,9 +127,9 @@ def test_top_level_parts_import_one_way():
 
 
 def test_rendering_helpers_import_no_product():
-    """``report/`` (grids, plots, HTML) sits below every part that renders: it may read the data convention only."""
+    """``rendering/`` (grids, plots, HTML) sits below every part that renders: it may read the data convention only."""
     edges = import_edges(PACKAGE)
-    assert {b for a, b in edges if a == "report"} <= {"data"}
+    assert {b for a, b in edges if a == "rendering"} <= {"data"}
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:
@@ -165,6 +165,6 @@ def test_checker_catches_a_lazy_cycle_and_ignores_type_checking(tmp_path):
 
 
 def test_federated_sits_below_the_products():
-    """``federated/`` trains generators: the model card and the CLI read its record, never the other way."""
+    """``federated/`` trains generators: the bank, the model card and the CLI read its record, never the other way."""
     edges = import_edges(PACKAGE)
-    assert {b for a, b in edges if a == "federated"} & {"model_card", "cli", "study", "evaluation"} == set()
+    assert {b for a, b in edges if a == "federated"} & {"bank", "model_card", "cli", "study", "evaluation"} == set()

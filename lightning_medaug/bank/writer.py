@@ -36,6 +36,7 @@ from lightning_medaug.bank.image_files import FILE_COLUMNS, SampleFiles
 from lightning_medaug.bank.plan import LabelPlan, label_plan
 from lightning_medaug.bank.progress import shard_progress
 from lightning_medaug.data.imageio import Geometry
+from lightning_medaug.federated.record import read_federation
 from lightning_medaug.hashing import file_digest
 from lightning_medaug.sizes import spatial_size
 
@@ -162,7 +163,8 @@ def prepare_generator(model: Any, out: str | Path, shard_size: int, batch_size: 
                       device: str | torch.device | None,
                       checkpoint_folder: str | Path | None) -> tuple[Any, dict[str, Any]]:
     """Check the settings every bank shares, load ``model`` (a generator or its folder) onto ``device``;
-    returns the model in eval mode and those settings (generator, weights' hash, shapes, sharding, seed)."""
+    returns the model in eval mode and those settings (generator, weights' hash, shapes, sharding, seed and,
+    for a generator a federation trained, its summary from ``federation.json``)."""
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -186,12 +188,15 @@ def prepare_generator(model: Any, out: str | Path, shard_size: int, batch_size: 
     image_shape = (in_channels,) + size
     if batch_size is None:
         batch_size = _resumed_batch_size(Path(out)) or default_batch_size(image_shape)
-    return model, {
+    settings = {
         "generator": name, "generator_class": class_path,
         "checkpoint_sha256": checkpoint or checkpoint_sha256(model, name),
         "image_shape": list(image_shape), "num_classes": num_classes, "shard_size": shard_size,
         "batch_size": batch_size, "dtype": dtype, "seed": seed,
     }
+    # a generator trained by sites that could not pool their images: the bank names that federation
+    federation = None if checkpoint_folder is None else read_federation(checkpoint_folder)
+    return model, settings | ({} if federation is None else {"federation": federation["summary"]})
 
 
 def _file_digest(folder: str | Path) -> str:

@@ -35,8 +35,8 @@ from torch import Tensor
 
 from lightning_medaug.generative.base import GenerativeModule
 
-__all__ = ["LOCAL_STATE", "ProximalPull", "load_local_state", "load_shared_state", "local_keys", "save_local_state",
-           "shared_state"]
+__all__ = ["LOCAL_STATE", "ProximalPull", "load_local_state", "load_shared_state", "local_keys", "part_names",
+           "save_local_state", "shared_state"]
 
 #: File in a site's folder with the weights the site keeps.
 LOCAL_STATE = "local_state.safetensors"
@@ -47,6 +47,16 @@ def local_keys(model: GenerativeModule, average_training_parts: bool = False) ->
     prefixes = () if average_training_parts else tuple(f"{name}." for name in model.training_only_modules)
     return {key for key, value in model.state_dict().items()
             if key.startswith(prefixes) or not value.is_floating_point()}
+
+
+def part_names(model: GenerativeModule, average_training_parts: bool = False) -> dict[str, list[str]]:
+    """The generator's top-level parts the sites ``averaged`` and those ``kept_at_sites`` (integer
+    counters aside), for the federation's record."""
+    local = local_keys(model, average_training_parts)
+    state = model.state_dict()
+    averaged = {k.split(".")[0] for k in state if k not in local}
+    kept = {k.split(".")[0] for k in local if state[k].is_floating_point()}
+    return {"averaged": sorted(averaged), "kept_at_sites": sorted(kept)}
 
 
 def shared_state(model: GenerativeModule, average_training_parts: bool = False) -> dict[str, Tensor]:

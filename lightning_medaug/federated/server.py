@@ -27,17 +27,16 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 from safetensors.torch import load_file, save_file
 
-from lightning_medaug.federated.parameters import load_shared_state, shared_state
+from lightning_medaug.federated.parameters import load_shared_state, part_names, shared_state
+from lightning_medaug.federated.record import FEDERATION_RECORD, federation_summary
 from lightning_medaug.federated.settings import FederationSettings
 from lightning_medaug.federated.sites import check_sites
 from lightning_medaug.generative.privacy import EXPORT_FOLDER, PRIVACY_REPORT
 
-__all__ = ["CHECKPOINT_FOLDER", "FEDERATION_RECORD", "make_strategy", "run_federation", "server_app"]
+__all__ = ["CHECKPOINT_FOLDER", "make_strategy", "run_federation", "server_app"]
 
 #: Folder of ``out`` with the last round's global weights and the record so far.
 CHECKPOINT_FOLDER = "checkpoint"
-#: The federation's record, written beside the exported generator (and read by ``medaug card``).
-FEDERATION_RECORD = "federation.json"
 _WEIGHTS, _STATE = "global.safetensors", "state.json"
 
 
@@ -77,6 +76,7 @@ def run_federation(grid: Grid, settings: FederationSettings, out: str | Path, si
     model = settings.build_generator()
     sites = _check_sites(grid, settings, base, model)
     record["sites"] = {str(node): name for node, name in sites.items()}
+    record["parts"] = part_names(model, settings.average_training_parts)
     if arrays is None:
         arrays = ArrayRecord(shared_state(model, settings.average_training_parts))
     strategy = make_strategy(settings)
@@ -155,34 +155,6 @@ def _save_checkpoint(out: Path, arrays: ArrayRecord, record: dict[str, Any]) -> 
     (folder / (_WEIGHTS + ".tmp")).replace(folder / _WEIGHTS)
     (folder / (_STATE + ".tmp")).write_text(json.dumps(record, indent=2), encoding="utf-8")
     (folder / (_STATE + ".tmp")).replace(folder / _STATE)
-
-
-def federation_summary(record: dict[str, Any]) -> dict[str, Any]:
-    """The federation in the few figures a model card and a bank manifest name."""
-    settings, rounds = record["settings"], record["rounds"]
-    sites = sorted({site for entry in rounds for site in entry["sites"]} | set(record.get("sites", {}).values()))
-    summary = {"rounds": len(rounds), "sites": sites, "num_sites": settings["num_sites"],
-               "strategy": settings["strategy"], "split": settings["split"], "local_epochs": settings["local_epochs"],
-               "min_sites": settings["min_sites"], "dropped": {e["round"]: sorted(e["dropped"]) for e in rounds
-                                                                if e["dropped"]}}
-    if settings["split"] != "iid":
-        summary["alpha"] = settings["alpha"]
-    last = _last_privacy(rounds)
-    if last:
-        summary["epsilon"] = max(p["epsilon"] for p in last.values())
-        summary["delta"] = max(p["delta"] for p in last.values())
-        summary["epsilon_per_site"] = {site: p["epsilon"] for site, p in last.items()}
-    return summary
-
-
-def _last_privacy(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Each site's latest (epsilon, delta): the accountant composes, so the last round a site took part in."""
-    latest: dict[str, dict[str, float]] = {}
-    for entry in rounds:
-        for site, metrics in entry["sites"].items():
-            if "epsilon" in metrics:
-                latest[site] = {"epsilon": metrics["epsilon"], "delta": metrics["delta"]}
-    return latest
 
 
 def _export(out: Path, settings: FederationSettings, arrays: ArrayRecord, record: dict[str, Any]) -> dict[str, Any]:

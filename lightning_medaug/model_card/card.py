@@ -1,9 +1,10 @@
 """``MODEL_CARD.md`` for a shared generator: what it is, what it saw, how good it is, what not to do.
 
 Sections follow Mitchell et al., "Model Cards for Model Reporting" (FAT* 2019): model details,
-training data, training, evaluation, intended use and limitations, licence, and how to load it.
-Figures come only from files the library wrote (``config.json``, the run's ``metrics.json`` and
-``config.yaml``, and the ``metrics.json`` of ``medaug evaluate``); anything not recorded is
+training data, training (and the federation, for a generator trained by sites that did not pool
+their images), evaluation, intended use and limitations, licence, and how to load it.
+Figures come only from files the library wrote (``config.json``, ``federation.json``, the run's
+``metrics.json`` and ``config.yaml``, and the ``metrics.json`` of ``medaug evaluate``); anything not recorded is
 written as "not recorded" or "not evaluated", never guessed.
 
 From the command line: ``medaug card`` (:mod:`lightning_medaug.model_card.command`).
@@ -24,6 +25,7 @@ from lightning_medaug.evaluation.output import REPORT_KIND
 from lightning_medaug.generative.base import CONFIG_NAME, load_generator
 from lightning_medaug.generative.privacy import PRIVACY_REPORT, load_privacy_report
 from lightning_medaug.hub import CARD_NAME
+from lightning_medaug.model_card.federation import federation_context
 
 __all__ = ["DEFAULT_INTENDED_USE", "read_evaluation", "training_environment", "write_model_card"]
 
@@ -70,7 +72,21 @@ Init arguments (`config.json`):
 |---|---|
 {% for key, value in training %}| {{ key }} | {{ value }} |
 {% endfor %}
-## Evaluation
+{% if federation %}## Federated training
+
+Trained with Flower by {{ federation.num_sites }} sites that did not pool their images: each round every site trained the generator on its own images and sent back only its weights, which the server combined into the global generator released here.
+
+| | |
+|---|---|
+{% for key, value in federation.rows %}| {{ key }} | {{ value }} |
+{% endfor %}
+| site | training images | epsilon | delta |
+|---|---|---|---|
+{% for row in federation.sites %}| {{ row | join(" | ") }} |
+{% endfor %}
+{% if federation.epsilon %}Every site trained with DP-SGD, its accountant composed over the rounds: the global generator is as private as its least private site (epsilon {{ federation.epsilon }} at delta {{ federation.delta }}).
+
+{% endif %}{% endif %}## Evaluation
 
 {% if evaluation %}From `medaug evaluate` ({{ evaluation.created }}): {{ evaluation.num_samples }} synthetic images \
 against as many real training images, in the {{ evaluation.features }} feature space \
@@ -282,7 +298,7 @@ def write_model_card(folder: str | Path, *, data: Mapping[str, Any], training: M
         if total != trainable else f"{total:,}",
         library_version=config.get("library_version", NOT_RECORDED),
         init_args=[(k, _fmt(v, missing="None")) for k, v in sorted(config["init_args"].items())], data=data_rows,
-        training=train_rows, evaluation=_evaluation_context(result) if result else None,
+        training=train_rows, federation=federation_context(folder), evaluation=_evaluation_context(result) if result else None,
         privacy=_privacy_context(folder, result),
         intended_use=intended_use.strip(), copy_sentence=_copy_sentence(result), license=license,
         data_attribution=_fmt(data.get("attribution")) if data.get("attribution") else "attribution not recorded",

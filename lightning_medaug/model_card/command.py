@@ -5,7 +5,8 @@
     medaug card runs/cgan_pneumonia/version_0/generator --metrics eval/cgan/metrics.json --record-environment
 
 The run's ``config.yaml`` and ``metrics.json`` next to the generator folder are used when present
-(``--run-config`` and ``--training-log`` name others); ``--config`` is a YAML file holding any of
+(``--run-config`` and ``--training-log`` name others); a generator exported by ``medaug federate``
+takes its data set and size from its ``federation.json``; ``--config`` is a YAML file holding any of
 the options, as for every ``medaug`` command.
 """
 
@@ -22,6 +23,7 @@ from jsonargparse import ArgumentParser
 
 from lightning_medaug.command_parser import command_parser, config_files, parse_command
 from lightning_medaug.evaluation.output import REPORT_KIND
+from lightning_medaug.federated.record import read_federation
 from lightning_medaug.model_card.card import DEFAULT_INTENDED_USE, training_environment, write_model_card
 
 __all__ = ["build_parser", "main"]
@@ -72,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = args.folder.resolve().parent
     config_path = args.run_config or (run / "config.yaml" if (run / "config.yaml").is_file() else None)
     config = _read_yaml(config_path) if config_path else {}
+    federation = read_federation(args.folder)
+    if federation is not None and "data" not in config:  # no run config beside a federated export: the record has it
+        config["data"] = federation["settings"].get("data")
     log_path = args.training_log
     if log_path is None and (run / "metrics.json").is_file():
         candidate = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
@@ -82,7 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not name:
         raise ValueError("pass --data-name: no run config.yaml with data.init_args.name was found next to the folder")
     subset = args.data_subset if args.data_subset is not None else data_args.get("subset")
-    data = {"name": name, "split": args.data_split, "size": args.data_size, "subset": subset,
+    size = args.data_size
+    if size is None and federation is not None:  # the sites' images together
+        size = sum(federation["summary"].get("site_sizes", {}).values()) or None
+    data = {"name": name, "split": args.data_split, "size": size, "subset": subset,
             "attribution": args.attribution}
     for key, value in _medmnist_facts(name, args.data_split, data_args.get("subset")).items():
         data[key] = data[key] if data[key] is not None else value

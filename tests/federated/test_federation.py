@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from lightning_medaug.federated.client import client_app
 from lightning_medaug.federated.grid import InProcessGrid
 from lightning_medaug.federated.parameters import LOCAL_STATE
-from lightning_medaug.federated.server import FEDERATION_RECORD, run_federation
+from lightning_medaug.federated.record import FEDERATION_RECORD
+from lightning_medaug.federated.server import run_federation
 from lightning_medaug.federated.settings import FederationSettings
 from lightning_medaug.generative import load_generator
 
@@ -84,7 +85,7 @@ def test_a_site_dropping_out_does_not_stop_the_federation(tmp_path):
     record = federate(tmp_path, settings(min_sites=1), mods=[site_fails(1, {2})])
     assert list(record["rounds"][1]["sites"]) == ["site-0"]
     assert "site went offline" in record["rounds"][1]["dropped"]["site-1"]
-    assert record["summary"]["dropped"] == {2: ["site-1"]}
+    assert record["summary"]["dropped"] == {"2": ["site-1"]}
 
 
 def test_a_killed_server_resumes_after_its_last_round(tmp_path):
