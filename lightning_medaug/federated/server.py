@@ -5,8 +5,9 @@ checkpoint of every round, export the global generator with the federation's rec
 the in-process grid, Flower's simulation engine and its deployment engine. It drives Flower's own
 strategies (``FedAvg``, ``FedProx``, ``FedAdam``) round by round through their ``configure_train``
 and ``aggregate_train`` rather than ``Strategy.start``, which cannot start at a later round: after
-each round the global weights and the record so far are written to ``<out>/checkpoint`` (atomically),
-and a server started again on the same ``out`` resumes after the last round written, none lost.
+each round the global weights, the strategy's own state (FedAdam's moments) and the record so far are
+written to ``<out>/checkpoint``, and a server started again on the same ``out`` resumes after the last
+round written, none lost, with the strategy as it was.
 
 Before round 1 every site answers a query with its image shape, classes and size
 (:func:`~.sites.site_summary`); a site that does not fit the generator is refused by name
@@ -17,6 +18,7 @@ round's average; a round with fewer than ``min_sites`` replies stops the federat
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,8 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+from safetensors.numpy import load_file as load_arrays
+from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import load_file, save_file
 
 from lightning_medaug.federated.parameters import load_shared_state, part_names, shared_state
@@ -35,9 +39,12 @@ from lightning_medaug.generative.privacy import EXPORT_FOLDER, PRIVACY_REPORT
 
 __all__ = ["CHECKPOINT_FOLDER", "make_strategy", "run_federation", "server_app"]
 
-#: Folder of ``out`` with the last round's global weights and the record so far.
+#: Folder of ``out`` with the last round's global weights, the strategy's state and the record so far.
 CHECKPOINT_FOLDER = "checkpoint"
-_WEIGHTS, _STATE = "global.safetensors", "state.json"
+_STATE = "state.json"
+#: Attributes of Flower's adaptive strategies (``FedOpt``: FedAdam, FedYogi, FedAdagrad) that carry
+#: over from round to round: the server optimizer's first and second moments.
+_STRATEGY_STATE = ("m_t", "v_t")
 
 
 def make_strategy(settings: FederationSettings) -> Strategy:
@@ -72,14 +79,14 @@ def run_federation(grid: Grid, settings: FederationSettings, out: str | Path, si
     """Run (or resume) the federation on ``grid``; returns its record (also in ``out/generator``)."""
     out = Path(out)
     base = {"federation": settings.to_json(), "sites-dir": str(Path(sites_dir) if sites_dir else out / "sites")}
-    record, arrays = _resume(out, settings)
+    strategy = make_strategy(settings)
+    record, arrays = _resume(out, settings, strategy)
     model = settings.build_generator()
     sites = _check_sites(grid, settings, base, model)
     record["sites"] = {str(node): name for node, name in sites.items()}
     record["parts"] = part_names(model, settings.average_training_parts)
     if arrays is None:
         arrays = ArrayRecord(shared_state(model, settings.average_training_parts))
-    strategy = make_strategy(settings)
     for server_round in range(len(record["rounds"]) + 1, settings.num_rounds + 1):
         started = time.time()
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(dict(base)), grid)
@@ -94,7 +101,7 @@ def run_federation(grid: Grid, settings: FederationSettings, out: str | Path, si
         entry = {"round": server_round, "seconds": round(time.time() - started, 2), "dropped": failed,
                  "sites": {_name(sites, r): dict(r.content["metrics"]) for r in ok}}
         record["rounds"].append(entry)
-        _save_checkpoint(out, arrays, record)
+        _save_checkpoint(out, arrays, strategy, record)
         log(f"round {server_round}/{settings.num_rounds}: {_round_line(entry)}")
     return _export(out, settings, arrays, record)
 
@@ -132,29 +139,58 @@ def _name(sites: dict[int, str], reply: Message) -> str:
     return sites.get(reply.metadata.src_node_id, f"node {reply.metadata.src_node_id}")
 
 
-def _resume(out: Path, settings: FederationSettings) -> tuple[dict[str, Any], ArrayRecord | None]:
-    """The record and global weights of the last finished round in ``out``, or a fresh record."""
-    state_file, weights_file = out / CHECKPOINT_FOLDER / _STATE, out / CHECKPOINT_FOLDER / _WEIGHTS
+def _round_files(folder: Path, server_round: int) -> tuple[Path, Path]:
+    """The global weights and the strategy's state after ``server_round``."""
+    return folder / f"round-{server_round:04d}.safetensors", folder / f"round-{server_round:04d}.strategy.safetensors"
+
+
+def _resume(out: Path, settings: FederationSettings,
+            strategy: Strategy) -> tuple[dict[str, Any], ArrayRecord | None]:
+    """The record and global weights of the last finished round in ``out`` (the strategy's state
+    restored into ``strategy``), or a fresh record."""
+    folder = out / CHECKPOINT_FOLDER
     fresh = {"settings": json.loads(settings.to_json()), "rounds": []}
-    if not state_file.is_file():
+    if not (folder / _STATE).is_file():
         return fresh, None
-    record = json.loads(state_file.read_text(encoding="utf-8"))
+    record = json.loads((folder / _STATE).read_text(encoding="utf-8"))
     if record.get("settings") != fresh["settings"]:
         changed = sorted(k for k in fresh["settings"] if record.get("settings", {}).get(k) != fresh["settings"][k])
         raise ValueError(f"{out} holds a federation with other settings ({', '.join(changed)}): resume it with the "
                          "same settings or write to a new folder")
-    return record, ArrayRecord(load_file(str(weights_file)))
+    weights, state = _round_files(folder, len(record["rounds"]))
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: the checkpoint of round {len(record['rounds'])} is incomplete; "
+                                f"restore it or delete {folder} to start the federation again")
+    if state.is_file():
+        saved = load_arrays(str(state))
+        for name in _STRATEGY_STATE:
+            moments = {k.split("/", 1)[1]: v for k, v in saved.items() if k.split("/", 1)[0] == name}
+            setattr(strategy, name, moments or None)
+    return record, ArrayRecord(load_file(str(weights)))
 
 
-def _save_checkpoint(out: Path, arrays: ArrayRecord, record: dict[str, Any]) -> None:
-    """Weights first, then the record naming their round: a crash between the two redoes that round."""
+def _save_checkpoint(out: Path, arrays: ArrayRecord, strategy: Strategy, record: dict[str, Any]) -> None:
+    """The round's weights and strategy state go to files of their own, then the record naming that round
+    replaces the last one, then older rounds' files go: a crash at any point resumes from a consistent round."""
     folder = out / CHECKPOINT_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in arrays.to_torch_state_dict().items()}
-    save_file(state, str(folder / (_WEIGHTS + ".tmp")))
-    (folder / (_WEIGHTS + ".tmp")).replace(folder / _WEIGHTS)
-    (folder / (_STATE + ".tmp")).write_text(json.dumps(record, indent=2), encoding="utf-8")
-    (folder / (_STATE + ".tmp")).replace(folder / _STATE)
+    weights, state = _round_files(folder, len(record["rounds"]))
+    _atomic(weights, lambda tmp: save_file({k: v.contiguous() for k, v in arrays.to_torch_state_dict().items()},
+                                           str(tmp)))
+    moments = {f"{name}/{k}": v for name in _STRATEGY_STATE for k, v in (getattr(strategy, name, None) or {}).items()}
+    if moments:
+        _atomic(state, lambda tmp: save_arrays(moments, str(tmp)))
+    _atomic(folder / _STATE, lambda tmp: tmp.write_text(json.dumps(record, indent=2), encoding="utf-8"))
+    for path in folder.glob("round-*.safetensors"):
+        match = re.match(r"round-(\d+)\.", path.name)
+        if match and int(match.group(1)) < len(record["rounds"]):
+            path.unlink(missing_ok=True)
+
+
+def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
 
 
 def _export(out: Path, settings: FederationSettings, arrays: ArrayRecord, record: dict[str, Any]) -> dict[str, Any]:
@@ -163,7 +199,7 @@ def _export(out: Path, settings: FederationSettings, arrays: ArrayRecord, record
     load_shared_state(model, arrays.to_torch_state_dict())
     folder = model.save_pretrained(out / EXPORT_FOLDER)
     record = {**record, "summary": federation_summary(record)}
-    (folder / FEDERATION_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    _atomic(folder / FEDERATION_RECORD, lambda tmp: tmp.write_text(json.dumps(record, indent=2), encoding="utf-8"))
     summary = record["summary"]
     if "epsilon" in summary:
         privacy = {"epsilon": summary["epsilon"], "delta": summary["delta"],

@@ -1,5 +1,5 @@
 """Two sites, two rounds of real Flower (its strategies, ServerApp and ClientApp) on an in-process grid,
-each site training the family's own LightningModule under a Lightning Trainer."""
+each site training the family's own LightningModule under a Lightning Trainer (DP: test_federate_command.py)."""
 
 import json
 
@@ -19,8 +19,6 @@ from lightning_medaug.generative import load_generator
 PHANTOMS = {"class_path": "lightning_medaug.data.PhantomDataModule",
             "init_args": {"image_size": 16, "num_train": 32, "num_val": 4, "num_test": 4, "batch_size": 8}}
 TINY = {"cvae": {"image_size": 16, "num_classes": 2, "channels": [8, 16], "norm_num_groups": 4, "latent_channels": 2},
-        "ddpm": {"image_size": 16, "num_classes": 2, "channels": [8, 16], "norm_num_groups": 4,
-                 "num_inference_steps": 2},
         "cgan": {"image_size": 16, "num_classes": 2}}
 
 
@@ -48,18 +46,26 @@ def site_fails(site, rounds, calls=None):
     return mod
 
 
-def test_cvae_fedavg_exports_a_global_generator(tmp_path):
-    initial = settings().build_generator().state_dict()
-    record = federate(tmp_path, settings())
+@pytest.fixture(scope="module")
+def fedadam(tmp_path_factory):
+    """Two uninterrupted FedAdam rounds of a tiny cVAE: the record and the folder."""
+    root = tmp_path_factory.mktemp("fedadam")
+    return federate(root, settings(strategy="fedadam")), root / "out"
+
+
+def test_cvae_fedadam_exports_a_global_generator(fedadam):
+    record, out = fedadam
     summary = record["summary"]
-    assert summary["rounds"] == 2 and summary["sites"] == ["site-0", "site-1"] and summary["strategy"] == "fedavg"
+    assert summary["rounds"] == 2 and summary["sites"] == ["site-0", "site-1"] and summary["strategy"] == "fedadam"
+    assert summary["site_sizes"] == {"site-0": 16, "site-1": 16} and summary["kept_at_sites"] == []
     assert all(r["sites"]["site-0"]["num-examples"] == 16 for r in record["rounds"])
-    model = load_generator(tmp_path / "out" / "generator")
+    initial = settings().build_generator().state_dict()
+    model = load_generator(out / "generator")
     changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, initial[k])]
-    assert changed  # the average of the sites' training, not the initial weights
+    assert changed  # the server's step on the sites' training, not the initial weights
     samples = model.sample(4, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (4, 1, 16, 16) and torch.isfinite(samples).all()
-    saved = json.loads((tmp_path / "out" / "generator" / FEDERATION_RECORD).read_text(encoding="utf-8"))
+    saved = json.loads((out / "generator" / FEDERATION_RECORD).read_text(encoding="utf-8"))
     assert saved["summary"] == summary and "epsilon" not in summary
 
 
@@ -72,15 +78,6 @@ def test_cgan_fedprox_keeps_each_discriminator_at_its_site(tmp_path):
     assert not any(k.startswith("discriminator.") for k in exported)
 
 
-def test_ddpm_with_dp_reports_epsilon_per_site_every_round(tmp_path):
-    record = federate(tmp_path, settings("ddpm", privacy={"noise_multiplier": 1.0, "target_delta": 1e-3}))
-    eps = [[r["sites"][s]["epsilon"] for s in ("site-0", "site-1")] for r in record["rounds"]]
-    assert 0 < eps[0][0] < eps[1][0] and 0 < eps[0][1] < eps[1][1]  # the accountant composes over rounds
-    privacy = json.loads((tmp_path / "out" / "generator" / "privacy.json").read_text(encoding="utf-8"))
-    assert privacy["epsilon"] == pytest.approx(max(eps[1])) and privacy["delta"] == 1e-3
-    assert set(privacy["epsilon_per_site"]) == {"site-0", "site-1"}
-
-
 def test_a_site_dropping_out_does_not_stop_the_federation(tmp_path):
     record = federate(tmp_path, settings(min_sites=1), mods=[site_fails(1, {2})])
     assert list(record["rounds"][1]["sites"]) == ["site-0"]
@@ -88,18 +85,26 @@ def test_a_site_dropping_out_does_not_stop_the_federation(tmp_path):
     assert record["summary"]["dropped"] == {"2": ["site-1"]}
 
 
-def test_a_killed_server_resumes_after_its_last_round(tmp_path):
+def test_a_killed_server_resumes_after_its_last_round_with_fedadams_moments(tmp_path, fedadam):
     calls = []
     with pytest.raises(RuntimeError, match="round 2: 0 of 2 sites returned weights"):
-        federate(tmp_path, settings(), mods=[site_fails(0, {2}, calls), site_fails(1, {2})])
-    first = json.loads((tmp_path / "out" / "checkpoint" / "state.json").read_text(encoding="utf-8"))
+        federate(tmp_path, settings(strategy="fedadam"), mods=[site_fails(0, {2}, calls), site_fails(1, {2})])
+    checkpoint = tmp_path / "out" / "checkpoint"
+    first = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
     assert [r["round"] for r in first["rounds"]] == [1]
+    assert (checkpoint / "round-0001.strategy.safetensors").is_file()  # the server optimizer's moments
     calls.clear()
-    record = federate(tmp_path, settings(), mods=[site_fails(-1, set(), calls)])
+    record = federate(tmp_path, settings(strategy="fedadam"), mods=[site_fails(-1, set(), calls)])
     assert sorted(calls) == [(0, 2), (1, 2)]  # round 1 is not trained again
     assert [r["round"] for r in record["rounds"]] == [1, 2] and record["rounds"][0] == first["rounds"][0]
+    assert sorted(p.name for p in checkpoint.glob("round-*")) == ["round-0002.safetensors",
+                                                                   "round-0002.strategy.safetensors"]
+    # the moments came back: the resumed federation ends where the uninterrupted one did, bit for bit
+    resumed = load_file(str(tmp_path / "out" / "generator" / "model.safetensors"))
+    uninterrupted = load_file(str(fedadam[1] / "generator" / "model.safetensors"))
+    assert resumed.keys() == uninterrupted.keys() and all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
     with pytest.raises(ValueError, match="other settings"):
-        federate(tmp_path, settings(local_epochs=2))
+        federate(tmp_path, settings(strategy="fedadam", local_epochs=2))
 
 
 def test_a_site_whose_images_do_not_fit_is_refused_before_round_1(tmp_path):
