@@ -34,7 +34,7 @@ def main() -> None:
     from lightning_medaug.data import MedMNISTDataModule
     from lightning_medaug.generative import load_generator
     from lightning_medaug.registry import GENERATORS
-    from lightning_medaug.report import save_image_grid
+    from lightning_medaug.rendering import save_image_grid
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generators", nargs="+", required=True, help="save_pretrained folders")

@@ -64,7 +64,7 @@ _EXPORTS: dict[str, str] = {
     "load_privacy_report": "lightning_medaug.generative.privacy",
     # studies and reports
     "Study": "lightning_medaug.study",
-    "save_image_grid": "lightning_medaug.report",
+    "save_image_grid": "lightning_medaug.rendering",
 }
 
 __all__ = [
@@ -163,7 +163,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real definitions
         register_generator,
         register_task,
     )
-    from lightning_medaug.report import save_image_grid
+    from lightning_medaug.rendering import save_image_grid
     from lightning_medaug.selection import KeepRule, score_bank
     from lightning_medaug.study import Study
     from lightning_medaug.tasks import (

@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from lightning_medaug.report.html import Section, Table
+from lightning_medaug.rendering.html import Section, Table
 
 __all__ = ["CAVEAT", "load_reference", "reference_arm", "reference_section"]
 

@@ -2,7 +2,7 @@
 
 Behind ``medaug fit|validate|test|predict`` and behind every recipe a study or the demo runs
 (:func:`~lightning_medaug.study.recipe.run_recipe`), so both train exactly alike: CSV logs under
-``runs/``, rich progress bars, a :class:`~lightning_medaug.report.run_summary.RunSummary` in every
+``runs/``, rich progress bars, a :class:`~lightning_medaug.rendering.run_summary.RunSummary` in every
 run, a data/model compatibility check and a checkpoint check before running, and a trained
 generator exported as a ``save_pretrained`` folder. The ``medaug`` command itself
 (:mod:`lightning_medaug.cli`) sits on top and only dispatches.
@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_medaug.cli_errors import one_line
 from lightning_medaug.registry import TASKS
-from lightning_medaug.report.run_summary import RunSummary
+from lightning_medaug.rendering.run_summary import RunSummary
 from lightning_medaug.sizes import spatial_size
 
 __all__ = ["MedaugCLI", "SaveAndLogConfig", "check_checkpoint", "check_data_model_compatible"]

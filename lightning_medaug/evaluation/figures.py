@@ -31,7 +31,7 @@ def save_feature_pca(features: dict[str, Tensor], path: str | Path, max_points: 
     _, _, v = torch.linalg.svd(train - mean, full_matrices=False)
     axes = v[:2].T
     generator = torch.Generator().manual_seed(seed)
-    from lightning_medaug.report.plots import (  # matplotlib only when drawing
+    from lightning_medaug.rendering.plots import (  # matplotlib only when drawing
         plt,
         save_figure,
     )
@@ -58,7 +58,7 @@ def save_distance_histograms(nearest: NearestTrain, path: str | Path, threshold:
     (a :class:`~lightning_medaug.metrics.NearestTrain` of the memorization check), with its copy
     threshold as a vertical line."""
     syn, held_out = nearest.synthetic.cpu().numpy(), nearest.test.cpu().numpy()
-    from lightning_medaug.report.plots import (  # matplotlib only when drawing
+    from lightning_medaug.rendering.plots import (  # matplotlib only when drawing
         plt,
         save_figure,
     )

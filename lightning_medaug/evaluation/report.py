@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning_medaug.report.html import Figure, Section, Table, write_report
+from lightning_medaug.rendering.html import Figure, Section, Table, write_report
 
 __all__ = ["evaluation_sections", "write_evaluation_report"]
 

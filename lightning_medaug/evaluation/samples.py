@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lightning_medaug.data.batch import unpack_batch
-from lightning_medaug.report.grid import save_image_grid
+from lightning_medaug.rendering.grid import save_image_grid
 
 __all__ = ["Samples", "load_samples", "mask_pairs", "sample_indices", "save_paired_examples",
            "save_real_vs_synthetic"]

@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
 from lightning_medaug.data.batch import unpack_batch
-from lightning_medaug.report.grid import make_grid_array, save_image_grid
+from lightning_medaug.rendering.grid import make_grid_array, save_image_grid
 
 __all__ = ["FiniteLossGuard", "NonFiniteLossError", "RandomStateCheckpoint", "SampleGridCallback"]
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from lightning_medaug.metrics.features import collect_images, extract_features
-from lightning_medaug.report.grid import save_image_grid
+from lightning_medaug.rendering.grid import save_image_grid
 
 __all__ = ["NearestTrain", "memorization_report", "nearest_neighbours", "save_closest_pairs"]
 

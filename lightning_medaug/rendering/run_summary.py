@@ -93,6 +93,6 @@ class RunSummary(L.Callback):
         tmp.write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
         tmp.replace(path)
         if summary["history"]:
-            from lightning_medaug.report.plots import plot_curves
+            from lightning_medaug.rendering.plots import plot_curves
 
             plot_curves(summary["history"], folder / "curves.png")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_medaug.report.html import Figure, Section, Table, write_report
+from lightning_medaug.rendering.html import Figure, Section, Table, write_report
 
 if TYPE_CHECKING:
     from lightning_medaug.study.runner import Study
@@ -32,7 +32,7 @@ def arm_order(arm: str) -> tuple[int, str]:
 
 def plot_fraction(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> Path:
     """Mean +- std of ``metric`` against the fraction of real data, one line per arm."""
-    from lightning_medaug.report.plots import plt, save_figure
+    from lightning_medaug.rendering.plots import plt, save_figure
 
     arms = sorted({r["arm"] for r in rows}, key=lambda a: (a.startswith("mix"), a))
     # a full grid has a dozen arms: tab10 would give two arms one colour
@@ -59,7 +59,7 @@ def plot_ratio(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> Path 
     generators = sorted({r["generator"] for r in rows if r["arm"].startswith(("mix_", "classic_mix_"))})
     if not generators:
         return None
-    from lightning_medaug.report.plots import plt, save_figure
+    from lightning_medaug.rendering.plots import plt, save_figure
 
     fractions = sorted({r["fraction"] for r in rows})
     colours = plt.get_cmap("tab10")

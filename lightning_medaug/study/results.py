@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lightning_medaug.report.html import Section
+    from lightning_medaug.rendering.html import Section
     from lightning_medaug.study.runner import Study
 
 __all__ = ["compare_arms", "summarize", "write_results"]

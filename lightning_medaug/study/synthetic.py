@@ -65,7 +65,7 @@ def sample_grids(generator: Any, real: Any, folder: Path, name: str, masks: Tens
     """``real.png`` and ``samples.png`` in ``folder``: one row per class, real images from the
     generator's training subset beside seeded samples drawn with the bank's ``sample_kwargs`` (for
     mask-conditional generators, rendered from the same real masks; 3D volumes as middle slices)."""
-    from lightning_medaug.report import save_image_grid
+    from lightning_medaug.rendering import save_image_grid
 
     data = real.train_dataset
     labels = train_labels(real)

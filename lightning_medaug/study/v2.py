@@ -282,7 +282,7 @@ def _edit_grid(model: Any, dataset: Any, arm: Arm, path: Path, sample_kwargs: di
 
     from lightning_medaug.bank.edits import edit_targets
     from lightning_medaug.data.batch import unpack_batch
-    from lightning_medaug.report import save_image_grid
+    from lightning_medaug.rendering import save_image_grid
 
     samples = [unpack_batch(dataset[i]) for i in range(min(len(dataset), 64))]
     labels = [-1 if s.label is None else int(s.label) for s in samples]

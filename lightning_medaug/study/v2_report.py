@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_medaug.report.html import Figure, Section, Table, write_report
+from lightning_medaug.rendering.html import Figure, Section, Table, write_report
 from lightning_medaug.study.bootstrap import bootstrap_interval
 from lightning_medaug.study.report import _pivot
 from lightning_medaug.study.results import _versions, summarize

@@ -18,7 +18,7 @@ from lightning_medaug.generative.callbacks import (
     SampleGridCallback,
 )
 from lightning_medaug.generative.vae import VAE
-from lightning_medaug.report import make_grid_array
+from lightning_medaug.rendering import make_grid_array
 
 TINY = {"image_size": 16, "channels": (8, 16), "norm_num_groups": 4, "latent_channels": 2}
 

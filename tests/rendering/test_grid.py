@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_medaug.report import make_grid_array, save_image_grid, volume_to_planes
+from lightning_medaug.rendering import make_grid_array, save_image_grid, volume_to_planes
 
 
 def test_grey_2d_values_and_layout():

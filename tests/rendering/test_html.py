@@ -6,8 +6,8 @@ import re
 import pytest
 import torch
 
-from lightning_medaug.report import save_image_grid
-from lightning_medaug.report.html import (
+from lightning_medaug.rendering import save_image_grid
+from lightning_medaug.rendering.html import (
     Figure,
     Section,
     Table,
