@@ -31,6 +31,7 @@ TINY = {
     "pix2pix": {"generator_channels": 4, "discriminator_channels": 4, "generator_levels": 3},
     "cyclegan": {"generator_channels": 4, "discriminator_channels": 4, "generator_levels": 3},
     "ldm": {"channels": (8, 16), "norm_num_groups": 8, "num_inference_steps": 2},
+    "consistency": {"num_solver_steps": 10, "num_inference_steps": 2},
 }
 
 
@@ -60,6 +61,10 @@ def build(name: str, spatial_dims: int, tmp_path) -> torch.nn.Module:
     if name == "ldm":  # latent diffusion on a (trained-for-nothing) VAE of the same size
         create_generator("vae", spatial_dims=spatial_dims, image_size=size, **_AE).save_pretrained(tmp_path / "ae")
         return create_generator("ldm", autoencoder_path=str(tmp_path / "ae"), **TINY[name])
+    if name == "consistency":  # distilled from a (trained-for-nothing) DDPM of the same size
+        create_generator("ddpm", spatial_dims=spatial_dims, image_size=size, **TINY["ddpm"]).save_pretrained(
+            tmp_path / "teacher")
+        return create_generator("consistency", teacher=str(tmp_path / "teacher"), **TINY[name])
     return create_generator(name, spatial_dims=spatial_dims, image_size=list(size), **TINY[name])
 
 
