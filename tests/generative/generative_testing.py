@@ -44,3 +44,54 @@ def assert_exports_round_trip(model, folder):
         if not key.startswith(training_only):
             assert torch.equal(value, lean.state_dict()[key]), key
     return lean
+
+
+def assert_distinct_samples(samples) -> None:
+    """Each of the ``n`` samples is its own image: no two are equal (a noise or label draw shared
+    across the batch, or a sampler that ignores its noise, repeats one image)."""
+    import torch
+
+    flat = samples.flatten(1).double()
+    same = torch.cdist(flat, flat) == 0
+    assert not (same & ~torch.eye(len(flat), dtype=torch.bool)).any(), "two samples of one batch are equal"
+
+
+class RecordRealLogits(L.Callback):
+    """Records, per epoch, a GAN discriminator's first output of every training batch: each D step
+    scores the (augmented) reals before anything else, so these are the logits ``rt`` and ADA read."""
+
+    def __init__(self) -> None:
+        self.epochs: list[list[torch.Tensor]] = []
+        self._epoch: list[torch.Tensor] = []
+        self._batch: list[torch.Tensor] = []
+        self._handle = None
+
+    def on_train_start(self, trainer, model) -> None:
+        def record(module, args, output):
+            self._batch.append(output.detach().float().flatten())
+
+        self._handle = model.discriminator.register_forward_hook(record)
+
+    def on_train_epoch_start(self, trainer, model) -> None:
+        self._epoch = []
+
+    def on_train_batch_start(self, trainer, model, batch, batch_idx) -> None:
+        self._batch = []
+
+    def on_train_batch_end(self, trainer, model, outputs, batch, batch_idx) -> None:
+        self._epoch.append(self._batch[0])
+
+    def on_train_epoch_end(self, trainer, model) -> None:
+        self.epochs.append(self._epoch)
+
+    def on_train_end(self, trainer, model) -> None:
+        self._handle.remove()
+
+    @property
+    def batches(self) -> list[torch.Tensor]:
+        """The real logits of every batch, in training order."""
+        return [logits for epoch in self.epochs for logits in epoch]
+
+    def last_epoch_rt(self) -> float:
+        """``E[sign D(real)]`` over the last epoch's reals: what ``train/rt`` (an epoch mean) must be."""
+        return torch.cat(self.epochs[-1]).sign().mean().item()

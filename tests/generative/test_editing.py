@@ -57,9 +57,11 @@ def test_edits_are_seeded_and_batched(trained):
     b = model.edit(images[:6], generator=seeded(3), **kwargs)
     c = model.edit(images[:6], generator=seeded(4), **kwargs)
     assert torch.equal(a, b) and not torch.equal(a, c)
-    for sampler in ("ddpm", "ddim", "dpmsolver++"):
-        x = model.edit(images[:5], 0.5, labels[:5], sampler=sampler, batch_size=2, num_inference_steps=6)
-        assert x.shape == (5, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
+    edits = [model.edit(images[:5], 0.5, labels[:5], sampler=sampler, batch_size=2, num_inference_steps=6,
+                        generator=seeded(5)) for sampler in ("ddpm", "ddim", "dpmsolver++")]
+    assert all(x.shape == (5, 1, 8, 8) and not torch.equal(x, images[:5]) for x in edits)
+    # one seed, three samplers: three different edits (each sampler is the one used)
+    assert not any(torch.equal(edits[i], edits[j]) for i, j in ((0, 1), (0, 2), (1, 2)))
     weight = torch.ones(1, requires_grad=True)  # not an inference tensor
     (a * weight).sum().backward()
     assert weight.grad is not None
@@ -100,8 +102,9 @@ def test_3d_unconditional_edit():
     model = create_generator("ddpm", spatial_dims=3, image_size=9, channels=(8, 16), norm_num_groups=8)
     volumes = torch.rand(2, 1, 9, 9, 9) * 2 - 1
     x = model.edit(volumes, 0.5, num_inference_steps=4, generator=seeded(0))
-    assert x.shape == volumes.shape and x.min() >= -1 and x.max() <= 1
+    assert x.shape == volumes.shape and not torch.equal(x, volumes)
     assert torch.equal(x, model.edit(volumes, 0.5, num_inference_steps=4, generator=seeded(0)))
+    assert not torch.equal(x, model.edit(volumes, 0.5, num_inference_steps=4, generator=seeded(1)))  # noise added
     with pytest.raises(ValueError, match="unconditional"):
         model.edit(volumes, 0.5, target_labels=torch.tensor([0, 1]))
 
@@ -112,7 +115,9 @@ def test_latent_diffusion_edits_in_latent_space(tmp_path):
                            channels=(16, 32), norm_num_groups=8, num_inference_steps=4)
     images, labels = torch.rand(3, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 1])
     x = ldm.edit(images, 0.5, labels, target_labels=1 - labels, generator=seeded(0))
-    assert x.shape == images.shape and x.min() >= -1 and x.max() <= 1
+    assert x.shape == images.shape
+    # the noise added in latent space reaches the edit: another seed, another edit
+    assert not torch.equal(x, ldm.edit(images, 0.5, labels, target_labels=1 - labels, generator=seeded(1)))
     # no step: the image only makes the round trip through the autoencoder
     assert torch.allclose(ldm.edit(images, 0.1, labels), ldm.autoencoder.decode(
         ldm.autoencoder.encode(images, labels), labels).clamp(-1, 1), atol=1e-5)

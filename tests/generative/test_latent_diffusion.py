@@ -5,6 +5,7 @@ import shutil
 import lightning as L
 import pytest
 import torch
+from generative_testing import assert_distinct_samples
 
 from lightning_medaug.data import PhantomDataModule
 from lightning_medaug.generative import load_generator
@@ -60,7 +61,7 @@ def test_ldm_trains_samples_and_reloads_without_the_autoencoder_folder(autoencod
 
     images = model.sample(4, generator=torch.Generator().manual_seed(0))
     assert images.shape == (4, 1, 16, 16)
-    assert images.min() >= -1 and images.max() <= 1 and images.std() > 0
+    assert_distinct_samples(images)
 
     model.save_pretrained(tmp_path / "ldm")
     shutil.rmtree(ae_folder)  # the LDM's own folder must be enough
@@ -84,9 +85,13 @@ def test_ldm_3d(tmp_path):
     folder = train_autoencoder("vae", tmp_path / "vae3d", spatial_dims=3, image_size=8)
     model = LatentDiffusion(autoencoder_path=folder, **LDM_TINY)
     fit(model, phantoms(spatial_dims=3, image_size=8), 2)
-    for sampler in ("ddpm", "ddim", "dpmsolver++"):
-        volumes = model.sample(2, sampler=sampler)
-        assert volumes.shape == (2, 1, 8, 8, 8) and volumes.abs().max() <= 1
+    samples = [model.sample(2, sampler=sampler, generator=torch.Generator().manual_seed(0))
+               for sampler in ("ddpm", "ddim", "dpmsolver++")]
+    assert all(volumes.shape == (2, 1, 8, 8, 8) for volumes in samples)
+    for volumes in samples:
+        assert_distinct_samples(volumes)
+    # one seed, three samplers: three different results (each sampler is the one used)
+    assert not any(torch.equal(samples[i], samples[j]) for i, j in ((0, 1), (0, 2), (1, 2)))
 
 
 def test_invalid_autoencoders_are_rejected(autoencoder_folders, tmp_path):

@@ -72,7 +72,9 @@ def test_samples_are_new_images_with_the_image_statistics(trained, sampler):
     image = images[INDEX]
     x = model.sample(12, generator=gen(), sampler=sampler)
     assert x.shape == (12,) + model.image_shape and x.dtype == torch.float32
-    assert x.min() >= -1 and x.max() <= 1
+    # the CT-style image lies in [-0.67, 0.02]: the final clamp must barely act (a wrong scale or
+    # saturated noise would pile pixels up at -1 and 1)
+    assert (x.abs() > 0.98).float().mean() < 0.01
     # the image has std 0.16 (2D) / 0.11 (3D); an untrained denoiser misses its mean by 0.36 / 0.46
     assert abs(x.mean().item() - image.mean().item()) < 0.08
     assert abs(x.std().item() - image.std().item()) < 0.08

@@ -6,7 +6,13 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from generative_testing import assert_exports_round_trip, phantom_data, seeded
+from generative_testing import (
+    RecordRealLogits,
+    assert_distinct_samples,
+    assert_exports_round_trip,
+    phantom_data,
+    seeded,
+)
 from generative_testing import quiet_trainer as trainer
 
 from lightning_medaug.data import PhantomDataModule
@@ -46,13 +52,14 @@ def trained(request):
     data = phantoms(spatial_dims)
     data.setup()
     initial = model.sample(64, generator=seeded(0))
-    fit = trainer(80)
+    real_logits = RecordRealLogits()
+    fit = trainer(80, callbacks=[real_logits])
     fit.fit(model, data)
-    return model, data, initial, fit
+    return model, data, initial, fit, real_logits
 
 
 def test_training_moves_samples_toward_the_data(trained):
-    model, data, initial, fit = trained
+    model, data, initial, fit, real_logits = trained
     real = data.datasets["train"].images
     samples = model.sample(64, generator=seeded(0))
     # At init the samples sit near 0 with a wide spread; phantoms are mostly dark background (mean ~ -0.7).
@@ -63,7 +70,15 @@ def test_training_moves_samples_toward_the_data(trained):
         assert torch.isfinite(metrics[key]), key
     assert metrics["train/loss"] == metrics["train/loss_g"]
     assert model.pl_mean > 0  # the path-length penalty ran and tracked its running mean
-    assert 0.0 <= float(model.augment.p) <= 1.0
+    # ADA's rule replayed on the reals' logits of every D step (interval 1): p moves by
+    # sign(r_t - 0.6) * 16 / 500 per batch of 16 and stays within [0, max_p = 1]
+    p, rts = torch.tensor(0.0), []
+    for logits in real_logits.batches:
+        rts.append(logits.double().sign().mean())
+        p = (p + (torch.sign(rts[-1] - 0.6) * logits.numel() / 500.0).float()).clamp(0.0, 1.0)
+    assert len(rts) == 40 and float(p) > 0.0  # p left its initial 0: the check below sees the steps
+    assert float(model.augment.p) == pytest.approx(float(p), abs=1e-6)
+    assert float(model.augment.last_rt) == pytest.approx(float(rts[-1]), abs=1e-6)
 
 
 def test_sample_contract(trained):
@@ -72,7 +87,7 @@ def test_sample_contract(trained):
     b = model.sample(5, generator=seeded(1))
     c = model.sample(5, generator=seeded(2))
     assert a.shape == (5, *model.image_shape) and a.dtype == torch.float32
-    assert a.min() >= -1 and a.max() <= 1
+    assert_distinct_samples(a)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert model.hparams.spatial_dims == model.spatial_dims and "num_classes" in model.hparams
     with pytest.raises(ValueError, match="mask"):
@@ -125,7 +140,7 @@ def test_save_pretrained_round_trip_is_bit_exact(trained, tmp_path):
 
 
 def test_lightning_checkpoint_round_trip(trained, tmp_path):
-    model, _, _, fit = trained
+    model, _, _, fit, _ = trained
     fit.save_checkpoint(tmp_path / "stylegan.ckpt")
     restored = StyleGAN2.load_from_checkpoint(tmp_path / "stylegan.ckpt")
     assert "augment.p" in torch.load(tmp_path / "stylegan.ckpt", weights_only=True)["state_dict"]
