@@ -76,6 +76,7 @@ class DiffusionGenerator(DiffusionEditing, SharedStepModule):
             hp.norm_num_groups,
             # one extra class index is the "no label" token of classifier-free guidance
             num_class_embeds=self.num_classes + 1 if self.num_classes > 0 else None,
+            gradient_checkpointing=hp.get("gradient_checkpointing", False),
         )
         self.ema = EMA(self.unet, hp.ema_decay) if hp.ema_decay > 0 else None
 
@@ -267,6 +268,8 @@ class DDPM(DiffusionGenerator):
         num_inference_steps: default number of sampling steps.
         lr: AdamW learning rate.
         ema_decay: EMA decay of the UNet weights used for sampling; 0 disables the EMA.
+        gradient_checkpointing: recompute the UNet's activations in the backward pass (less
+            memory for large images and volumes, more time per step).
     """
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: SizeLike = 32, num_classes: int = 0,
@@ -274,7 +277,7 @@ class DDPM(DiffusionGenerator):
                  num_train_timesteps: int = 1000, beta_schedule: str = "linear", prediction_type: str = "v_prediction",
                  cond_drop_prob: float = 0.1, guidance_scale: float = 1.0, mask_conditional: bool = False,
                  data_key: str = IMAGE_KEY, sampler: str = "dpmsolver++", num_inference_steps: int = 20,
-                 lr: float = 2e-4, ema_decay: float = 0.999):
+                 lr: float = 2e-4, ema_decay: float = 0.999, gradient_checkpointing: bool = False):
         super().__init__(spatial_dims, in_channels, image_size, num_classes)
         self.save_hyperparameters()
         if data_key not in DATA_KEYS:

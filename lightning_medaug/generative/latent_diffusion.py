@@ -74,6 +74,7 @@ class LatentDiffusion(DiffusionGenerator):
         mask_conditional: condition on a mask (training batches need a ``"mask"``, ``sample``
             then requires ``masks``); see the module docstring.
         mask_downsampling: ``"space_to_depth"`` (lossless, ``prod(factors)`` channels) or ``"area"``.
+        gradient_checkpointing: recompute the latent UNet's activations in the backward pass.
         spatial_dims, in_channels, image_size: read from the autoencoder; when given, they must
             agree with it.
         channels, num_res_blocks, norm_num_groups, num_train_timesteps, beta_schedule,
@@ -88,7 +89,7 @@ class LatentDiffusion(DiffusionGenerator):
                  prediction_type: str = "v_prediction", cond_drop_prob: float = 0.1, guidance_scale: float = 1.0,
                  sampler: str = "dpmsolver++", num_inference_steps: int = 20, lr: float = 2e-4,
                  ema_decay: float = 0.999, mask_conditional: bool = False,
-                 mask_downsampling: str = "space_to_depth"):
+                 mask_downsampling: str = "space_to_depth", gradient_checkpointing: bool = False):
         # A fresh context: under LightningCLI a context variable holds the hyperparameters given to
         # *this* module, and the autoencoder's own save_hyperparameters() would otherwise record them.
         autoencoder, config = contextvars.Context().run(_build_autoencoder, autoencoder_path, autoencoder_config)

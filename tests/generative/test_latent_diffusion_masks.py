@@ -67,3 +67,18 @@ def test_batches_without_masks_are_refused(tmp_path):
         model.to_diffusion_space({"image": torch.zeros(2, 1, 16, 16)})
     with pytest.raises(ValueError, match="mask_downsampling"):
         create_generator("ldm", autoencoder_path=str(tmp_path / "ae"), mask_downsampling="nearest", **LDM)
+
+
+def test_gradient_checkpointing_of_the_latent_unet_keeps_its_gradients(tmp_path):
+    ae = create_generator("kl_autoencoder", spatial_dims=3, image_size=[8, 12, 16], **AE)
+    folder = str(ae.save_pretrained(tmp_path / "ae"))
+    batch = {"image": torch.rand(2, 1, 8, 12, 16) * 2 - 1, "mask": (torch.rand(2, 1, 8, 12, 16) > 0.5).float()}
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = create_generator("ldm", autoencoder_path=folder, gradient_checkpointing=checkpointing, **LDM)
+        assert model.unet.gradient_checkpointing is checkpointing
+        torch.manual_seed(1)  # the same noise and timesteps
+        model._shared_step(batch, "val").backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.unet.parameters()]))
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
