@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks in one go, for a machine with a CUDA device: the GPU-only tests, a short bf16-mixed
 # fit and a bank written with CUDA-graph sampling through the CLI, then the GPU figures that
-# missed their targets there (efficiency with its roofline, RHVAE latency, the fresh-fit ratio).
+# missed their targets there (efficiency with its roofline, RHVAE latency, the fresh-fit ratio)
+# and the clinical-resolution cost curves (s per training step, s per sample, peak memory).
 #   bash benchmarks/gpu_check.sh [OUT_DIR]       # JSON lines and logs land in OUT_DIR (default gpu_check/)
 set -uo pipefail
 OUT=${1:-gpu_check}
@@ -38,10 +39,18 @@ timeout 120 $PY unet_efficiency.py --precision bf16-mixed --batch-size 1024 --mm
 timeout 120 $PY unet_efficiency.py --precision bf16-mixed --out "$OUT/gpu.jsonl" > /dev/null || status=1
 # the one family that missed its latency target on a GPU
 timeout 180 $PY family_latency.py --families rhvae --precision bf16-mixed --out "$OUT/gpu.jsonl" > /dev/null || status=1
-# the fresh-fit ratio, missed on a GPU: fit_phases_ms says which part of the Trainer's fixed cost it is
+# the fresh-fit ratio, missed on a GPU: fit_phases_ms says which part of the Trainer's fixed cost it is;
+# the cVAE (automatic optimisation), the cGAN (manual) and the DDPM (EMA every step), each at its recipe's size
 for precision in 32-true bf16-mixed; do
-  timeout 240 $PY train_overhead.py --repeats 7 --precision $precision --out "$OUT/gpu.jsonl" > /dev/null || status=1
+  for generator in cvae cgan ddpm; do
+    timeout 240 $PY train_overhead.py --generator $generator --repeats 7 --precision $precision \
+        --out "$OUT/gpu.jsonl" > /dev/null || status=1
+  done
 done
+# cost curves at clinical resolutions (figure 8): pixel vs latent diffusion at the width the recipes
+# name for a GPU, 64-256 px and 32-128 voxels (a side that runs out of memory is reported as such)
+timeout 420 $PY scale_costs.py --width full --precision bf16-mixed --sizes-3d 32 64 96 128 --repeats 5 \
+    --sample-repeats 3 --out "$OUT/gpu.jsonl" > /dev/null || status=1
 cd ..
 $PY - "$OUT/gpu.jsonl" <<'PY'
 import json, sys
@@ -51,8 +60,17 @@ for line in open(sys.argv[1]):
         print("family_latency", {dims: {name: entry.get("ms_per_sample", entry) for name, entry in block.items()}
                                  for dims, block in r["results"].items()})
         continue
+    if r["benchmark"] == "scale_costs":
+        for dims, block in r["results"].items():
+            for size, entry in block.items():
+                print("scale_costs", r["precision"], dims, size, entry.get("skipped") or {
+                    side: (entry[side]["train_s_per_step"], entry[side]["sample_s_per_image"],
+                           entry[side]["peak_train_mb"]) for side in ("pixel", "latent")},
+                      "sampling speedup", entry.get("sampling_speedup"))
+        continue
     if r["benchmark"] == "train_overhead":
-        print("train_overhead", r["precision"], "ratio", r["ratio"], "steady", r["steady_ratio"],
+        print("train_overhead", r["generator"], r["precision"], "ratio", r["ratio"], "cpu", r["cpu_ratio"],
+              "steady", r["steady_ratio"], "in-fit ms/batch", r["in_fit_overhead_ms_per_batch"],
               "to the plain loop with a fit's memory release", r["ratio_to_released_plain"],
               "ms/batch", r["lightning_ms_per_batch"], "vs", r["plain_ms_per_batch"], "phases (ms)", r["fit_phases_ms"],
               "first batch (ms)", r["first_batch_ms"])
