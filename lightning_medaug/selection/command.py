@@ -44,9 +44,9 @@ def build_parser() -> ArgumentParser:
     proxies.add_argument("--seed", type=int, default=0, help="seeds the folds and the proxies")
     proxies.add_argument("--backbone", type=str, default="resnet18",
                          help="a timm name (2D) or resnet10/18/34/50, densenet121 (3D)")
-    proxies.add_argument("--epochs", type=int, default=5, help="training epochs of each proxy")
+    proxies.add_argument("--epochs", type=int, default=20, help="training epochs of each proxy")
     proxies.add_argument("--max-steps", type=int, default=-1, help="training steps of each proxy (-1: --epochs)")
-    proxies.add_argument("--batch-size", type=int, default=64, help="proxy batch size")
+    proxies.add_argument("--batch-size", type=int, default=32, help="proxy batch size")
     proxies.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the proxies")
     proxies.add_argument("--small-input-stem", action="store_true", help="3x3 stride-1 ResNet stem for 28x28 images")
     p.add_argument("--extractor", type=str, default="none",

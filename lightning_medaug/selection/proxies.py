@@ -42,7 +42,12 @@ PROXY_DIR = "proxies"
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    """How each fold's proxy classifier is built and trained (defaults sized for a few CPU cores).
+    """How each fold's proxy classifier is built and trained.
+
+    The defaults are the shortest training measured to beat the majority class on 10% of
+    PneumoniaMNIST (376 images a fold: about 240 steps, out-of-fold accuracy 0.94 against a
+    majority rate of 0.74); 5 epochs in batches of 64 did not beat it, and such proxies call every
+    sample the majority class.
 
     Args:
         backbone: a timm model name (2D) or ``resnet10/18/34/50``, ``densenet121`` (3D), as for
@@ -54,9 +59,9 @@ class ProxyConfig:
     """
 
     backbone: str = "resnet18"
-    epochs: int = 5
+    epochs: int = 20
     max_steps: int = -1
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 1e-3
     small_input_stem: bool = False
 
