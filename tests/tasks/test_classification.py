@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from torchmetrics.functional.classification import binary_accuracy, binary_auroc
+from torchmetrics.functional.classification import binary_accuracy, binary_auroc, multiclass_auroc
 
 from lightning_medaug.data import PhantomDataModule, PhantomDataset, make_phantoms
 from lightning_medaug.registry import TASKS
@@ -45,16 +45,18 @@ def test_overfits_one_batch_then_validates_tests_and_predicts(spatial_dims, size
     metrics = {**trainer.validate(task, loader, verbose=False)[0], **trainer.test(task, loader, verbose=False)[0]}
     for key in ("val/loss", "val/auc", "val/acc", "test/loss", "test/auc", "test/acc"):
         assert key in metrics, sorted(metrics)
-    for key in ("val/auc", "val/acc", "test/auc", "test/acc"):
-        assert 0.0 <= float(metrics[key]) <= 1.0
 
     probs = torch.cat(trainer.predict(task, loader))
     assert probs.shape == (8, 2)
     assert torch.allclose(probs.sum(1), torch.ones(8), atol=1e-5)
     assert ((probs >= 0) & (probs <= 1)).all()
-    # The logged metrics are those of the predicted probability of class 1.
-    assert float(metrics["test/auc"]) == pytest.approx(float(binary_auroc(probs[:, 1], data.labels)), abs=1e-5)
-    assert float(metrics["test/acc"]) == pytest.approx(float(binary_accuracy(probs[:, 1], data.labels)), abs=1e-5)
+    # The logged metrics (validation and test: the same loader and weights) are those of the
+    # predicted probability of class 1.
+    expected = {"auc": float(binary_auroc(probs[:, 1], data.labels)),
+                "acc": float(binary_accuracy(probs[:, 1], data.labels))}
+    for stage in ("val", "test"):
+        for name, value in expected.items():
+            assert float(metrics[f"{stage}/{name}"]) == pytest.approx(value, abs=1e-5), (stage, name)
 
 
 def test_multiclass_and_multilabel_with_tuple_batches():
@@ -63,20 +65,23 @@ def test_multiclass_and_multilabel_with_tuple_batches():
     task = ClassificationTask(backbone="test_resnet", num_classes=3)
     trainer = _trainer(2)
     trainer.fit(task, tuple_loader, tuple_loader)
-    assert 0.0 <= float(trainer.callback_metrics["val/auc"]) <= 1.0
+    val_auc = float(trainer.callback_metrics["val/auc"])
     probs = torch.cat(trainer.predict(task, tuple_loader))
     assert probs.shape == (12, 3)
     assert torch.allclose(probs.sum(1), torch.ones(12), atol=1e-5)
+    # validation ran after the last step: its AUROC is the macro one-vs-rest AUROC of these probabilities
+    assert val_auc == pytest.approx(float(multiclass_auroc(probs, labels, num_classes=3)), abs=1e-6)
 
     multi_hot = torch.stack([labels > 0, labels > 1], dim=1).float()  # "any lesion", "two lesions"
     multi_loader = DataLoader(TensorDataset(images, multi_hot), batch_size=6)
     task = ClassificationTask(backbone="test_resnet", num_classes=2, multilabel=True)
     trainer = _trainer(2)
     trainer.fit(task, multi_loader)
-    trainer.test(task, multi_loader, verbose=False)
-    assert 0.0 <= float(trainer.callback_metrics["test/acc"]) <= 1.0
+    test_acc = float(trainer.test(task, multi_loader, verbose=False)[0]["test/acc"])
     probs = torch.cat(trainer.predict(task, multi_loader))
     assert probs.shape == (12, 2) and ((probs >= 0) & (probs <= 1)).all()
+    # multi-label accuracy: the share of (image, label) decisions right at the 0.5 threshold
+    assert test_acc == pytest.approx(((probs > 0.5).float() == multi_hot).float().mean().item(), abs=1e-6)
 
 
 def test_bf16_mixed_gives_finite_loss():

@@ -7,8 +7,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
+from torchmetrics.functional.classification import binary_auroc
 
+from lightning_medaug.data import PhantomDataModule
 from lightning_medaug.tasks import ClassificationTask
 
 SCRIPT = textwrap.dedent('''
@@ -54,8 +57,16 @@ def test_two_process_ddp_fit_validates_with_synced_metrics(tmp_path):
     for key in ("val/loss", "val/auc", "val/acc"):
         # Synced across processes: both ranks report the value over the whole validation set.
         assert infos[0]["metrics"][key] == infos[1]["metrics"][key]
-    assert 0.0 <= infos[0]["metrics"]["val/auc"] <= 1.0
 
-    task = ClassificationTask.load_from_checkpoint(tmp_path / "final.ckpt", map_location="cpu")
+    task = ClassificationTask.load_from_checkpoint(tmp_path / "final.ckpt", map_location="cpu").eval()
     assert task.hparams.backbone == "test_resnet" and task.hparams.lr == 3e-3
     assert torch.isfinite(task(torch.zeros(2, 1, 16, 16))).all()
+    # the synced val/auc is the AUROC of the final weights over all 12 validation images, not one rank's 6
+    dm = PhantomDataModule(image_size=16, num_train=16, num_val=12, num_test=12, batch_size=4)
+    dm.setup("validate")
+    batches = list(dm.val_dataloader())
+    with torch.no_grad():
+        probs = torch.cat([task.probabilities(task(batch["image"])) for batch in batches])
+    labels = torch.cat([batch["label"] for batch in batches])
+    assert len(labels) == 12 and infos[0]["metrics"]["val/auc"] == pytest.approx(
+        float(binary_auroc(probs[:, 1], labels)), abs=1e-6)

@@ -4,6 +4,7 @@ import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from torchmetrics.functional.classification import binary_auroc
 
 from lightning_medaug.data import PhantomDataset
 from lightning_medaug.tasks import ClassificationTask
@@ -27,7 +28,10 @@ def test_a_few_mixed_training_steps(kind):
     loader = DataLoader(data, batch_size=8)
     trainer.fit(task, loader, loader)
     assert trainer.global_step == 4 and torch.isfinite(trainer.callback_metrics["train/loss"])
-    assert 0 <= float(trainer.callback_metrics["val/auc"]) <= 1  # validation scores the hard labels
+    # validation (after the last step) scores the hard labels with the unmixed images' probabilities
+    val_auc = float(trainer.callback_metrics["val/auc"])
+    probs = torch.cat(trainer.predict(task, loader))
+    assert val_auc == pytest.approx(float(binary_auroc(probs[:, 1], data.labels)), abs=1e-6)
     soft = torch.cat(seen)
     assert soft.shape == (32, 2) and torch.allclose(soft.sum(1), torch.ones(32))
     assert ((soft > 0) & (soft < 1)).any()  # really mixed, not one-hot

@@ -44,14 +44,15 @@ def test_overfits_one_batch_then_validates_tests_and_predicts(spatial_dims, size
     metrics = {**trainer.validate(task, loader, verbose=False)[0], **trainer.test(task, loader, verbose=False)[0]}
     for key in ("val/loss", "val/dice", "test/loss", "test/dice"):
         assert key in metrics, sorted(metrics)
-    assert 0.0 <= metrics["val/dice"] <= 1.0 and 0.0 <= metrics["test/dice"] <= 1.0
 
     probs = torch.cat(trainer.predict(task, loader))
     assert probs.shape == data.masks.shape
     assert ((probs >= 0) & (probs <= 1)).all()
-    # test/dice is the per-image mean Dice of the thresholded prediction.
+    # val/dice and test/dice (same loader, same weights) are the per-image mean Dice of the
+    # thresholded prediction.
     expected = dice_score((probs > 0.5).long(), data.masks.long(), num_classes=1, average="macro",
                           input_format="one-hot").mean()
+    assert metrics["val/dice"] == pytest.approx(float(expected), abs=1e-4)
     assert metrics["test/dice"] == pytest.approx(float(expected), abs=1e-4)
 
 
@@ -63,10 +64,14 @@ def test_multiclass_with_tuple_batches():
     task = SegmentationTask(spatial_dims=3, num_classes=3, channels=[8, 16])
     trainer = _trainer(2)
     trainer.fit(task, loader, loader)
-    assert 0.0 <= float(trainer.callback_metrics["val/dice"]) <= 1.0
+    val_dice = float(trainer.callback_metrics["val/dice"])
     probs = torch.cat(trainer.predict(task, loader))
     assert probs.shape == (4, 3, 8, 8, 8)
     assert torch.allclose(probs.sum(1), torch.ones(4, 8, 8, 8), atol=1e-5)
+    # validation ran after the last step: the per-image mean Dice of the argmax over classes 1 and 2
+    expected = dice_score(probs.argmax(1), masks.squeeze(1).long(), num_classes=3, include_background=False,
+                          average="macro", input_format="index").mean()
+    assert val_dice == pytest.approx(float(expected), abs=1e-4)
 
 
 def test_invalid_arguments_and_sizes_raise_value_errors():
