@@ -1,17 +1,25 @@
 """Figure 4: training overhead of our LightningModule + Lightning's Trainer against a plain PyTorch loop.
 
-Prints one JSON line: the wall time of one epoch (or ``--max-batches`` batches) of a generator on
-PneumoniaMNIST, run by ``L.Trainer(logger=False, enable_checkpointing=False,
-enable_progress_bar=False, enable_model_summary=False)`` and by a hand-written loop that calls the
-very same module's ``training_step``, its optimizer from ``configure_optimizers`` and its
-``on_train_batch_end`` hook (the DDPM's EMA update), on the same loader and batch size.
-``ratio`` = Lightning / plain (medians of interleaved repeats; target <= 1.05), where every
-Lightning epoch is a fresh ``Trainer.fit``. ``steady_ratio`` divides instead the median epoch of one
+Prints one JSON line: the wall time of one epoch (or ``--max-batches`` batches) of a generator at
+its recipe's size (``recipes/<generator>_pneumonia.yaml``: the model's ``init_args`` and batch size)
+on PneumoniaMNIST, run by ``L.Trainer(logger=False, enable_checkpointing=False,
+enable_progress_bar=False, enable_model_summary=False)`` and by a hand-written loop on the very same
+module (``plain_loop.py``): its ``training_step``, its optimizer from ``configure_optimizers`` and its
+``on_train_batch_end`` hook (the DDPM's EMA update), on the same loader and batch size. A GAN trains
+with manual optimisation: its own ``training_step`` runs on both sides, and in the plain loop the
+few ``LightningModule`` methods that need a Trainer (``optimizers``, ``toggle_optimizer``,
+``manual_backward``, ...) are plain PyTorch (raw optimizers, ``requires_grad`` switches,
+``loss.backward()``), the optimiser work a hand-written GAN loop does.
+``ratio`` = Lightning / plain (medians of interleaved repeats; target <= 1.02), where every
+Lightning epoch is a fresh ``Trainer.fit``. ``cpu_ratio`` is the same ratio of the process's CPU
+time: on a machine shared with other jobs, time spent waiting for a core drops out of it.
+``steady_ratio`` divides instead the median epoch of one
 longer ``fit`` (epochs after its first) by the same plain epoch: what an epoch costs in a real
 run, once the Trainer's set-up (device and strategy set-up, teardown that empties the CUDA cache)
 is paid. The verdict stays on ``ratio``. To say where a gap comes from, ``fit_setup_teardown_s`` is a
 fresh fit's wall time minus that of its one epoch (building the Trainer, set-up, teardown) and
-``in_fit_overhead_ms_per_batch`` is what the Trainer's epoch costs per batch beyond the plain loop's.
+``in_fit_overhead_ms_per_batch`` (``in_fit_cpu_overhead_ms_per_batch`` in CPU time) is what the
+Trainer's epoch costs per batch beyond the plain loop's.
 ``fit_phases_ms`` splits a fresh fit's fixed cost by the Trainer's hooks (medians over the repeats,
 the device synchronised at each): ``build`` (the ``Trainer`` constructor), ``enter`` (``fit()`` up to
 the ``setup`` hook: connecting the module, the strategy's environment), ``strategy_setup`` (up to
@@ -24,13 +32,16 @@ optimizer state moved back to the CPU, the CUDA cache emptied) and ``exit`` (tea
 return from ``fit()``). ``ratio_to_released_plain`` divides by a third side instead, the plain loop
 plus the memory handling a fit adds on CUDA (the allocator's cache and cuBLAS's workspaces emptied
 before and after, the model moved back to the CPU): how much of a GPU gap that handling explains.
+On a CPU that side is the plain loop again, so its distance from ``plain_s`` shows the noise.
+With ``--recipe-callbacks`` the Trainer side also runs the per-batch callbacks of a ``medaug fit``
+run (``FiniteLossGuard``, ``RandomStateCheckpoint``; listed under ``callbacks``): what a recipe adds.
 
 Each side trains its own instance, built from the same seed, across all its repeats (the work
 per step does not depend on the weights), so no run pays for building a model; the Lightning
-side does pay for building its Trainer, as a user does. Only modules with automatic
-optimisation qualify: a GAN's manual steps need a Trainer by design.
+side does pay for building its Trainer, as a user does.
 
     python benchmarks/train_overhead.py                          # cVAE, batch 128, one epoch
+    python benchmarks/train_overhead.py --generator cgan         # the cGAN recipe, batch 64, one epoch
     python benchmarks/train_overhead.py --generator ddpm --max-batches 10
     python benchmarks/train_overhead.py --data-root DIR          # or MEDAUG_DATA=DIR
     python benchmarks/train_overhead.py --tiny                   # smoke test: 3 batches of 16
@@ -42,100 +53,40 @@ import argparse
 import statistics
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import lightning as L
 import torch
+import yaml
 from _common import data_root, emit, versions
-from unet_efficiency import (
-    PRECISIONS,
-    interleaved_times,
-    precision_context,
-    resolve_device,
-    set_threads,
-    synchronize,
-)
+from plain_loop import plain_epoch, released_plain_epoch
+from unet_efficiency import PRECISIONS, interleaved_times, resolve_device, set_threads, synchronize
 
-TARGET = 1.05
-#: families with automatic optimisation and settings that fit PneumoniaMNIST (28x28, 2 classes).
-GENERATORS: dict[str, dict[str, Any]] = {
-    "cvae": {"num_classes": 2},
-    "vae": {},
-    "ddpm": {"num_classes": 2, "channels": (16, 32, 64)},
-}
+TARGET = 1.02
+#: generators measured, at the size of their PneumoniaMNIST recipe (``recipes/<name>_pneumonia.yaml``)
+GENERATORS = ("cvae", "vae", "ddpm", "cgan")
 TINY_SETTINGS: dict[str, dict[str, Any]] = {
     "cvae": {"channels": (8, 16), "norm_num_groups": 4},
     "vae": {"channels": (8, 16), "norm_num_groups": 4},
     "ddpm": {"channels": (8, 16), "norm_num_groups": 4},
+    "cgan": {"generator_channels": 8, "discriminator_channels": 8, "latent_dim": 16},
 }
+
+
+def recipe(name: str) -> tuple[dict[str, Any], int]:
+    """The model's ``init_args`` and the batch size of the generator's PneumoniaMNIST recipe."""
+    from lightning_medaug.recipe_files import find_recipe
+
+    config = yaml.safe_load(find_recipe(f"{name}_pneumonia.yaml").read_text(encoding="utf-8"))
+    return dict(config["model"]["init_args"]), int(config["data"]["init_args"]["batch_size"])
 
 
 def build(name: str, tiny: bool) -> L.LightningModule:
     from lightning_medaug.registry import create_generator
 
     torch.manual_seed(0)
-    return create_generator(name, image_size=28, **{**GENERATORS[name], **(TINY_SETTINGS[name] if tiny else {})})
-
-
-def first_optimizer(configured: Any) -> torch.optim.Optimizer:
-    """The optimizer of ``configure_optimizers()``'s answer (an optimizer, a list or a dict)."""
-    if isinstance(configured, torch.optim.Optimizer):
-        return configured
-    if isinstance(configured, dict):
-        return configured["optimizer"]
-    if isinstance(configured, (list, tuple)) and len(configured) == 1:
-        return first_optimizer(configured[0])
-    raise ValueError(f"the plain loop handles one optimizer; configure_optimizers returned {type(configured)}")
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, dict):
-        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-    return [v.to(device, non_blocking=True) if torch.is_tensor(v) else v for v in batch]
-
-
-def plain_epoch(model: L.LightningModule, loader: Iterable, max_batches: int | None, precision: str,
-                device: torch.device, first_batch_ms: list[float] | None = None) -> None:
-    """What the Trainer does per batch, written out: step, backward, optimizer step, batch-end hook.
-
-    ``first_batch_ms`` collects the first batch's milliseconds, synchronised as :class:`FitPhases` does.
-    """
-    model.to(device).train()
-    optimizer = first_optimizer(model.configure_optimizers())
-    synchronize(device)
-    start = time.perf_counter()
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        batch = to_device(batch, device)
-        with precision_context(precision, device):
-            loss = model.training_step(batch, i)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        model.on_train_batch_end(loss, batch, i)
-        if i == 0 and first_batch_ms is not None:
-            synchronize(device)
-            first_batch_ms.append(1000 * (time.perf_counter() - start))
-
-
-def released_plain_epoch(model: L.LightningModule, loader: Iterable, max_batches: int | None, precision: str,
-                         device: torch.device) -> None:
-    """The plain loop plus the memory handling a Lightning fit adds on CUDA: Lightning's own
-    ``_clear_cuda_memory`` (caching allocator and cuBLAS workspaces emptied) before and after, and
-    the model back on the CPU after, as the strategy's teardown does. The same as the plain loop on a CPU."""
-    release_cuda_memory(device)
-    plain_epoch(model, loader, max_batches, precision, device)
-    model.cpu()
-    release_cuda_memory(device)
-
-
-def release_cuda_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        from lightning.fabric.accelerators.cuda import _clear_cuda_memory
-
-        _clear_cuda_memory()
+    return create_generator(name, **{**recipe(name)[0], **(TINY_SETTINGS[name] if tiny else {})})
 
 
 def lightning_epoch(model: L.LightningModule, loader: Iterable, max_batches: int | None, precision: str,
@@ -156,18 +107,19 @@ def lightning_epoch(model: L.LightningModule, loader: Iterable, max_batches: int
 
 
 class EpochTimer(L.Callback):
-    """Wall seconds of every training epoch of one ``fit``, device work included."""
+    """Wall and CPU seconds of every training epoch of one ``fit``, device work included."""
 
     def __init__(self, device: torch.device):
-        self.device, self.seconds, self._start = device, [], 0.0
+        self.device, self.seconds, self.cpu_seconds, self._start = device, [], [], (0.0, 0.0)
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         synchronize(self.device)
-        self._start = time.perf_counter()
+        self._start = time.perf_counter(), time.process_time()
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         synchronize(self.device)
-        self.seconds.append(time.perf_counter() - self._start)
+        self.seconds.append(time.perf_counter() - self._start[0])
+        self.cpu_seconds.append(time.process_time() - self._start[1])
 
 
 class FitPhases(L.Callback):
@@ -222,16 +174,35 @@ class FitPhases(L.Callback):
 
 
 def steady_epochs(model: L.LightningModule, loader: Iterable, max_batches: int | None, precision: str,
-                  device: torch.device, epochs: int) -> list[float]:
+                  device: torch.device, epochs: int, callbacks: list[L.Callback]) -> list[float]:
     """Seconds of epochs 2.. of one ``fit`` of ``epochs + 1`` epochs: the Trainer's per-epoch cost once
     it is built and set up, as in a real training run (the first epoch pays for the set-up)."""
     timer = EpochTimer(device)
     trainer = L.Trainer(accelerator=device.type, devices=1, precision=precision, max_epochs=epochs + 1,
                         limit_train_batches=max_batches if max_batches is not None else 1.0, limit_val_batches=0,
                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[timer])
+                        enable_model_summary=False, callbacks=[*callbacks, timer])
     trainer.fit(model, train_dataloaders=loader)
     return timer.seconds[1:]
+
+
+def recipe_callbacks() -> list[L.Callback]:
+    """The per-batch callbacks of a ``medaug fit`` run: every recipe's ``FiniteLossGuard`` and the
+    ``RandomStateCheckpoint`` the CLI adds (the others act once per epoch or checkpoint)."""
+    from lightning_medaug.generative.callbacks import FiniteLossGuard, RandomStateCheckpoint
+
+    return [FiniteLossGuard(), RandomStateCheckpoint()]
+
+
+def with_cpu_time(run: Callable[[], None], seconds: list[float]) -> Callable[[], None]:
+    """``run``, appending the CPU seconds of this process each call takes to ``seconds``."""
+
+    def timed() -> None:
+        start = time.process_time()
+        run()
+        seconds.append(time.process_time() - start)
+
+    return timed
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -243,34 +214,43 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     loader = data.train_dataloader()
     batches = len(loader) if args.max_batches is None else min(args.max_batches, len(loader))
     ours, plain, released = (build(args.generator, args.tiny) for _ in range(3))
+    callbacks = recipe_callbacks() if args.recipe_callbacks else []
     # Warm-up of 2 batches each (allocator, oneDNN caches, lazy imports), not of a whole epoch.
-    lightning_epoch(ours, loader, 2, args.precision, device)
+    lightning_epoch(ours, loader, 2, args.precision, device, callbacks)
     plain_epoch(plain, loader, 2, args.precision, device)
     released_plain_epoch(released, loader, 2, args.precision, device)
     # The same timer rides along every timed fit: the fit's wall time minus its epoch's is what
     # building, setting up and tearing down a Trainer costs; the epoch itself is the per-batch cost.
     in_fit, phases, plain_first = EpochTimer(device), FitPhases(device), []
+    cpu: dict[str, list[float]] = {"lightning": [], "plain": []}
     times = interleaved_times({
-        "lightning": lambda: lightning_epoch(ours, loader, args.max_batches, args.precision, device, [in_fit],
-                                             phases),
-        "plain": lambda: plain_epoch(plain, loader, args.max_batches, args.precision, device, plain_first),
+        "lightning": with_cpu_time(lambda: lightning_epoch(ours, loader, args.max_batches, args.precision, device,
+                                                           [*callbacks, in_fit], phases), cpu["lightning"]),
+        "plain": with_cpu_time(lambda: plain_epoch(plain, loader, args.max_batches, args.precision, device,
+                                                   plain_first), cpu["plain"]),
         "released": lambda: released_plain_epoch(released, loader, args.max_batches, args.precision, device),
     }, args.repeats, device, warmup=False)
     light_s, plain_s = statistics.median(times["lightning"]), statistics.median(times["plain"])
+    light_cpu, plain_cpu = statistics.median(cpu["lightning"]), statistics.median(cpu["plain"])
     ratio = light_s / plain_s
     released_s = statistics.median(times["released"])
-    epoch_s = statistics.median(in_fit.seconds)
+    epoch_s, epoch_cpu = statistics.median(in_fit.seconds), statistics.median(in_fit.cpu_seconds)
     phase_ms = phases.medians()
-    steady_s = statistics.median(steady_epochs(ours, loader, args.max_batches, args.precision, device, args.repeats))
+    steady_s = statistics.median(steady_epochs(ours, loader, args.max_batches, args.precision, device, args.repeats,
+                                               callbacks))
     return {
         "generator": args.generator, "batch_size": args.batch_size, "batches": batches, "repeats": args.repeats,
         "precision": args.precision, "device": str(device),
+        "callbacks": [type(callback).__name__ for callback in callbacks],
         "lightning_s": round(light_s, 4), "plain_s": round(plain_s, 4),
         "lightning_ms_per_batch": round(1000 * light_s / batches, 2),
         "plain_ms_per_batch": round(1000 * plain_s / batches, 2),
         "ratio": round(ratio, 4), "ratio_of_best_runs": round(min(times["lightning"]) / min(times["plain"]), 4),
+        "lightning_cpu_s": round(light_cpu, 4), "plain_cpu_s": round(plain_cpu, 4),
+        "cpu_ratio": round(light_cpu / plain_cpu, 4),
         "fit_setup_teardown_s": round(light_s - epoch_s, 4), "in_fit_epoch_s": round(epoch_s, 4),
         "in_fit_overhead_ms_per_batch": round(1000 * (epoch_s - plain_s) / batches, 2),
+        "in_fit_cpu_overhead_ms_per_batch": round(1000 * (epoch_cpu - plain_cpu) / batches, 2),
         "fit_phases_ms": phase_ms,
         "first_batch_ms": {"lightning": phase_ms["first_batch"],
                            "plain": round(statistics.median(plain_first), 2)},
@@ -282,8 +262,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", default="cvae", choices=sorted(GENERATORS))
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--generator", default="cvae", choices=GENERATORS)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--max-batches", type=int, default=None, help="batches per run (default: one epoch)")
     parser.add_argument("--subset", type=int, default=None, help="training samples per class (default: all)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -292,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", default=None, help="folder with pneumoniamnist.npz (default: $MEDAUG_DATA, "
                                                           "else the shipped copy)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--recipe-callbacks", action="store_true",
+                        help="the Trainer side also runs the per-batch callbacks of a medaug fit run")
     parser.add_argument("--tiny", action="store_true", help="smoke test: narrow model, 3 batches of 16, 1 repeat")
     parser.add_argument("--out", default=None, help="also append the JSON line to this file")
     args = parser.parse_args(argv)
@@ -300,6 +282,10 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"--max-batches must be at least 1, got {args.max_batches}")
     if args.tiny:
         args.batch_size, args.max_batches, args.repeats, args.subset = 16, 3, 1, 32
+    if args.batch_size is None:
+        args.batch_size = recipe(args.generator)[1]
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     # The plain loop calls training_step without a Trainer: its self.log calls are no-ops that warn.
     warnings.filterwarnings("ignore", message=".*self.log.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
