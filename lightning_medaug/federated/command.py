@@ -20,7 +20,7 @@ from jsonargparse import ArgumentParser
 from lightning_medaug.command_parser import command_parser, parse_command
 from lightning_medaug.federated.settings import FederationSettings
 
-__all__ = ["ENGINES", "build_parser", "federate", "main"]
+__all__ = ["ENGINES", "build_parser", "federate", "main", "parse_federation"]
 
 #: Where the sites run: in this process, one after the other, or in Flower's (Ray) simulation engine.
 ENGINES = ("inprocess", "simulation")
@@ -33,6 +33,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--engine", type=str, default="inprocess", help=f"one of {', '.join(ENGINES)}")
     parser.add_class_arguments(FederationSettings, nested_key=None, as_positional=False)
     return parser
+
+
+def parse_federation(argv: Sequence[str]) -> tuple[FederationSettings, dict]:
+    """The settings and all options (``out``, ``engine``...) that ``medaug federate argv`` would run."""
+    config = parse_command(build_parser(), argv).as_dict()
+    fields = {f.name for f in dataclasses.fields(FederationSettings)}
+    return FederationSettings(**{k: v for k, v in config.items() if k in fields}), config
 
 
 def federate(settings: FederationSettings, out: str | Path, engine: str = "inprocess") -> dict:
@@ -62,9 +69,7 @@ def federate(settings: FederationSettings, out: str | Path, engine: str = "inpro
 
 def main(argv: Sequence[str]) -> int:
     """Run ``medaug federate``; returns the exit code (bad input raises for the CLI's one-line handler)."""
-    config = parse_command(build_parser(), argv).as_dict()
-    fields = {f.name for f in dataclasses.fields(FederationSettings)}
-    settings = FederationSettings(**{k: v for k, v in config.items() if k in fields})
+    settings, config = parse_federation(argv)
     record = federate(settings, config["out"], config["engine"])
     summary = record.get("summary", {})
     print(f"federated {settings.generator}: {summary.get('rounds', '?')} rounds over {settings.num_sites} sites "
