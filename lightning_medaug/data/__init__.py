@@ -15,6 +15,7 @@ from lightning_medaug.data.medmnist import (
     MedMNISTInfo,
     medmnist_info,
 )
+from lightning_medaug.data.patch_queue import PatchQueueDataModule
 from lightning_medaug.data.phantom import (
     PhantomDataModule,
     PhantomDataset,
@@ -28,7 +29,7 @@ __all__ = [
     "IMAGE_KEY", "LABEL_KEY", "MASK_KEY", "Batch", "unpack_batch",
     "PhantomDataModule", "PhantomDataset", "make_phantoms",
     "MedMNISTDataModule", "MedMNISTDataset", "MedMNISTInfo", "medmnist_info",
-    "FolderDataModule", "FolderDataset", "Geometry", "read_image",
+    "FolderDataModule", "FolderDataset", "Geometry", "read_image", "PatchQueueDataModule",
     "ClassicAugmentation", "classic_augmentation", "PolicyAugmentation", "POLICIES",
     "stratified_subset", "holdout_split",
 ]

@@ -19,6 +19,7 @@ from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import PatchDiscriminator
 from torch import Tensor, nn
 
+from lightning_medaug.data.batch import unpack_batch
 from lightning_medaug.downloads import DownloadError
 from lightning_medaug.generative.adversarial_vae import kl_per_sample
 from lightning_medaug.generative.gan import manual_step
@@ -72,7 +73,8 @@ class KLAutoencoder(VAE):
     With ``patch_size`` the training step cuts one random patch from each image (the networks are
     convolutional, so the model still encodes and decodes whole images): activations, and so
     memory and time per step, shrink with the patch, for images or volumes too large to train
-    whole; validation runs on whole images.
+    whole; validation runs on whole images. Batches already of ``patch_size`` (e.g. from a TorchIO
+    queue, :class:`~lightning_medaug.data.patch_queue.PatchQueueDataModule`) are used as they are.
 
     The adversarial terms start after ``adversarial_start_step`` steps (Lightning's
     ``global_step``, which counts both optimisers' steps once both run): a discriminator facing
@@ -145,10 +147,19 @@ class KLAutoencoder(VAE):
     def _patch_logits(self, images: Tensor) -> Tensor:
         return self.discriminator(images.contiguous())[-1].float()  # MONAI returns every layer's output
 
-    def training_step(self, batch: Any, batch_idx: int) -> None:
+    def _training_images(self, batch: Any) -> tuple[Tensor, Tensor | None]:
+        """A training batch's images at ``training_size``: whole images are cut here, patches
+        (from :class:`~lightning_medaug.data.patch_queue.PatchQueueDataModule`) pass as they are."""
+        image, label, _ = unpack_batch(batch)
+        if self.training_size != self.spatial_size and tuple(image.shape[2:]) == self.training_size:
+            return image, self._labels_for(label)
         image, labels = self.read_batch(batch)
         if self.training_size != self.spatial_size:
             image = random_patches(image, self.training_size)
+        return image, labels
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        image, labels = self._training_images(batch)
         hp = self.hparams
         optimizers = self.optimizers()
         opt_g = optimizers[0] if isinstance(optimizers, list) else optimizers
