@@ -11,12 +11,13 @@ each transform of the pipeline is applied to a sample with probability ``p``. In
 discriminator steps moves ``p`` by ``sign(r_t - target) * images_seen / (speed_kimg * 1000)``, so
 ``p`` can go from 0 to 1 in ``speed_kimg`` thousand images. The paper's target is 0.6.
 
-The transforms are DiffAugment's (Zhao et al. 2020; :mod:`lightning_medaug.generative.diffaugment`),
-each applied per sample with probability ``p``: they are differentiable (the generator gets
-gradients through them) and handle 2D images and 3D volumes on one code path. This is a smaller
+The transforms are DiffAugment's (Zhao et al. 2020; :mod:`lightning_medaug.generative.diffaugment`,
+mostly kornia's), each applied per sample with probability ``p``: they are differentiable (the
+generator gets gradients through them) and handle 2D images and 3D volumes. This is a smaller
 pipeline than the paper's 18 transforms. Applying each with probability ``p < 1`` is what keeps
 augmentations from leaking into the generated images (Karras 2020, Sec. 2.2: leaks appeared only
 above p ~ 0.8 for their transforms); ``max_p`` caps ``p`` when samples start to look augmented.
+The heuristic that moves ``p`` is ours: kornia has none.
 ``p`` and the running sign statistics are buffers, so checkpoints and ``save_pretrained`` keep them.
 """
 
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_medaug.data.batch import IMAGE_RANGE
-from lightning_medaug.generative.diffaugment import diff_augment, parse_policy
+from lightning_medaug.generative.diffaugment import DiffAugment
 
 __all__ = ["AdaptiveAugment"]
 
@@ -54,7 +55,6 @@ class AdaptiveAugment(nn.Module):
                  speed_kimg: float = 100.0, initial_p: float = 0.0, max_p: float = 1.0,
                  translation_ratio: float = 0.125, cutout_ratio: float = 0.5, fill: float = IMAGE_RANGE[0]):
         super().__init__()
-        self.transforms = parse_policy(policy)
         if not 0.0 < target < 1.0:
             raise ValueError(f"ADA target must be in (0, 1) (the paper uses 0.6), got {target}")
         if interval < 1:
@@ -65,12 +65,9 @@ class AdaptiveAugment(nn.Module):
             raise ValueError(f"ADA max_p must be in (0, 1], got {max_p}")
         if not 0.0 <= initial_p <= max_p:
             raise ValueError(f"ADA initial_p must be in [0, max_p={max_p}], got {initial_p}")
-        if not 0.0 <= translation_ratio < 0.5:
-            raise ValueError(f"translation_ratio must be in [0, 0.5), got {translation_ratio}")
-        if not 0.0 < cutout_ratio < 1.0:
-            raise ValueError(f"cutout_ratio must be in (0, 1), got {cutout_ratio}")
         self.target, self.interval, self.speed_kimg, self.max_p = target, interval, speed_kimg, max_p
-        self.translation_ratio, self.cutout_ratio, self.fill = translation_ratio, cutout_ratio, fill
+        # holds no state: the state_dict stays p and the sign statistics
+        self.pipeline = DiffAugment(policy, translation_ratio, cutout_ratio, fill)
         self.register_buffer("p", torch.tensor(float(initial_p)))
         # Sum of sign(D(real)), number of reals and D steps since the last adjustment: buffers, so a
         # resumed run continues the same accumulation window.
@@ -82,16 +79,10 @@ class AdaptiveAugment(nn.Module):
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Augment ``x`` (N, C, *spatial): each transform hits each sample with probability ``p``."""
-        if not self.transforms or float(self.p) == 0.0:
+        p = float(self.p)
+        if p == 0.0:
             return x  # the common early-training case costs nothing
-        n = x.shape[0]
-        per_sample = (n,) + (1,) * (x.ndim - 1)
-        for name in self.transforms:
-            augmented = diff_augment(x, name, generator, self.translation_ratio, self.cutout_ratio, self.fill)
-            device = generator.device if generator is not None else x.device
-            chosen = torch.rand(n, generator=generator, device=device).to(x.device) < self.p
-            x = torch.where(chosen.view(per_sample), augmented, x)
-        return x
+        return self.pipeline(x, generator, p)
 
     @torch.no_grad()
     def observe(self, real_logits: Tensor) -> bool:
@@ -111,4 +102,4 @@ class AdaptiveAugment(nn.Module):
         return True
 
     def extra_repr(self) -> str:
-        return f"policy={','.join(self.transforms)!r}, target={self.target}, p={float(self.p):.3f}"
+        return f"policy={self.pipeline.policy!r}, target={self.target}, p={float(self.p):.3f}"
