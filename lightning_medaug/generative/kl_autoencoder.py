@@ -48,11 +48,12 @@ def patch_discriminator_layers(size: tuple[int, ...], requested: int | None) -> 
         check_at_least(1, discriminator_layers=requested)
     fits = [n for n in range(1, max(_MAX_DISCRIMINATOR_LAYERS, requested or 0) + 1) if min(size) // 2 ** n >= 3]
     if not fits:
-        raise ValueError(f"image_size {size} is too small for a patch discriminator: every side must be at least 6")
+        raise ValueError(f"a training size of {size} is too small for a patch discriminator: every side must be "
+                         "at least 6 (raise patch_size or image_size)")
     if requested is None:
         return min(fits[-1], _MAX_DISCRIMINATOR_LAYERS)
     if requested not in fits:
-        raise ValueError(f"discriminator_layers={requested} needs every side of image_size to be at least "
+        raise ValueError(f"discriminator_layers={requested} needs every side trained on to be at least "
                          f"{3 * 2 ** requested}, got {size}: use at most {fits[-1]} or None")
     return requested
 
@@ -91,7 +92,8 @@ class KLAutoencoder(VAE):
         adversarial_weight: weight of the generator's patch GAN loss; 0 disables the discriminator.
         adversarial_start_step: ``global_step`` from which the adversarial terms are on.
         discriminator_channels: width of the discriminator's first layer (doubled per layer).
-        discriminator_layers: strided layers; ``None`` picks up to 3 from ``image_size``.
+        discriminator_layers: strided layers; ``None`` picks up to 3 from the size trained on
+            (``patch_size``, else ``image_size``).
         perceptual_weight: weight of MONAI's perceptual loss (LPIPS-like); 0 (the default) leaves it
             out. Its network's pretrained weights are downloaded at ``setup``: keep it 0 offline.
         perceptual_network: MONAI's ``network_type`` (one of :data:`PERCEPTUAL_NETWORKS`).
