@@ -58,9 +58,12 @@ def test_fit_then_test_writes_a_complete_run_folder(tmp_path):
     assert config["trainer"]["max_epochs"] == 2
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     assert len(metrics["history"]) == 2
-    assert 0.0 <= metrics["monitor"]["best"]["val/auc"] <= 1.0
+    # the summary's best is the epoch of highest val/auc (mode max), the one ModelCheckpoint kept
+    best = metrics["monitor"]["best"]
+    assert best == max(metrics["history"], key=lambda row: row["val/auc"])
     assert (folder / "curves.png").stat().st_size > 1000
     ckpt = next((folder / "checkpoints").glob("*.ckpt"))
+    assert metrics["best_checkpoint"] == ckpt.name == f"epoch={int(best['epoch'])}-step={int(best['step'])}.ckpt"
     # Testing the checkpoint adds the test figures to a new run folder's metrics.json.
     assert main(["test", "--config", str(recipe), "--ckpt_path", str(ckpt)]) == 0
     test_metrics = json.loads((tmp_path / "runs" / "tiny" / "version_1" / "metrics.json").read_text(encoding="utf-8"))

@@ -3,10 +3,15 @@
 import json
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
+from torchmetrics.functional.classification import binary_auroc
 
 from lightning_medaug.bank import SyntheticBank
 from lightning_medaug.cli import main
+from lightning_medaug.data import PhantomDataModule
+from lightning_medaug.tasks import ClassificationTask
 
 PHANTOMS = {"class_path": "lightning_medaug.data.PhantomDataModule",
             "init_args": {"image_size": 16, "num_train": 32, "num_val": 16, "num_test": 16, "batch_size": 16,
@@ -42,10 +47,21 @@ def test_fit_generate_mix(tmp_path, capsys):
                   "init_args": {"backbone": "test_resnet", "num_classes": 2}}
     mix_recipe = _recipe(tmp_path, "mix", classifier, mixed)
     assert main(["fit", "--config", str(mix_recipe)]) == 0
-    metrics = json.loads((tmp_path / "runs" / "mix" / "version_0" / "metrics.json").read_text(encoding="utf-8"))
+    run = tmp_path / "runs" / "mix" / "version_0"
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     # 32 real + 32 synthetic samples in batches of 16: four steps in the epoch.
     assert metrics["fit"]["global_step"] == 4.0
-    assert 0.0 <= metrics["fit"]["val/auc"] <= 1.0
+    # validation scores the trained classifier on the real validation images only
+    (checkpoint,) = (run / "checkpoints").glob("*.ckpt")
+    task = ClassificationTask.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    real = PhantomDataModule(**PHANTOMS["init_args"])
+    real.setup("validate")
+    batches = list(real.val_dataloader())
+    with torch.no_grad():
+        probs = torch.cat([task.probabilities(task(batch["image"])) for batch in batches])
+    labels = torch.cat([batch["label"] for batch in batches])
+    expected = float(binary_auroc(probs[:, 1], labels))
+    assert len(labels) == 16 and metrics["fit"]["val/auc"] == pytest.approx(expected, abs=1e-6)
 
     # A bank for another class count cannot be mixed into this data.
     capsys.readouterr()

@@ -160,7 +160,9 @@ def test_segmentation_study_with_mask_conditional_pairs(tmp_path):
                       "model.init_args.generator_channels": 8, "model.init_args.discriminator_channels": 8}}})
     results = {r["arm"]: r for r in study.run()}
     assert set(results) == {"real", "mix_pix2pix_r0.5", "tstr_pix2pix"}
-    assert all(0.0 <= r["value"] <= 1.0 for r in results.values())
+    for result in results.values():  # each cell's figure is its run's test Dice
+        run = json.loads((tmp_path / "cells" / result["cell"] / "run" / "metrics.json").read_text(encoding="utf-8"))
+        assert result["value"] == result["test"]["test/dice"] == run["test"]["test/dice"]
     generator = tmp_path / "generators" / "pix2pix_f0.25_s0"
     bank = __import__("lightning_medaug").SyntheticBank(generator / "bank")
     assert len(bank) == 5  # 5 training images: one epoch of TSTR, and of the synthetic share at ratio 0.5
@@ -258,7 +260,11 @@ def test_finished_cells_report_their_checkpoint_selection(tmp_path):
     folder = study.cell_folder(study.cells()[0])
     assert not list(folder.rglob("*.ckpt")) and (folder / "run" / "metrics.json").is_file()  # figures kept, weights not
     selection = result["selection"]
-    assert selection["metric"] == "val/auc" and selection["mode"] == "max" and 0.0 <= selection["value"] <= 1.0
+    assert selection["metric"] == "val/auc" and selection["mode"] == "max"
+    # the selected checkpoint is the epoch of highest val/auc in the run's history
+    history = json.loads((folder / "run" / "metrics.json").read_text(encoding="utf-8"))["history"]
+    best = max(history, key=lambda row: row["val/auc"])
+    assert (selection["value"], selection["epoch"]) == (best["val/auc"], best["epoch"])
     # a result.json written before selections were recorded gets it from the run's metrics.json
     path = study.cell_folder(study.cells()[0]) / "result.json"
     path.write_text(json.dumps({k: v for k, v in result.items() if k != "selection"}), encoding="utf-8")
