@@ -69,7 +69,11 @@ def test_counterfactual_edit_bank_records_its_parents(model_dir, recipe, tmp_pat
         assert soft == [0.5, 0.5]
     reader = SyntheticBank(bank)
     assert len(reader) == 10 and reader[0]["image"].shape == (1, 8, 8)
-    assert reader[0]["image"].min() >= -1 and reader[0]["image"].max() <= 1
+    # every parent was edited (beyond float16 rounding), each into its own image
+    edits = torch.stack([reader[i]["image"] for i in range(10)])
+    parents = torch.stack([dataset[i]["image"] for i in range(10)])
+    assert ((edits - parents).flatten(1).abs().amax(1) > 0.01).all()
+    assert len(torch.unique(edits.flatten(1), dim=0)) == 10
     assert reader.info["settings"]["edit"]["strength"] == 0.5
     # resumable: a lost shard is drawn again, bit-identically; other settings are another bank
     before = shard_files(bank, 1).images.read_bytes()

@@ -50,7 +50,11 @@ def test_isbi_shipped_pairs():
     assert (dm.spatial_dims, dm.in_channels, dm.image_size, dm.num_classes) == (2, 1, 64, 2)
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 1, 64, 64) and batch["mask"].shape == (4, 1, 64, 64)
-    assert batch["image"].dtype == torch.float32 and batch["image"].min() >= -1 and batch["image"].max() <= 1
+    assert batch["image"].dtype == torch.float32
+    # each image is rescaled on its own percentiles: every one spans most of [-1, 1] (downsizing 512 to
+    # 64 pixels smooths the extremes away)
+    lows, highs = dm.tensors["image"].flatten(1).aminmax(dim=1)
+    assert (lows < -0.5).all() and (highs > 0.5).all()
     assert set(torch.unique(dm.tensors["mask"]).tolist()) == {0.0, 1.0}
     # Masks are 255 = cell interior: most of the area, membranes are thin.
     assert 0.5 < dm.tensors["mask"].mean() < 0.95
