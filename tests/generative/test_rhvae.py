@@ -131,7 +131,8 @@ def test_unconditional_model_and_bf16():
     model.eval()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         images = model.sample(3, generator=seeded(0))
-    assert images.dtype == torch.float32 and images.shape == (3, 1, 16, 16) and images.abs().max() <= 1
+    assert images.dtype == torch.float32 and images.shape == (3, 1, 16, 16)
+    assert torch.allclose(images, model.sample(3, generator=seeded(0)), atol=0.05)  # float32's, to bfloat16 precision
     with pytest.raises(ValueError, match="unconditional"):
         model.sample(2, labels=torch.tensor([0, 1]))
 

@@ -155,4 +155,6 @@ def test_bf16_mixed_training_and_sampling():
     assert torch.isfinite(run.callback_metrics["train/loss"])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         images = model.sample(2, generator=torch.Generator().manual_seed(0))
-    assert images.dtype == torch.float32 and images.abs().max() <= 1
+    # float32 out, and the float32 samples up to bfloat16 precision
+    full = model.sample(2, generator=torch.Generator().manual_seed(0))
+    assert images.dtype == torch.float32 and torch.allclose(images, full, atol=0.05)
