@@ -19,13 +19,21 @@ Design choices, stated here because the papers leave them open:
 * the student is a copy of the teacher's (EMA) network and keeps its prediction type (v or epsilon);
   ``f = c_skip(t) x_t + c_out(t) x0_hat`` with LCM's boundary scalings (``LCMScheduler``'s, with
   ``timestep_scaling``), so ``f(x, 0) = x``;
-* the teacher's step clips its x0 estimate to [-1, 1] in pixel space, like the library's samplers,
-  and, at the grid's first point, goes to the clean sample (DDIM's ``set_alpha_to_one``), where the
+* the teacher's step is DDIM's without clipping its x0 estimate, though the library's samplers clip
+  in pixel space: a clipped x0 beside the unclipped noise estimate leaves the teacher's trajectory.
+  On 8 px phantoms (a DDPM trained 100 steps, then 1,500 distillation steps) clipping drew 1-4 step
+  samples 0.10-0.16 brighter than the data on average; without it they stayed within 0.02, and one
+  step came three times closer (squared error) to the teacher's 50-step DDIM sample from the same
+  noise. At the grid's first point the step goes to the clean sample (DDIM's ``set_alpha_to_one``), where the
   target is the teacher's own x0 estimate;
 * the target network's EMA (the library's :class:`~.ema.EMA`, with its warm-up) also samples, and is
   all ``save_pretrained`` keeps of the networks: not the teacher's, nor the live student;
 * sampling is diffusers' ``LCMScheduler``: denoise to x0, re-noise to the next of
   ``num_inference_steps`` timesteps of the same grid (multistep consistency sampling).
+
+A caveat: the student's x0 estimate at ``t = T - 1`` divides by sqrt(alpha_bar), 5e-5 under the
+cosine schedule, for a teacher that predicts the noise (``prediction_type="epsilon"``); teachers
+with v-prediction (the library's default) have no such division.
 
 Everything else (the data space, class and mask conditioning, padding, 2D and 3D) is the teacher's:
 its ``to_diffusion_space``, ``denoise`` and ``from_diffusion_space`` are used as they are.
@@ -185,9 +193,7 @@ class ConsistencyDistillation(SharedStepModule):
             out = out_uncond + self.guidance * (out_cond - out_uncond)
         else:
             out = self.teacher.denoise(net, x_t, t, labels, cond)
-        x0, noise = self._x0_and_noise(out, x_t, t)
-        if self.teacher.schedule.clip_sample:
-            x0 = x0.clamp(-1.0, 1.0)
+        x0, noise = self._x0_and_noise(out, x_t, t)  # not clipped: see the module docstring
         alpha_prev = self._alpha(t_prev, x_t.ndim)
         return alpha_prev.sqrt() * x0 + (1 - alpha_prev).sqrt() * noise
 

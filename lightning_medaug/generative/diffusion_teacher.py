@@ -55,8 +55,9 @@ def _build(path: str | Path | None, config: Mapping[str, Any] | None) -> Generat
                              "({'generator': ..., 'init_args': {...}}); pass teacher instead")
         return GENERATORS.get(config["generator"])(**config["init_args"])
     if path is None:
-        raise ValueError("distillation needs a teacher: pass teacher, the folder of a trained 'ddpm' written by "
-                         "save_pretrained() (`medaug fit` exports it to <run folder>/generator) or its .ckpt")
+        raise ValueError("distillation needs a teacher: set teacher (model.init_args.teacher in a recipe) to the "
+                         "folder of a trained 'ddpm' written by save_pretrained() (`medaug fit` exports it to "
+                         "<run folder>/generator) or to a .ckpt of its run")
     path = Path(path).expanduser()
     if path.is_dir():
         return load_generator(path)
