@@ -14,9 +14,9 @@
 what ``medaug fit`` leaves in a run folder), read with ``torch.load(weights_only=True)``, which
 builds only tensors and plain containers.
 
-Only ``config.json``, ``model.safetensors``, ``MODEL_CARD.md`` and, for a model trained with
-differential privacy, ``privacy.json`` are ever taken out of a zip, and weights are read with
-safetensors, so loading never runs code from the file.
+Only ``config.json``, ``model.safetensors``, ``MODEL_CARD.md``, for a model trained with
+differential privacy ``privacy.json`` and for a federated one ``federation.json`` are ever taken out
+of a zip, and weights are read with safetensors, so loading never runs code from the file.
 
 Adding a named weight:
 
@@ -53,6 +53,7 @@ import torch
 
 from lightning_medaug.cache import CACHE_ENV_VAR, cache_folder
 from lightning_medaug.downloads import DownloadError, download_file
+from lightning_medaug.federated.record import FEDERATION_RECORD
 from lightning_medaug.generative.base import (
     CHECKPOINT_KEY,
     CONFIG_NAME,
@@ -75,8 +76,9 @@ CARD_NAME = "MODEL_CARD.md"
 #: The shipped index of named weights.
 INDEX_FILE = Path(__file__).with_name("pretrained_index.json")
 #: The only files ever taken out of a zip.
-#: What a weights zip may hold: the privacy record travels with a DP-trained model, as its guarantee.
-PRETRAINED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, PRIVACY_REPORT)
+#: What a weights zip may hold: the privacy record travels with a DP-trained model, as its guarantee, and the
+#: federation's record with a federated one, as its provenance.
+PRETRAINED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, PRIVACY_REPORT, FEDERATION_RECORD)
 _URL_SCHEMES = ("http://", "https://", "file://")
 # A fixed timestamp (the zip format's earliest) makes package_pretrained byte-reproducible.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -215,8 +217,8 @@ def package_pretrained(folder: str | Path, out_zip: str | Path) -> str:
     """Zip a ``save_pretrained`` folder reproducibly; returns the zip's SHA-256.
 
     Entries are the folder's :data:`PRETRAINED_FILES` that exist (``config.json``,
-    ``model.safetensors``, ``MODEL_CARD.md``, ``privacy.json``), sorted, at the zip's root, with a
-    fixed timestamp and mode: the same folder always gives the same bytes, so the hash identifies
+    ``model.safetensors``, ``MODEL_CARD.md``, ``privacy.json``, ``federation.json``), sorted, at the
+    zip's root, with a fixed timestamp and mode: the same folder always gives the same bytes, so the hash identifies
     the weights.
     """
     folder, out_zip = Path(folder), Path(out_zip)

@@ -98,6 +98,14 @@ def test_package_pretrained_is_deterministic(pretrained, tmp_path):
         assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
         package_pretrained(tmp_path, tmp_path / "empty.zip")
+    # a federated generator's record travels with it, and comes out of the zip again
+    federated = tmp_path / "federated"
+    shutil.copytree(folder, federated)
+    (federated / "federation.json").write_text('{"rounds": 2}', encoding="utf-8")
+    package_pretrained(federated, tmp_path / "federated.zip")
+    with zipfile.ZipFile(tmp_path / "federated.zip") as zf:
+        assert "federation.json" in zf.namelist()
+    assert (Path(extract_pretrained(tmp_path / "federated.zip", tmp_path / "out")) / "federation.json").is_file()
 
 
 def test_http_download_verifies_and_is_cached(pretrained, server, tmp_path):
