@@ -90,6 +90,21 @@ def test_family_latency_covers_every_registered_family(run_script):
     assert isinstance(record["meets_target"], bool)
 
 
+def test_few_step_times_and_scores_the_student_beside_its_teacher(run_script):
+    record = run_script("few_step.py", "--tiny", "--threads", "1")
+    assert record["benchmark"] == "few_step" and record["meets_target"] is None
+    samplers = {"student_1_steps", "student_2_steps", "student_4_steps", "teacher_dpmsolver++_2_steps"}
+    assert set(record["ms_per_image"]) == set(record["fidelity"]) == samplers
+    teacher_ms = record["ms_per_image"]["teacher_dpmsolver++_2_steps"]
+    for steps in (1, 2, 4):
+        name = f"student_{steps}_steps"
+        assert record["speedup"][name] == pytest.approx(teacher_ms / record["ms_per_image"][name], rel=0.01)
+    for figures in (*record["fidelity"].values(), record["floor"]):
+        assert figures["fd"] >= 0 and 0 <= figures["precision"] <= 1 and 0 <= figures["recall"] <= 1
+    assert all(0 <= f["copy_rate"]["pixel"] <= 1 for f in record["fidelity"].values())
+    assert record["num_samples"] == 16
+
+
 @pytest.mark.parametrize("generator", ["cvae", "cgan"])  # automatic and manual optimisation
 def test_train_overhead(run_script, generator):
     record = run_script("train_overhead.py", "--tiny", "--generator", generator)
