@@ -62,8 +62,7 @@ class SyntheticMixDataModule(L.LightningDataModule):
     Args:
         datamodule: the user's data module, used unchanged.
         bank: folder written by ``medaug generate`` (read lazily from its shard files).
-        model: instead of a bank, a generative model (a ``GenerativeModule`` or a ``save_pretrained``
-            folder) sampled at the start of training, on its own device (GPU users).
+        model: instead of a bank, a ``GenerativeModule`` or ``save_pretrained`` folder, sampled on its own device.
         ratio: synthetic fraction of each training epoch, in [0, 1].
         mode: ``"add"`` keeps every real sample and adds synthetic ones; ``"replace"`` keeps the
             epoch length (``ratio=1`` there trains on synthetic data only); ``"swap"`` swaps each
@@ -93,8 +92,7 @@ class SyntheticMixDataModule(L.LightningDataModule):
             image in [-1, 1], label a class index).
         image_key, label_key, mask_key: keys of the real dict samples (at any depth).
         fill: constants for fields of the real samples that no generator can provide, by key.
-        generator: deprecated name of ``model`` (a FutureWarning; it goes in a later release): in this
-            library, as in PyTorch and diffusers, ``generator=`` names a ``torch.Generator``.
+        generator: deprecated name of ``model`` (FutureWarning); ``generator=`` names a ``torch.Generator``.
     """
 
     def __init__(self, datamodule: L.LightningDataModule, bank: str | None = None, model: Any = None,
@@ -134,8 +132,8 @@ class SyntheticMixDataModule(L.LightningDataModule):
             raise ValueError(f"value_range must be (low, high) with low < high, got {value_range!r}")
         if fill is not None and not isinstance(fill, Mapping):
             raise ValueError(f"fill must be a dict of constant values by key, got {type(fill).__name__}")
-        save_own_hyperparameters(self, ignore=["datamodule", "model", "generator", "to_sample", "synthetic_transform",
-                                               "fill"])
+        skip = ["datamodule", "model", "generator", "to_sample", "synthetic_transform", "fill"]
+        save_own_hyperparameters(self, ignore=skip)
         self.datamodule, self.bank_path, self.model = datamodule, bank, model
         self.ratio, self.mode, self.class_balance, self.seed = float(ratio), mode, class_balance, seed
         self.ratio_schedule = {int(k): float(v) for k, v in (ratio_schedule or {}).items()}
