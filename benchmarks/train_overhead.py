@@ -32,7 +32,8 @@ optimizer state moved back to the CPU, the CUDA cache emptied) and ``exit`` (tea
 return from ``fit()``). ``ratio_to_released_plain`` divides by a third side instead, the plain loop
 plus the memory handling a fit adds on CUDA (the allocator's cache and cuBLAS's workspaces emptied
 before and after, the model moved back to the CPU): how much of a GPU gap that handling explains.
-On a CPU that side is the plain loop again, so its distance from ``plain_s`` shows the noise.
+On a CPU that side is the plain loop again, so its distance from ``plain_s`` (and that of
+``released_plain_cpu_s`` from ``plain_cpu_s``) shows the noise of the machine.
 With ``--recipe-callbacks`` the Trainer side also runs the per-batch callbacks of a ``medaug fit``
 run (``FiniteLossGuard``, ``RandomStateCheckpoint``; listed under ``callbacks``): what a recipe adds.
 
@@ -222,13 +223,14 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     # The same timer rides along every timed fit: the fit's wall time minus its epoch's is what
     # building, setting up and tearing down a Trainer costs; the epoch itself is the per-batch cost.
     in_fit, phases, plain_first = EpochTimer(device), FitPhases(device), []
-    cpu: dict[str, list[float]] = {"lightning": [], "plain": []}
+    cpu: dict[str, list[float]] = {"lightning": [], "plain": [], "released": []}
     times = interleaved_times({
         "lightning": with_cpu_time(lambda: lightning_epoch(ours, loader, args.max_batches, args.precision, device,
                                                            [*callbacks, in_fit], phases), cpu["lightning"]),
         "plain": with_cpu_time(lambda: plain_epoch(plain, loader, args.max_batches, args.precision, device,
                                                    plain_first), cpu["plain"]),
-        "released": lambda: released_plain_epoch(released, loader, args.max_batches, args.precision, device),
+        "released": with_cpu_time(lambda: released_plain_epoch(released, loader, args.max_batches, args.precision,
+                                                               device), cpu["released"]),
     }, args.repeats, device, warmup=False)
     light_s, plain_s = statistics.median(times["lightning"]), statistics.median(times["plain"])
     light_cpu, plain_cpu = statistics.median(cpu["lightning"]), statistics.median(cpu["plain"])
@@ -256,6 +258,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                            "plain": round(statistics.median(plain_first), 2)},
         "steady_lightning_s": round(steady_s, 4), "steady_ratio": round(steady_s / plain_s, 4),
         "released_plain_s": round(released_s, 4), "ratio_to_released_plain": round(light_s / released_s, 4),
+        "released_plain_cpu_s": round(statistics.median(cpu["released"]), 4),
         "target": TARGET, "meets_target": bool(ratio <= TARGET),
     }
 
