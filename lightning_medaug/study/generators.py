@@ -3,7 +3,9 @@
 An entry either trains a generator (``recipe``, ``epochs``, ``overrides``) or reuses the weights another
 entry trained on the same subset (``weights_from``) and only samples them differently: a larger bank,
 other sampler settings. Sampling is a choice made after training, so comparing such choices should
-not train the generator again. Per-entry ``fractions``, ``ratios``, ``synthetic_only``,
+not train the generator again. An entry with ``teacher_from: <other entry>`` trains its own recipe with
+``model.init_args.teacher`` set to that entry's generator trained on the same subset: a distilled
+student (``consistency``) beside its teacher, each with its own arms. Per-entry ``fractions``, ``ratios``, ``synthetic_only``,
 ``classic_with_synthetic`` and ``bank_factor`` narrow or change the study's arms for that entry alone;
 left out, the study's own settings apply. An entry's ``fractions`` are where it runs: a study run on a
 slice (``--fractions [0.1]``) runs it at the fractions the two have in common.
@@ -19,7 +21,7 @@ __all__ = ["ARM_SETTINGS", "GeneratorSpec", "parse_generators"]
 _TRAINING = ("recipe", "epochs", "overrides")
 # the settings an entry may give for its own arms; left out, the study's apply
 ARM_SETTINGS = ("fractions", "ratios", "synthetic_only", "classic_with_synthetic", "bank_factor")
-_KEYS = (*_TRAINING, "sample_kwargs", "weights_from", *ARM_SETTINGS)
+_KEYS = (*_TRAINING, "sample_kwargs", "weights_from", "teacher_from", *ARM_SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class GeneratorSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     sample_kwargs: dict[str, Any] = field(default_factory=dict)
     weights_from: str | None = None
+    teacher_from: str | None = None
     fractions: list[float] | None = None
     ratios: list[float] | None = None
     synthetic_only: bool | None = None
@@ -82,6 +85,12 @@ def parse_generators(generators: dict[str, dict[str, Any]] | None,
             if not isinstance(base, dict) or "weights_from" in base or source == name:
                 raise ValueError(f"generator {name!r}: weights_from must name another entry that trains its own "
                                  f"generator, got {source!r}")
+        teacher = spec.get("teacher_from")
+        if teacher is not None:
+            base = (generators or {}).get(teacher)
+            if source is not None or teacher == name or not isinstance(base, dict) or "recipe" not in base:
+                raise ValueError(f"generator {name!r}: teacher_from must name another entry that trains its own "
+                                 f"generator (with a 'recipe'), and the entry must train too, got {teacher!r}")
         own_fractions = spec.get("fractions")
         if own_fractions is not None:
             own_fractions = [float(f) for f in own_fractions]
@@ -99,7 +108,8 @@ def parse_generators(generators: dict[str, dict[str, Any]] | None,
         specs[name] = GeneratorSpec(
             name=name, recipe=spec.get("recipe"), epochs=spec.get("epochs"),
             overrides=dict(spec.get("overrides") or {}),
-            sample_kwargs=dict(spec.get("sample_kwargs") or {}), weights_from=source, fractions=own_fractions,
+            sample_kwargs=dict(spec.get("sample_kwargs") or {}), weights_from=source, teacher_from=teacher,
+            fractions=own_fractions,
             ratios=None if spec.get("ratios") is None else _ratios(spec["ratios"], f"generators.{name}.ratios"),
             synthetic_only=None if spec.get("synthetic_only") is None else bool(spec["synthetic_only"]),
             classic_with_synthetic=combined, bank_factor=None if factor is None else float(factor))

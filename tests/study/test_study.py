@@ -339,3 +339,47 @@ def test_an_entry_with_weights_from_samples_the_trained_generator_into_its_own_b
     # sampled the same way as its source, its grid would repeat the source's: the report shows one
     report = write_results(study, [])["report"].read_text(encoding="utf-8")
     assert "generators/cgan_f0.02_s0/samples.png" in report and "cgan_big_f0.02_s0" not in report
+
+
+@pytest.mark.parametrize("entry,match", [
+    ({"recipe": "cd_pneumonia.yaml", "teacher_from": "nope"}, "teacher_from must name another entry"),
+    ({"recipe": "cd_pneumonia.yaml", "teacher_from": "x"}, "teacher_from must name another entry"),
+    ({"weights_from": "cgan", "teacher_from": "cgan"}, "teacher_from must name another entry"),
+])
+def test_bad_teacher_entries(entry, match):
+    with pytest.raises(ValueError, match=match):
+        Study("classify_pneumonia.yaml", fractions=[0.1], generators={**GENERATORS, "x": entry})
+
+
+def test_a_student_is_distilled_from_the_teacher_trained_on_its_own_subset(tmp_path):
+    import yaml
+
+    from lightning_medaug import SyntheticBank
+
+    tiny = {"model.init_args.channels": [8, 8, 16, 16], "model.init_args.norm_num_groups": 8,
+            "model.init_args.num_train_timesteps": 100}
+    generators = {
+        "ddpm": {"recipe": "ddpm_pneumonia.yaml", "epochs": 1, "overrides": tiny,
+                 "sample_kwargs": {"num_inference_steps": 2}},
+        "cd": {"recipe": "cd_pneumonia.yaml", "teacher_from": "ddpm",
+               "overrides": {"trainer.max_steps": 2, "model.init_args.num_solver_steps": 10,
+                             "trainer.limit_val_batches": 1},
+               "sample_kwargs": {"num_inference_steps": 1}},
+    }
+    study = Study("classify_pneumonia.yaml", out=str(tmp_path), fractions=[0.02], seeds=[1], generators=generators,
+                  ratios=[0.5], synthetic_only=False, classic_augmentation=False)
+    student_bank = SyntheticBank(study.bank("cd", 0.02, 1))  # trains the teacher first, on the same subset
+    teacher = study.generator_folder("ddpm", 0.02, 1) / "run"
+    student = study.generator_folder("cd", 0.02, 1) / "run"
+    recipe = yaml.safe_load((student / "recipe.yaml").read_text(encoding="utf-8"))
+    assert recipe["model"]["init_args"]["teacher"] == str(teacher / "generator")
+    teacher_data = yaml.safe_load((teacher / "recipe.yaml").read_text(encoding="utf-8"))["data"]["init_args"]
+    assert {k: recipe["data"]["init_args"][k] for k in ("subset", "subset_seed")} == \
+        {k: teacher_data[k] for k in ("subset", "subset_seed")} == {"subset": 0.02, "subset_seed": 1}
+    trained = (teacher / "generator" / "model.safetensors").stat().st_mtime_ns
+    teacher_bank = SyntheticBank(study.bank("ddpm", 0.02, 1))  # the teacher's own arms: not trained again
+    assert (teacher / "generator" / "model.safetensors").stat().st_mtime_ns == trained
+    assert len(student_bank) == len(teacher_bank) > 0
+    settings = {k: json.loads((study.generator_folder(k, 0.02, 1) / "bank" / "bank.json").read_text(
+        encoding="utf-8"))["settings"] for k in ("ddpm", "cd")}
+    assert settings["ddpm"]["checkpoint_sha256"] != settings["cd"]["checkpoint_sha256"]
