@@ -103,6 +103,11 @@ def test_few_step_times_and_scores_the_student_beside_its_teacher(run_script):
         assert figures["fd"] >= 0 and 0 <= figures["precision"] <= 1 and 0 <= figures["recall"] <= 1
     assert all(0 <= f["copy_rate"]["pixel"] <= 1 for f in record["fidelity"].values())
     assert record["num_samples"] == 16
+    teacher_fd = record["fidelity"]["teacher_dpmsolver++_2_steps"]["fd"]
+    for steps in (1, 2, 4):
+        name = f"student_{steps}_steps"
+        assert record["fd_ratio"][name] == pytest.approx(record["fidelity"][name]["fd"] / teacher_fd, rel=0.01)
+    assert record["target"] == {"steps": 4, "fd_ratio_max": 1.2, "speedup_min": 5.0}
 
 
 @pytest.mark.parametrize("generator", ["cvae", "cgan"])  # automatic and manual optimisation
