@@ -220,3 +220,20 @@ def test_run_all_reprints_lines_and_summarises(tmp_path):
     assert summary["failed"] == [] and summary["tiny"] is True
     assert summary["no_target"] == ["gpu_memory"] and summary["met"] == summary["missed"] == []
     assert out.read_text(encoding="utf-8").splitlines() == done.stdout.splitlines()
+
+
+def test_federated_evidence_scores_central_federated_dp_and_site_generators(run_script, tmp_path):
+    record = run_script("federated_evidence.py", "--tiny", "--threads", "1", "--out", str(tmp_path / "fed"))
+    assert record["benchmark"] == "federated_evidence" and record["meets_target"] is None
+    names = [row["name"] for row in record["rows"]]
+    assert names == ["central", "federated_iid_2sites", "site0_iid_2sites", "site1_iid_2sites",
+                     "federated_dp8_iid_2sites"]
+    rows = {row["name"]: row for row in record["rows"]}
+    assert rows["federated_dp8_iid_2sites"]["epsilon"] <= 8.0 + 1e-6 and rows["federated_iid_2sites"]["rounds"] == 1
+    assert rows["site0_iid_2sites"]["num_images"] + rows["site1_iid_2sites"]["num_images"] == \
+        rows["central"]["num_images"]
+    verdict = record["per_configuration"]["iid_2sites"]
+    assert verdict["fd_over_central"] == pytest.approx(rows["federated_iid_2sites"]["fd"] / rows["central"]["fd"],
+                                                       rel=0.01)
+    assert verdict["best_site_fd"] == min(rows[f"site{i}_iid_2sites"]["fd"] for i in (0, 1))
+    assert (tmp_path / "fed" / "central" / "samples.png").is_file()
