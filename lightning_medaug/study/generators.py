@@ -2,13 +2,14 @@
 
 An entry either trains a generator (``recipe``, ``epochs``, ``overrides``) or reuses the weights another
 entry trained on the same subset (``weights_from``) and only samples them differently: a larger bank,
-other sampler settings. Sampling is a choice made after training, so comparing such choices should
-not train the generator again. An entry with ``teacher_from: <other entry>`` trains its own recipe with
+other sampler settings. Sampling is a choice made after training, so comparing such choices should not
+train the generator again. An entry with ``teacher_from: <other entry>`` trains its own recipe with
 ``model.init_args.teacher`` set to that entry's generator trained on the same subset: a distilled
-student (``consistency``) beside its teacher, each with its own arms. Per-entry ``fractions``, ``ratios``,
-``synthetic_only``, ``classic_with_synthetic`` and ``bank_factor`` narrow or change the study's arms for that entry alone;
-left out, the study's own settings apply. An entry's ``fractions`` are where it runs: a study run on a
-slice (``--fractions [0.1]``) runs it at the fractions the two have in common.
+student (``consistency``) beside its teacher, each with its own arms. Per-entry ``fractions``,
+``ratios``, ``synthetic_only``, ``classic_with_synthetic`` and ``bank_factor`` narrow or change the
+study's arms for that entry alone; left out, the study's own settings apply. An entry's ``fractions``
+are where it runs: a study run on a slice (``--fractions [0.1]``) runs it at the fractions the two have
+in common.
 """
 
 from __future__ import annotations
