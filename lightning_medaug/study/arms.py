@@ -12,6 +12,11 @@ mixed:
   edits of the real training images (DA-Fusion to the same class, Diff-Mix towards another), mixed by
   ``mixing: {mode: swap, swap_probability: p}`` or ``mixing: {mode: add, ratios: [...]}``.
 
+Any entry with a bank may add ``selection: {min_confidence, min_novelty, keep_fraction, min_diversity,
+per_class, folds, extractor, proxy}``: the bank is scored by proxy classifiers trained by k-fold on the cell's
+real subset only (:func:`~lightning_medaug.selection.score_bank`, its scores stored in the bank) and
+the arm mixes only the samples the :class:`~lightning_medaug.selection.KeepRule` keeps.
+
 An entry expands into one :class:`Arm` per strength and ratio; every variant is reported, and the
 report picks one per entry on validation.
 """
@@ -27,7 +32,9 @@ __all__ = ["CLASSIC_BEST", "Arm", "parse_arms"]
 
 #: The augmentation of an arm that builds on the classic baseline chosen on validation per subset and seed.
 CLASSIC_BEST = "classic-best"
-_ENTRY_KEYS = ("augmentation", "bank", "mixing", "schedule", "labels")
+_ENTRY_KEYS = ("augmentation", "bank", "mixing", "schedule", "labels", "selection")
+_RULE_KEYS = ("min_confidence", "min_novelty", "keep_fraction", "min_diversity", "per_class")
+_SELECTION_KEYS = (*_RULE_KEYS, "folds", "extractor", "proxy")
 _BANK_KEYS = {"samples": ("kind", "labels", "bank_factor"),
               "edits": ("kind", "target_labels", "strengths", "edits_per_image", "soft_label")}
 
@@ -47,6 +54,12 @@ class Arm:
     edits_per_image: int = 1
     bank_factor: float = 1.0
     synthetic_until: float | None = None  # curriculum: synthetic-only share of the steps
+    selection: tuple[tuple[str, Any], ...] = ()  # the bank's KeepRule and scoring settings, sorted items
+
+    @property
+    def keep_rule(self) -> dict[str, Any]:
+        """The :class:`~lightning_medaug.selection.KeepRule` arguments of ``selection``."""
+        return {k: v for k, v in self.selection if k in _RULE_KEYS}
 
     @property
     def builds_on_classic_best(self) -> bool:
@@ -88,7 +101,8 @@ def _parse_entry(family: str, entry: dict[str, Any]) -> list[Arm]:
     _check_keys(bank, _BANK_KEYS[kind], f"arm {family!r} bank")
     if (mixing is None) == (schedule is None):
         raise ValueError(f"arm {family!r} needs exactly one of 'mixing' ({{mode, ratios}}) or 'schedule'")
-    common: dict[str, Any] = {"family": family, "augmentation": augmentation, "bank": kind}
+    common: dict[str, Any] = {"family": family, "augmentation": augmentation, "bank": kind,
+                              "selection": _selection(family, entry.get("selection"))}
     if kind == "samples":
         if bank.get("labels", "proportional") != "proportional":
             raise ValueError(f"arm {family!r}: a bank of samples is drawn with labels 'proportional' to the subset")
@@ -129,6 +143,18 @@ def _parse_entry(family: str, entry: dict[str, Any]) -> list[Arm]:
                 f"_r{ratio:g}" if len(ratios) > 1 else "")
             arms.append(Arm(name, **common, mode=mode, ratio=ratio, strength=strength))
     return arms
+
+
+def _selection(family: str, selection: Any) -> tuple[tuple[str, Any], ...]:
+    if selection is None:
+        return ()
+    if not isinstance(selection, dict):
+        raise ValueError(f"arm {family!r}: selection must be a mapping of {', '.join(_SELECTION_KEYS)}")
+    _check_keys(selection, _SELECTION_KEYS, f"arm {family!r} selection")
+    from lightning_medaug.selection import KeepRule
+
+    KeepRule(**{k: v for k, v in selection.items() if k in _RULE_KEYS})  # refuse a bad rule now, not hours later
+    return tuple(sorted((k, tuple(sorted(v.items())) if isinstance(v, dict) else v) for k, v in selection.items()))
 
 
 def parse_arms(arms: dict[str, dict[str, Any] | None]) -> list[Arm]:

@@ -227,6 +227,9 @@ class BeyondClassicStudy:
             extra = {}
             if arm.synthetic_until is not None:  # replace keeps the epoch length: a share of epochs is of steps
                 extra["ratio_schedule"] = f"synthetic_then_real:{max(1, round(arm.synthetic_until * epochs))}"
+            if arm.selection:  # only the samples the arm's rule keeps (score 1 of 0/1)
+                extra["min_score"] = 1.0
+                self.select(arm, bank, cell.fraction, cell.seed)
             config = with_mixing(config, bank, arm.ratio, mode=arm.mode, seed=cell.seed, **extra)
         # 'add' lengthens an epoch: the step budget, not the epochs, ends every arm's training, and every arm
         # is validated after each real epoch's worth of steps (as often as the others, and at the end)
@@ -242,6 +245,7 @@ class BeyondClassicStudy:
         result = {**asdict(cell), "cell": cell.name, "family": arm.family, "augmentation": augmentation,
                   "mode": arm.mode, "ratio": arm.ratio, "strength": arm.strength, "target_labels": arm.target_labels,
                   "bank": None if bank is None else bank.relative_to(self.out).as_posix(),
+                  "selection_rule": arm.keep_rule or None,
                   "steps": int(run["model"].trainer.global_step), "step_budget": steps,
                   "value": test[self.metric], "test": test, "selection": _selection(run["metrics"]),
                   "seconds": time.perf_counter() - start}
@@ -250,6 +254,24 @@ class BeyondClassicStudy:
             for checkpoint in (folder / "run").rglob("*.ckpt"):
                 checkpoint.unlink()
         return result
+
+    def select(self, arm: Arm, bank: Path, fraction: float, seed: int) -> dict[str, Any]:
+        """Score ``bank`` by ``arm.selection`` with proxies trained on the cell's plain real subset only
+        (once: the scores and the rule are stored in the bank); returns the selection record."""
+        from lightning_medaug.selection import SELECTION_FILE, KeepRule, score_bank
+
+        rule, settings = KeepRule(**arm.keep_rule), dict(arm.selection)
+        folds = int(settings.get("folds", 5))
+        path = bank / SELECTION_FILE
+        if path.is_file():
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if record["rule"] == asdict(rule) and (record.get("proxies") or {}).get("folds", folds) == folds:
+                return record
+            raise ValueError(f"{bank} was scored with the rule {record['rule']}, arm {arm.name!r} asks for "
+                             f"{asdict(rule)}: arms that share a bank need one selection")
+        self.console.print(f"scoring {bank.relative_to(self.out).as_posix()} for {arm.name}")
+        return score_bank(bank, with_subset(self.base.task_recipe, fraction, seed), rule, folds=folds, seed=seed,
+                          extractor=settings.get("extractor"), proxy=dict(settings.get("proxy", ())), progress=True)
 
     # -- banks of edits -------------------------------------------------------------------------
     def edit_folder(self, arm: Arm, fraction: float, seed: int) -> Path:

@@ -109,7 +109,9 @@ def test_a_grid_with_an_edit_arm_runs_end_to_end(tmp_path, capsys):
                             "overrides": {"trainer.callbacks.1.init_args.every_n_epochs": 10},
                             "sample_kwargs": {"num_inference_steps": 2}},
               "arms": {"real": {"augmentation": "none"}, "classic_best": {"augmentation": "classic-best"},
-                       "dafusion_swap": EDIT_ARM}}
+                       "dafusion_swap": EDIT_ARM,
+                       "dafusion_selected": {**EDIT_ARM, "selection": {  # the same bank, half of it kept
+                           "keep_fraction": 0.5, "folds": 2, "proxy": {"backbone": "test_resnet", "epochs": 1}}}}}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["study", "--config", str(path), "--prepare"]) == 0  # the generator and its bank, no cell
@@ -117,7 +119,8 @@ def test_a_grid_with_an_edit_arm_runs_end_to_end(tmp_path, capsys):
     assert main(["study", "--config", str(path)]) == 0
     results = json.loads((tmp_path / "study" / "results.json").read_text())
     cells = {r["arm"]: r for r in results["cells"]}
-    assert set(cells) == {"real", "classic", "mixup", "classic_best", "dafusion_swap"} and results["complete"]
+    assert set(cells) == {"real", "classic", "mixup", "classic_best", "dafusion_swap", "dafusion_selected"}
+    assert results["complete"]
     chosen = max(("classic", "mixup"), key=lambda c: round(cells[c]["selection"]["value"], 3))  # earlier on ties
     assert cells["classic_best"]["augmentation"] == cells["dafusion_swap"]["augmentation"] == chosen
     assert len({r["steps"] for r in results["cells"]}) == 1  # every arm the same optimiser steps
@@ -125,10 +128,20 @@ def test_a_grid_with_an_edit_arm_runs_end_to_end(tmp_path, capsys):
     record = json.loads((bank / "bank.json").read_text())
     assert record["settings"]["edit"]["strength"] == 0.5 and record["settings"]["edit"]["target_labels"] == "same"
     assert (bank.parent / f"{bank.name}.png").is_file()
-    assert results["comparisons"][0]["family"] == "dafusion_swap"
+    # the selected arm scored the shared bank once and read only the kept half of it
+    assert cells["dafusion_selected"]["bank"] == cells["dafusion_swap"]["bank"]
+    assert cells["dafusion_selected"]["selection_rule"]["keep_fraction"] == 0.5
+    assert cells["dafusion_swap"]["selection_rule"] is None
+    scored = json.loads((bank / "selection.json").read_text())
+    assert scored["rule"]["keep_fraction"] == 0.5 and scored["proxies"]["folds"] == 2
+    assert 0 < scored["kept"] < scored["num_samples"]
+    recipes = {arm: yaml.safe_load((tmp_path / "study" / "cells" / f"{arm}_f0.02_s0" / "run" / "recipe.yaml")
+                                   .read_text())["data"]["init_args"] for arm in ("dafusion_swap", "dafusion_selected")}
+    assert recipes["dafusion_selected"]["min_score"] == 1.0 and recipes["dafusion_swap"].get("min_score") is None
+    assert sorted(c["family"] for c in results["comparisons"]) == ["dafusion_selected", "dafusion_swap"]
     capsys.readouterr()
     assert main(["study", "--config", str(path), "--list"]) == 0  # a rerun skips every finished cell
-    assert capsys.readouterr().out.split()[::2] == ["done"] * 4
+    assert capsys.readouterr().out.split()[::2] == ["done"] * 5
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
