@@ -4,7 +4,9 @@ Flower's simulation engine runs each ``ClientApp`` in a Ray actor; Ray adds a he
 seconds of start-up per run, more than a two-site test of a tiny generator takes to train. This grid
 is the same contract (``flwr.serverapp.Grid``) with the transport left out: the real ``ServerApp``
 and ``ClientApp`` and Flower's real strategies run unchanged, each site with its own ``Context``
-(node config, state) kept across rounds, one site after the other. A site's exception becomes an
+(node config, state) kept across rounds, one site after the other, every message and reply passed as a
+copy through Flower's wire format (a site changing what it received, as ``secaggplus_mod`` pops its
+stage, must not change what the next site gets, nor the server's own). A site's exception becomes an
 error reply, as Flower's runtimes make it, so a site that fails mid-round reaches the strategy as a
 failure. The deployment engine (SuperLink and SuperNodes, ``docs/federated.md``) runs the same apps.
 """
@@ -18,6 +20,7 @@ from uuid import uuid4
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -77,7 +80,7 @@ class InProcessGrid(Grid):
         if context is None:
             return Message(Error(_CLIENT_APP_RAISED, f"no node {message.metadata.dst_node_id}"), reply_to=message)
         try:
-            return self.client_app(message, context)
+            return _copy(self.client_app(_copy(message), context))
         except Exception as err:  # a failing site is a failed reply, not a failed federation
             return Message(Error(_CLIENT_APP_RAISED, f"{type(err).__name__}: {err}"), reply_to=message)
 
@@ -86,3 +89,7 @@ class InProcessGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
+
+
+def _copy(message: Message) -> Message:
+    return message_from_proto(message_to_proto(message))
