@@ -41,6 +41,7 @@ from lightning_medaug.federated.parameters import (
     save_local_state,
     shared_state,
 )
+from lightning_medaug.federated.secure import secure_aggregation_mod
 from lightning_medaug.federated.settings import FederationSettings, build_datamodule
 from lightning_medaug.federated.sites import SiteDataModule, dataset_labels, site_indices, site_summary
 from lightning_medaug.generative.privacy import DifferentialPrivacy
@@ -96,8 +97,12 @@ def settings_of(message: Message) -> tuple[FederationSettings, ConfigRecord]:
 
 
 def client_app(mods: Sequence[Any] = ()) -> ClientApp:
-    """The Flower ``ClientApp`` of a site; ``mods`` are Flower client mods (e.g. ``secaggplus_mod``)."""
-    app = ClientApp(mods=list(mods))
+    """The Flower ``ClientApp`` of a site; ``mods`` are further Flower client mods.
+
+    It answers secure aggregation (:func:`~.secure.secure_aggregation_mod`, outermost) when the server
+    runs it; ``mods`` and the training below see the round's usual message either way.
+    """
+    app = ClientApp(mods=[secure_aggregation_mod, *mods])
 
     @app.query()
     def describe(message: Message, context: Context) -> Message:

@@ -6,7 +6,8 @@ exports the global generator with its record to ``<out>/generator``; running it 
 ``out`` resumes after the last finished round. ``--engine inprocess`` (the default) runs the sites
 one after the other in this process (:class:`~.grid.InProcessGrid`); ``--engine simulation`` runs
 them in Flower's simulation engine (Ray actors, ``pip install "flwr[simulation]"``). Real sites
-run the same apps on Flower's deployment engine (``docs/federated.md``).
+run the same apps on Flower's deployment engine (``docs/federated.md``). ``--secure_aggregation '{}'``
+(or ``secure_aggregation: {}`` in the YAML) runs the rounds through SecAgg+ (:mod:`.secure`).
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def main(argv: Sequence[str]) -> int:
     settings, config = parse_federation(argv)
     record = federate(settings, config["out"], config["engine"])
     summary = record.get("summary", {})
+    secure = ", SecAgg+" if settings.secure_aggregation is not None else ""
+    privacy = f", epsilon {summary['epsilon']:.3g} at delta {summary['delta']:.3g}" if "epsilon" in summary else ""
     print(f"federated {settings.generator}: {summary.get('rounds', '?')} rounds over {settings.num_sites} sites "
-          f"({settings.strategy}, {settings.split})" + (f", epsilon {summary['epsilon']:.3g} at delta "
-                                                        f"{summary['delta']:.3g}" if "epsilon" in summary else "")
-          + f"; generator in {Path(config['out']) / 'generator'}")
+          f"({settings.strategy}, {settings.split}{secure}){privacy}; generator in {Path(config['out']) / 'generator'}")
     return 0

@@ -22,8 +22,10 @@ def federation_summary(record: dict[str, Any]) -> dict[str, Any]:
 
     ``rounds``, ``sites`` and ``site_sizes`` (training images per site), ``strategy``, ``split``,
     ``local_epochs``, ``min_sites``, the rounds sites ``dropped`` out of, the parts of the generator
-    ``averaged`` and ``kept_at_sites`` and, under differential privacy, the largest ``epsilon`` and
-    ``delta`` (the global model's guarantee) and ``epsilon_per_site`` and ``delta_per_site``.
+    ``averaged`` and ``kept_at_sites``, under differential privacy the largest ``epsilon`` and ``delta``
+    (the global model's guarantee) and ``epsilon_per_site`` and ``delta_per_site``, and under secure
+    aggregation its options, ``max_weight``, ``max_error`` (the quantization's bound on one weight in one
+    round) and the per-site figures the server still received ``in_the_clear``.
     """
     settings, rounds = record["settings"], record["rounds"]
     sites = sorted({site for entry in rounds for site in entry["sites"]} | set(record.get("sites", {}).values()))
@@ -40,6 +42,11 @@ def federation_summary(record: dict[str, Any]) -> dict[str, Any]:
         summary["proximal_mu"] = settings["proximal_mu"]
     elif settings["strategy"] == "fedadam":
         summary["server_lr"] = settings["server_lr"]
+    if settings.get("secure_aggregation") is not None:
+        # what the server held of each site: only the masked sum of the updates, and these figures in the clear
+        seen = sorted({key for entry in rounds for metrics in entry["sites"].values() for key in metrics})
+        summary["secure_aggregation"] = {"protocol": "SecAgg+", **settings["secure_aggregation"],
+                                         **record.get("secure_aggregation", {}), "in_the_clear": seen}
     last = _last_privacy(rounds)
     if last:
         summary["epsilon"] = max(p["epsilon"] for p in last.values())

@@ -13,6 +13,10 @@ Before round 1 every site answers a query with its image shape, classes and size
 (:func:`~.sites.site_summary`); a site that does not fit the generator is refused by name
 (:func:`~.sites.check_sites`). A site that fails or drops out in a round is left out of that
 round's average; a round with fewer than ``min_sites`` replies stops the federation.
+
+Under ``secure_aggregation`` each round's training goes through SecAgg+ (:mod:`.secure`): the strategy
+then aggregates one reply, the weighted mean of the sites' weights the protocol unmasked, so FedAvg,
+FedProx and FedAdam, the checkpoint, the resume and the per-site record work as without it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from lightning_medaug.federated.parameters import load_shared_state, part_names, shared_state
 from lightning_medaug.federated.record import FEDERATION_RECORD, federation_summary
+from lightning_medaug.federated.secure import SecureRound, quantization_bound
 from lightning_medaug.federated.settings import FederationSettings
 from lightning_medaug.federated.sites import check_sites
 from lightning_medaug.generative.privacy import EXPORT_FOLDER, PRIVACY_REPORT
@@ -82,32 +87,59 @@ def run_federation(grid: Grid, settings: FederationSettings, out: str | Path, si
     strategy = make_strategy(settings)
     record, arrays = _resume(out, settings, strategy)
     model = settings.build_generator()
-    sites = _check_sites(grid, settings, base, model)
+    sites, sizes = _check_sites(grid, settings, base, model)
     record["sites"] = {str(node): name for node, name in sites.items()}
     record["parts"] = part_names(model, settings.average_training_parts)
+    secure = None
+    if settings.secure_aggregation is not None:
+        secure = SecureRound(grid, settings.secure_aggregation, max(sizes.values()), settings.round_timeout)
+        record["secure_aggregation"] = {"max_weight": secure.max_weight, "max_error": quantization_bound(
+            settings.secure_aggregation, sizes.values(), secure.max_weight)}
     if arrays is None:
         arrays = ArrayRecord(shared_state(model, settings.average_training_parts))
     for server_round in range(len(record["rounds"]) + 1, settings.num_rounds + 1):
         started = time.time()
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(dict(base)), grid)
-        replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
-        ok = [r for r in replies if not r.has_error()]
-        failed = {_name(sites, r): r.error.reason for r in replies if r.has_error()}
-        if len(ok) < settings.min_sites:
-            raise RuntimeError(f"round {server_round}: {len(ok)} of {len(replies)} sites returned weights, fewer than "
-                               f"min_sites={settings.min_sites} ({'; '.join(f'{k}: {v}' for k, v in failed.items())})")
-        aggregated, _ = strategy.aggregate_train(server_round, ok)
+        replies, figures, failed = _train(grid, messages, settings, server_round, secure)
+        failed = {sites.get(node, f"node {node}"): reason for node, reason in failed.items()}
+        if secure is not None and not replies:
+            raise RuntimeError(f"round {server_round}: secure aggregation stopped, too few sites answered for its "
+                               f"reconstruction threshold ({'; '.join(f'{k}: {v}' for k, v in failed.items())})")
+        if len(figures) < settings.min_sites:
+            raise RuntimeError(f"round {server_round}: {len(figures)} of {len(figures) + len(failed)} sites returned "
+                               f"weights, fewer than min_sites={settings.min_sites} "
+                               f"({'; '.join(f'{k}: {v}' for k, v in failed.items())})")
+        aggregated, _ = strategy.aggregate_train(server_round, replies)
         arrays = aggregated
         entry = {"round": server_round, "seconds": round(time.time() - started, 2), "dropped": failed,
-                 "sites": {_name(sites, r): dict(r.content["metrics"]) for r in ok}}
+                 "sites": {sites.get(node, f"node {node}"): metrics for node, metrics in figures.items()}}
         record["rounds"].append(entry)
         _save_checkpoint(out, arrays, strategy, record)
         log(f"round {server_round}/{settings.num_rounds}: {_round_line(entry)}")
     return _export(out, settings, arrays, record)
 
 
-def _check_sites(grid: Grid, settings: FederationSettings, base: dict[str, str], model: Any) -> dict[int, str]:
-    """Ask every site what it holds and refuse those that do not fit; returns node id -> site name."""
+def _train(grid: Grid, messages: Iterable[Message], settings: FederationSettings, server_round: int,
+           secure: SecureRound | None) -> tuple[list[Message], dict[int, dict[str, Any]], dict[int, str]]:
+    """Send a round's training messages; returns the replies for the strategy to aggregate, the figures of
+    each site that trained and the error of each that failed, by node id.
+
+    Under secure aggregation the strategy gets one reply, the weighted mean SecAgg+ unmasked, or none
+    when the protocol stopped.
+    """
+    if secure is None:
+        replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+        ok = [r for r in replies if not r.has_error()]
+        return (ok, {r.metadata.src_node_id: dict(r.content["metrics"]) for r in ok},
+                {r.metadata.src_node_id: r.error.reason for r in replies if r.has_error()})
+    total, figures, failed = secure(server_round, messages)
+    return ([] if total is None else [total]), figures, failed
+
+
+def _check_sites(grid: Grid, settings: FederationSettings, base: dict[str, str],
+                 model: Any) -> tuple[dict[int, str], dict[str, int]]:
+    """Ask every site what it holds and refuse those that do not fit; returns node id -> site name and
+    site name -> number of training images."""
     deadline = time.time() + settings.round_timeout
     while len(nodes := list(grid.get_node_ids())) < settings.num_sites and time.time() < deadline:
         time.sleep(1.0)  # real sites connect over time
@@ -125,7 +157,7 @@ def _check_sites(grid: Grid, settings: FederationSettings, base: dict[str, str],
             raise ValueError(f"two sites are named {summary['site']}: give each its own site-name")
         summaries[summary["site"]], names[node] = summary, summary["site"]
     check_sites(summaries, model.image_shape, model.num_classes)
-    return names
+    return names, {site: int(summary["num_examples"]) for site, summary in summaries.items()}
 
 
 def _round_line(entry: dict[str, Any]) -> str:
@@ -133,10 +165,6 @@ def _round_line(entry: dict[str, Any]) -> str:
     parts = [f"{site} loss {m.get('train-loss', float('nan')):.4g}" + (f" eps {m['epsilon']:.3g}" if "epsilon" in m
                                                                        else "") for site, m in entry["sites"].items()]
     return ", ".join(parts) + (f"; dropped: {', '.join(entry['dropped'])}" if entry["dropped"] else "")
-
-
-def _name(sites: dict[int, str], reply: Message) -> str:
-    return sites.get(reply.metadata.src_node_id, f"node {reply.metadata.src_node_id}")
 
 
 def _round_files(folder: Path, server_round: int) -> tuple[Path, Path]:

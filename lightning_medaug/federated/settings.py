@@ -21,13 +21,19 @@ from lightning_medaug.generative.privacy import ACCOUNTANTS
 from lightning_medaug.registry import create_generator
 from lightning_medaug.validation import check_at_least, check_choice, check_non_negative, check_positive
 
-__all__ = ["PRIVACY_KEYS", "STRATEGIES", "FederationSettings", "build_datamodule"]
+__all__ = ["PRIVACY_KEYS", "SECURE_AGGREGATION", "STRATEGIES", "FederationSettings", "build_datamodule"]
 
 #: Server strategies offered (Flower's): FedAvg (McMahan et al. 2017), FedProx (Li et al. 2020),
 #: FedAdam (Reddi et al., "Adaptive Federated Optimization", ICLR 2021).
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 #: What ``privacy`` may hold: the arguments of :class:`~lightning_medaug.generative.privacy.DifferentialPrivacy`.
 PRIVACY_KEYS = ("target_epsilon", "noise_multiplier", "target_delta", "max_grad_norm", "accountant")
+#: What ``secure_aggregation`` may hold, with its defaults: the options of Flower's ``SecAggPlusWorkflow``.
+#: Shares go to every site (1.0: all, as plain SecAgg; a federation of hospitals has few) and half of them
+#: rebuild a site's masks; the clipping and quantization ranges are Flower's (they bound each site's
+#: update of a weight in a round, not the weight, see :mod:`.secure`).
+SECURE_AGGREGATION = {"num_shares": 1.0, "reconstruction_threshold": 0.5, "clipping_range": 8.0,
+                      "quantization_range": 2**22}
 
 
 @dataclass
@@ -58,6 +64,9 @@ class FederationSettings:
             ``limit_train_batches``...).
         seed: seed of the split, the initial weights and every site's training.
         round_timeout: seconds the server waits for a round's replies.
+        secure_aggregation: train the rounds through SecAgg+ (Flower's ``SecAggPlusWorkflow``), so the
+            server sees only the weighted sum of the sites' updates; options as in
+            :data:`SECURE_AGGREGATION` (``{}``: its defaults); ``None`` sends each site's weights in the clear.
     """
 
     generator: str
@@ -78,6 +87,7 @@ class FederationSettings:
     trainer: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     round_timeout: float = 3600.0
+    secure_aggregation: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_at_least(1, num_sites=self.num_sites, num_rounds=self.num_rounds, local_epochs=self.local_epochs,
@@ -100,6 +110,9 @@ class FederationSettings:
             if self.privacy.get("target_epsilon") is None and self.privacy.get("noise_multiplier") is None:
                 raise ValueError("privacy needs target_epsilon (the noise is calibrated to all rounds) or "
                                  "noise_multiplier, or both")
+        if self.secure_aggregation is not None:
+            self.secure_aggregation = _secure_aggregation_options(self.secure_aggregation, self.num_sites,
+                                                                  self.min_sites)
         for key in ("max_epochs", "max_steps", "callbacks", "logger", "default_root_dir"):
             if key in self.trainer:
                 raise ValueError(f"trainer.{key} is set by the federation (local_epochs, the site's folder): "
@@ -117,6 +130,36 @@ class FederationSettings:
     @classmethod
     def from_json(cls, text: str) -> FederationSettings:
         return cls(**json.loads(text))
+
+
+def _secure_aggregation_options(options: dict[str, Any], num_sites: int, min_sites: int) -> dict[str, Any]:
+    """The SecAgg+ options with their defaults, checked by Flower's own workflow."""
+    if not isinstance(options, dict):
+        raise ValueError(f"secure_aggregation must be a mapping of {', '.join(SECURE_AGGREGATION)} (or {{}}), "
+                         f"got {options!r}")
+    unknown = sorted(set(options) - set(SECURE_AGGREGATION))
+    if unknown:
+        raise ValueError(f"secure_aggregation has unknown keys {unknown}; it takes {', '.join(SECURE_AGGREGATION)}")
+    options = {**SECURE_AGGREGATION, **options}
+    if isinstance(options["clipping_range"], bool) or not isinstance(options["clipping_range"], (int, float)):
+        raise ValueError(f"secure_aggregation.clipping_range must be a number, got {options['clipping_range']!r}")
+    options["clipping_range"] = float(options["clipping_range"])  # the sites' mod insists on a float
+    check_positive(**{"secure_aggregation.clipping_range": options["clipping_range"]})
+    if min_sites < 2:
+        raise ValueError(f"secure_aggregation needs min_sites >= 2 (got {min_sites}): the sum of one site's "
+                         "update is that update")
+    threshold = options["reconstruction_threshold"]
+    if isinstance(threshold, int) and not isinstance(threshold, bool) and threshold > num_sites:
+        raise ValueError(f"secure_aggregation.reconstruction_threshold {threshold} exceeds num_sites={num_sites}: "
+                         "no round could rebuild the masks")
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    try:
+        workflow = SecAggPlusWorkflow(**options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"secure_aggregation: {str(err).replace('`', '')}") from None
+    return {**options, "num_shares": workflow.num_shares,
+            "reconstruction_threshold": workflow.reconstruction_threshold}
 
 
 def build_datamodule(spec: dict[str, Any]) -> L.LightningDataModule:
