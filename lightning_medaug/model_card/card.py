@@ -74,7 +74,7 @@ Init arguments (`config.json`):
 {% endfor %}
 {% if federation %}## Federated training
 
-Trained with Flower by {{ federation.num_sites }} sites that did not pool their images: each round every site trained the generator on its own images and sent back only its weights, which the server combined into the global generator released here.
+Trained with Flower by {{ federation.num_sites }} sites that did not pool their images: each round every site trained the generator on its own images and sent back {% if federation.secure %}its update masked by secure aggregation, so the server only ever held the sum of the sites' updates, which it turned into{% else %}only its weights, which the server combined into{% endif %} the global generator released here.
 
 | | |
 |---|---|

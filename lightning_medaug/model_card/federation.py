@@ -33,10 +33,16 @@ def federation_context(folder: Path) -> dict[str, Any] | None:
             ("averaged by the server", ", ".join(s.get("averaged", [])) or "not recorded"),
             ("kept at each site", ", ".join(s.get("kept_at_sites", [])) or "nothing (integer counters aside)"),
             ("sites that dropped out", dropped or "none")]
+    secure = s.get("secure_aggregation")
+    if secure:
+        bound = f", error at most {secure['max_error']:.2g} per weight" if "max_error" in secure else ""
+        rows.append(("secure aggregation", f"{secure.get('protocol', 'SecAgg+')}: the server saw only the sum of "
+                     f"the sites' masked updates (quantized{bound}); in the clear: "
+                     f"{', '.join(secure.get('in_the_clear', [])) or 'nothing'}"))
     eps, delta = s.get("epsilon_per_site", {}), s.get("delta_per_site", {})
     sites = [(site, str(s.get("site_sizes", {}).get(site, "not recorded")),
               f"{eps[site]:.3g}" if site in eps else "no DP", f"{delta[site]:.3g}" if site in delta else "-")
              for site in s["sites"]]
-    return {"num_sites": len(s["sites"]), "rows": rows, "sites": sites,
+    return {"num_sites": len(s["sites"]), "rows": rows, "sites": sites, "secure": bool(secure),
             "delta": f"{s['delta']:.3g}" if "delta" in s else None,
             "epsilon": f"{s['epsilon']:.3g}" if "epsilon" in s else None}

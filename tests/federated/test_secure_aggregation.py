@@ -141,6 +141,12 @@ def test_the_command_runs_secure_aggregation_over_dp_sites_and_says_what_was_wro
     summary = json.loads((tmp_path / "out" / "generator" / "federation.json").read_text(encoding="utf-8"))["summary"]
     assert summary["secure_aggregation"]["clipping_range"] == 4.0 and summary["epsilon"] > 0
     assert {"epsilon", "delta"} <= set(summary["secure_aggregation"]["in_the_clear"])  # DP-SGD at each site composes
+    assert main(["card", str(tmp_path / "out" / "generator"), "--data-name", "phantoms"]) == 0
+    card = (tmp_path / "out" / "generator" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    section = card.split("## Federated training")[1].split("## Evaluation")[0]
+    assert "masked by secure aggregation" in section and "sent back only its weights" not in section
+    row = next(line for line in section.splitlines() if line.startswith("| secure aggregation |"))
+    assert "SecAgg+" in row and "epsilon" in row and f"{summary['secure_aggregation']['max_error']:.2g}" in row
     code = main(["federate", "--config", str(config), "--out", str(tmp_path / "bad"),
                  "--secure_aggregation", '{"num_shares": 2}'])
     err = capsys.readouterr().err
