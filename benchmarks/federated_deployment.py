@@ -128,14 +128,17 @@ def security(root: Path, sites: int, secure: bool) -> tuple[list[str], list[list
     return link, nodes, f'root-certificates = "{tls["ca"].as_posix()}"\n'
 
 
-def run(sites: int, rounds: int, root: Path, timeout: float, secure: bool = False) -> dict:
+def run(sites: int, rounds: int, root: Path, timeout: float, secure: bool = False,
+        secure_aggregation: bool = False) -> dict:
     import yaml
 
     (root / "app").mkdir(parents=True, exist_ok=True)
     (root / "home").mkdir(exist_ok=True)
     out, config = root / "out", root / "federation.yaml"
-    config.write_text(yaml.safe_dump({**FEDERATION, "num_sites": sites, "num_rounds": rounds, "out": str(out)}),
-                      encoding="utf-8")
+    federation = {**FEDERATION, "num_sites": sites, "num_rounds": rounds, "out": str(out)}
+    if secure_aggregation:  # SecAgg+ with its defaults: the server gets only the masked sum of the updates
+        federation["secure_aggregation"] = {}
+    config.write_text(yaml.safe_dump(federation), encoding="utf-8")
     (root / "app" / "pyproject.toml").write_text(APP.format(config=config.as_posix(), out=out.as_posix()),
                                                  encoding="utf-8")
     link = free_port()
@@ -174,7 +177,9 @@ def run(sites: int, rounds: int, root: Path, timeout: float, secure: bool = Fals
     done = summary.get("sites", [])
     record = {"benchmark": "federated_deployment", "sites": sites, "rounds": rounds,
               "rounds_done": summary.get("rounds", 0), "sites_done": done,
-              "ok": result.returncode == 0 and summary.get("rounds") == rounds and len(done) == sites,
+              "ok": result.returncode == 0 and summary.get("rounds") == rounds and len(done) == sites
+              and (not secure_aggregation or "secure_aggregation" in summary),
+              "secure_aggregation": summary.get("secure_aggregation", {}).get("protocol"),
               "tls": secure, "node_auth": secure, "wall_s": round(time.time() - started, 1), "logs": str(root)}
     if secure:
         log = (root / f"supernode-{INTRUDER}.log").read_text(encoding="utf-8", errors="replace")
@@ -194,9 +199,11 @@ def main() -> int:
     parser.add_argument("--out", type=str, default=None, help="also append the JSON line to this file")
     parser.add_argument("--secure", action="store_true",
                         help="TLS with a throwaway CA, node authentication, and a SuperNode with an unregistered key")
+    parser.add_argument("--secure-aggregation", action="store_true",
+                        help="aggregate with SecAgg+ (needs 3 sites or more to protect a site's update)")
     args = parser.parse_args()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="medaug-deployment-"))
-    record = run(args.sites, args.rounds, root.resolve(), args.timeout, args.secure)
+    record = run(args.sites, args.rounds, root.resolve(), args.timeout, args.secure, args.secure_aggregation)
     emit(record, args.out)
     return 0 if record["ok"] else 1
 
