@@ -138,6 +138,8 @@ def train_round(settings: FederationSettings, site: Site, arrays: ArrayRecord, s
     privacy = _site_privacy(settings, site) if settings.privacy else None
     if privacy is not None:
         callbacks.append(privacy)
+    steps = RoundSteps(site.folder, server_round)
+    callbacks.append(steps)  # last: DP plans its round from the round's own steps, before the count moves on
     # a different stream per site and round, the same on every rerun
     L.seed_everything((settings.seed + 7919 * server_round + 104729 * _index(site.name)) % 2**32, verbose=False)
     trainer = L.Trainer(**{"accelerator": "auto", "devices": 1, **settings.trainer},
@@ -146,13 +148,46 @@ def train_round(settings: FederationSettings, site: Site, arrays: ArrayRecord, s
                         limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=str(site.folder / "trainer"))
     trainer.fit(model, datamodule=site.datamodule)
     save_local_state(model, site.folder, settings.average_training_parts)
-    numbers = {"num-examples": len(site.datamodule.train_dataset)}
+    steps.record(trainer)
+    numbers = {"num-examples": len(site.datamodule.train_dataset), "global-step": trainer.global_step}
     loss = trainer.callback_metrics.get("train/loss")
     numbers["train-loss"] = float(loss) if loss is not None else math.nan
     if privacy is not None:
         _write_json(site.folder / PRIVACY_STATE, privacy.state_dict())
         numbers.update(epsilon=float(privacy.epsilon), delta=float(privacy.delta), steps=privacy.steps)
     return shared_state(model, settings.average_training_parts), numbers
+
+
+class RoundSteps(L.Callback):
+    """Continues a site's optimiser-step count over the rounds: each round's ``Trainer`` starts where the
+    site's earlier rounds left off (``(round - 1)`` times the steps of one round), so the schedules that
+    read ``global_step`` (a VAE's KL warm-up, a KL autoencoder's adversarial start, StyleGAN2's lazy
+    regularisation) run once over the federation, as in central training, instead of restarting every
+    round. One round's steps are recorded in the site's folder after its first round (a rerun of a round
+    starts at the same count); a site without the record yet estimates them from the round's batches."""
+
+    FILE = "round_steps.json"
+
+    def __init__(self, folder: Path, server_round: int):
+        self.folder, self.server_round, self.start = folder, server_round, 0
+        path = folder / self.FILE
+        self.per_round = json.loads(path.read_text(encoding="utf-8"))["steps_per_round"] if path.is_file() else None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        per_round = self.per_round
+        if per_round is None:  # a site's first round (or its first after missing the earlier ones)
+            per_round = int(trainer.estimated_stepping_batches) * (
+                1 if pl_module.automatic_optimization else len(trainer.optimizers))
+        self.start = (self.server_round - 1) * per_round
+        loop = trainer.fit_loop.epoch_loop  # Lightning keeps global_step in its loops' progress counters
+        for tracker in (loop.automatic_optimization.optim_progress.optimizer.step.total,
+                        loop.manual_optimization.optim_step_progress.total):
+            tracker.ready = tracker.completed = self.start
+
+    def record(self, trainer: L.Trainer) -> None:
+        """Write one round's steps, measured, once."""
+        if self.per_round is None and trainer.global_step > self.start:
+            _write_json(self.folder / self.FILE, {"steps_per_round": trainer.global_step - self.start})
 
 
 def _site_privacy(settings: FederationSettings, site: Site) -> DifferentialPrivacy:

@@ -69,6 +69,16 @@ def test_cvae_fedadam_exports_a_global_generator(fedadam):
     assert saved["summary"] == summary and "epsilon" not in summary
 
 
+def test_each_round_continues_the_sites_step_count(fedadam):
+    # a VAE's KL warm-up (and any schedule on global_step) runs once over the rounds, not once per round
+    record, out = fedadam
+    steps = {site: [r["sites"][site]["global-step"] for r in record["rounds"]] for site in record["summary"]["sites"]}
+    for site, (first, second) in steps.items():
+        assert first > 0 and second == 2 * first, (site, first, second)
+        per_round = json.loads((out / "sites" / site / "round_steps.json").read_text(encoding="utf-8"))
+        assert per_round == {"steps_per_round": first}
+
+
 def test_cgan_fedprox_keeps_each_discriminator_at_its_site(tmp_path):
     federate(tmp_path, settings("cgan", num_rounds=1, strategy="fedprox", proximal_mu=0.1))
     kept = [load_file(str(tmp_path / "out" / "sites" / f"site-{i}" / LOCAL_STATE)) for i in range(2)]

@@ -75,7 +75,7 @@ def test_the_server_sees_no_weights_and_gets_the_plain_mean_up_to_quantization(t
     record, replies, weights = federate(tmp_path / "out", settings(secure_aggregation={}))
     summary = record["summary"]["secure_aggregation"]
     assert summary["protocol"] == "SecAgg+" and summary["max_weight"] == 10
-    assert summary["in_the_clear"] == ["num-examples", "train-loss"]
+    assert summary["in_the_clear"] == ["global-step", "num-examples", "train-loss"]
     assert {k: summary[k] for k in SECURE_AGGREGATION} == SECURE_AGGREGATION
     # three equal sites, Flower's ranges: one quantization step, 2 * 8 / 2**22
     assert summary["max_error"] == pytest.approx(2 * 8.0 / 2**22)
