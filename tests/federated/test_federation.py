@@ -77,6 +77,11 @@ def test_each_round_continues_the_sites_step_count(fedadam):
         assert first > 0 and second == 2 * first, (site, first, second)
         per_round = json.loads((out / "sites" / site / "round_steps.json").read_text(encoding="utf-8"))
         assert per_round == {"steps_per_round": first}
+        # Adam's moments carried over too: round 2's optimiser counts both rounds' steps
+        adam = {r: torch.load(out / "sites" / site / f"optimizer_state_round{r}.pt", weights_only=True)[0]
+                for r in (1, 2)}
+        counts = {r: {int(state["step"]) for state in adam[r]["state"].values()} for r in (1, 2)}
+        assert counts == {1: {first}, 2: {second}}
 
 
 def test_cgan_fedprox_keeps_each_discriminator_at_its_site(tmp_path):
