@@ -166,12 +166,10 @@ def downstream(exported: Path | None, folder: Path, args: argparse.Namespace, se
     config = with_trainer(with_subset(config, args.fraction, seed), seed=seed, max_epochs=args.epochs)
     config = with_classic_augmentation(config)
     if exported is not None:
-        import yaml
+        from lightning_medaug.bank.data_config import load_data_module
 
-        from lightning_medaug.trainer_cli import MedaugCLI
-
-        (folder / "subset.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-        real = MedaugCLI(args=["--config", str(folder / "subset.yaml")], run=False).datamodule
+        real, _ = load_data_module(config)  # the subset's real images, without the training augmentation
+        real.prepare_data()
         real.setup("fit")
         labels = train_labels(real)
         counts = {c: labels.count(c) / len(labels) for c in set(labels)}

@@ -223,10 +223,7 @@ class SiteOptimizerState(L.Callback):
         tmp = path.with_name(path.name + ".tmp")
         torch.save([optimizer.state_dict() for optimizer in trainer.optimizers], tmp)
         tmp.replace(path)
-        for old in self.folder.glob("optimizer_state_round*.pt"):  # the two latest are all a rerun needs
-            if old.stem.removeprefix("optimizer_state_round").isdigit() and \
-                    int(old.stem.removeprefix("optimizer_state_round")) < self.server_round - 1:
-                old.unlink()
+        self._path(self.server_round - 2).unlink(missing_ok=True)  # the two latest are all a rerun needs
 
 
 def _site_privacy(settings: FederationSettings, site: Site) -> DifferentialPrivacy:
