@@ -46,7 +46,9 @@ def parse_federation(argv: Sequence[str]) -> tuple[FederationSettings, dict]:
 def federate(settings: FederationSettings, out: str | Path, engine: str = "inprocess") -> dict:
     """Run (or resume) ``settings`` with its simulated sites; returns the federation's record."""
     from lightning_medaug.federated.client import client_app
+    from lightning_medaug.federated.record import read_federation
     from lightning_medaug.federated.server import run_federation, server_app
+    from lightning_medaug.generative.privacy import EXPORT_FOLDER
 
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -65,7 +67,12 @@ def federate(settings: FederationSettings, out: str | Path, engine: str = "inpro
 
     run_simulation(server_app=server_app(settings, out), client_app=client_app(), num_supernodes=settings.num_sites,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
-    return {"out": str(out)}
+    # Flower logs a failing ServerApp instead of raising: the exported record is what proves the run finished
+    record = read_federation(out / EXPORT_FOLDER)
+    if record is None or len(record["rounds"]) < settings.num_rounds:
+        raise RuntimeError(f"Flower's simulation engine ended without exporting {settings.num_rounds} rounds to "
+                           f"{out / EXPORT_FOLDER}: see its log above; running again resumes after the last round")
+    return record
 
 
 def main(argv: Sequence[str]) -> int:
