@@ -3,9 +3,11 @@
 An entry either trains a generator (``recipe``, ``epochs``, ``overrides``) or reuses the weights another
 entry trained on the same subset (``weights_from``) and only samples them differently: a larger bank,
 other sampler settings. Sampling is a choice made after training, so comparing such choices should not
-train the generator again. An entry with ``teacher_from: <other entry>`` trains its own recipe with
-``model.init_args.teacher`` set to that entry's generator trained on the same subset: a distilled
-student (``consistency``) beside its teacher, each with its own arms. Per-entry ``fractions``,
+train the generator again. An entry with ``inputs_from: {dotted.recipe.key: <other entry>}`` trains its
+own recipe with each key set to that entry's generator trained on the same subset (trained first): a
+latent diffusion model on the autoencoder of its own subset (``model.init_args.autoencoder_path``).
+``teacher_from: <other entry>`` is short for ``inputs_from: {model.init_args.teacher: <other entry>}``:
+a distilled student (``consistency``) beside its teacher, each with its own arms. Per-entry ``fractions``,
 ``ratios``, ``synthetic_only``, ``classic_with_synthetic`` and ``bank_factor`` narrow or change the
 study's arms for that entry alone; left out, the study's own settings apply. An entry's ``fractions``
 are where it runs: a study run on a slice (``--fractions [0.1]``) runs it at the fractions the two have
@@ -22,7 +24,8 @@ __all__ = ["ARM_SETTINGS", "GeneratorSpec", "parse_generators"]
 _TRAINING = ("recipe", "epochs", "overrides")
 # the settings an entry may give for its own arms; left out, the study's apply
 ARM_SETTINGS = ("fractions", "ratios", "synthetic_only", "classic_with_synthetic", "bank_factor")
-_KEYS = (*_TRAINING, "sample_kwargs", "weights_from", "teacher_from", *ARM_SETTINGS)
+_KEYS = (*_TRAINING, "sample_kwargs", "weights_from", "teacher_from", "inputs_from", *ARM_SETTINGS)
+_TEACHER_KEY = "model.init_args.teacher"
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class GeneratorSpec:
     sample_kwargs: dict[str, Any] = field(default_factory=dict)
     weights_from: str | None = None
     teacher_from: str | None = None
+    inputs_from: dict[str, str] = field(default_factory=dict)
     fractions: list[float] | None = None
     ratios: list[float] | None = None
     synthetic_only: bool | None = None
@@ -92,6 +96,9 @@ def parse_generators(generators: dict[str, dict[str, Any]] | None,
             if source is not None or teacher == name or not isinstance(base, dict) or "recipe" not in base:
                 raise ValueError(f"generator {name!r}: teacher_from must name another entry that trains its own "
                                  f"generator (with a 'recipe'), and the entry must train too, got {teacher!r}")
+        inputs = _inputs(name, spec, generators or {})
+        if teacher is not None:
+            inputs[_TEACHER_KEY] = teacher
         own_fractions = spec.get("fractions")
         if own_fractions is not None:
             own_fractions = [float(f) for f in own_fractions]
@@ -110,8 +117,41 @@ def parse_generators(generators: dict[str, dict[str, Any]] | None,
             name=name, recipe=spec.get("recipe"), epochs=spec.get("epochs"),
             overrides=dict(spec.get("overrides") or {}),
             sample_kwargs=dict(spec.get("sample_kwargs") or {}), weights_from=source, teacher_from=teacher,
+            inputs_from=inputs,
             fractions=own_fractions,
             ratios=None if spec.get("ratios") is None else _ratios(spec["ratios"], f"generators.{name}.ratios"),
             synthetic_only=None if spec.get("synthetic_only") is None else bool(spec["synthetic_only"]),
             classic_with_synthetic=combined, bank_factor=None if factor is None else float(factor))
+    _check_acyclic(specs)
     return specs
+
+
+def _inputs(name: str, spec: dict[str, Any], generators: dict[str, Any]) -> dict[str, str]:
+    """``inputs_from`` checked: dotted recipe keys, each naming another entry that trains its own recipe."""
+    inputs = spec.get("inputs_from") or {}
+    if not isinstance(inputs, dict):
+        raise ValueError(f"generator {name!r}: inputs_from must map recipe keys to entries, e.g. "
+                         f"{{model.init_args.autoencoder_path: autoencoder}}, got {inputs!r}")
+    if inputs and spec.get("weights_from") is not None:
+        raise ValueError(f"generator {name!r} reuses the weights of {spec['weights_from']!r}: inputs_from belongs "
+                         "to that entry's training")
+    for key, entry in inputs.items():
+        base = generators.get(entry)
+        if entry == name or not isinstance(base, dict) or "recipe" not in base:
+            raise ValueError(f"generator {name!r}: inputs_from.{key} must name another entry that trains its own "
+                             f"generator (with a 'recipe'), got {entry!r}")
+        if key == _TEACHER_KEY and spec.get("teacher_from") is not None:
+            raise ValueError(f"generator {name!r}: give the teacher once, as teacher_from or in inputs_from")
+    return {str(k): str(v) for k, v in inputs.items()}
+
+
+def _check_acyclic(specs: dict[str, GeneratorSpec]) -> None:
+    """Entries trained on other entries' generators must not need themselves (that would never end)."""
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise ValueError(f"generators need each other in a cycle: {' -> '.join((*path, name))}")
+        for entry in specs[name].inputs_from.values():
+            visit(entry, (*path, name))
+
+    for name in specs:
+        visit(name, ())

@@ -288,8 +288,8 @@ class Study:
                               **({"max_epochs": epochs} if epochs else {}))
         for key, value in spec.overrides.items():
             _set_dotted(config, key, value)
-        if spec.teacher_from:  # the teacher trained on this very subset, trained first if it is not yet
-            _set_dotted(config, "model.init_args.teacher", str(self.train_generator(spec.teacher_from, fraction, seed)))
+        for key, entry in spec.inputs_from.items():  # trained on this very subset, first if it is not yet
+            _set_dotted(config, key, str(self.train_generator(entry, fraction, seed)))
         return config
 
     def generator_data(self, name: str, fraction: float, seed: int) -> Any:

@@ -44,7 +44,8 @@ from lightning_medaug.study.selection import choose_classic
 
 __all__ = ["BeyondClassicStudy"]
 
-_GENERATOR_KEYS = ("recipe", "epochs", "overrides", "sample_kwargs")
+_GENERATOR_KEYS = ("recipe", "epochs", "overrides", "sample_kwargs", "inputs_from")
+_STAGE_KEYS = ("recipe", "epochs", "overrides")
 
 
 class BeyondClassicStudy:
@@ -60,8 +61,11 @@ class BeyondClassicStudy:
         classic_candidates: augmentation names tried per fraction and seed; ``classic_best`` is one of them.
         selection: ``{"metric": ..., "rule": ...}``: ``metric`` must be the task's checkpoint monitor (the
             score the choice reads); ``rule`` is kept as written, for the report.
-        generator: ``{"recipe", "epochs", "overrides", "sample_kwargs"}`` of the diffusion model trained per
-            cell (its ``sample_kwargs`` also drive the edits).
+        generator: ``{"recipe", "epochs", "overrides", "sample_kwargs", "inputs_from"}`` of the diffusion
+            model trained per cell (its ``sample_kwargs`` also drive the edits); ``inputs_from`` maps its
+            recipe's dotted keys to ``stages``, e.g. ``{model.init_args.autoencoder_path: autoencoder}``.
+        stages: ``{name: {"recipe", "epochs", "overrides"}}``: models the generator is trained on, each
+            trained first on the same real subset (a latent diffusion model's autoencoder); no arms.
         arms: ``{name: entry}``, see :mod:`lightning_medaug.study.arms`.
         targets: ``{"over_classic_best": d, "min_positive_seeds": {fraction: k}}``: an arm helps at a fraction
             when its mean paired difference over ``classic_best`` is at least ``d`` and positive in at
@@ -75,6 +79,7 @@ class BeyondClassicStudy:
                  epochs: int | dict[float, int] | None = None,
                  classic_candidates: Sequence[str] = ("classic", "trivialaugment", "randaugment", "mixup", "cutmix"),
                  selection: dict[str, Any] | None = None, generator: dict[str, Any] | None = None,
+                 stages: dict[str, dict[str, Any]] | None = None,
                  arms: dict[str, dict[str, Any] | None] | None = None, targets: dict[str, Any] | None = None,
                  overrides: dict[str, Any] | None = None, keep_checkpoints: bool = False):
         self.arms = parse_arms(arms or {"real": {"augmentation": "none"},
@@ -94,11 +99,18 @@ class BeyondClassicStudy:
         if any(a.bank for a in self.arms) and "recipe" not in self.generator:
             raise ValueError("arms with a bank need generator.recipe (e.g. ddpm_pneumonia.yaml)")
         self.generator_name = Path(self.generator.get("recipe", "generator")).stem.split("_")[0]
+        self.stages = {str(k): dict(v or {}) for k, v in (stages or {}).items()}
+        for name, stage in self.stages.items():
+            unknown = set(stage) - set(_STAGE_KEYS)
+            if unknown or "recipe" not in stage or name == self.generator_name:
+                raise ValueError(f"stage {name!r} needs a 'recipe' and takes only {', '.join(_STAGE_KEYS)} "
+                                 f"under a name other than the generator's ({self.generator_name!r}), got {stage}")
         samples = [a for a in self.arms if a.bank == "samples"]
         # trains the generator per cell and writes the bank of samples, as the v1 study does
         self.base = Study(task, out=out, metric=metric, fractions=fractions, seeds=seeds, epochs=epochs,
                           classic_augmentation=False, overrides=overrides, keep_checkpoints=keep_checkpoints,
-                          generators={self.generator_name: self.generator} if "recipe" in self.generator else None,
+                          generators={**self.stages, self.generator_name: self.generator}
+                          if "recipe" in self.generator else None,
                           ratios=sorted({a.ratio for a in samples if a.mode == "add"}),
                           synthetic_only=any(a.mode == "replace" for a in samples),
                           bank_factor=max([a.bank_factor for a in samples], default=1.0))

@@ -178,3 +178,57 @@ def test_a_segmentation_grid_edits_images_and_keeps_their_masks(tmp_path):
 
 def torch_equal(a, b) -> bool:
     return bool((a.reshape(b.shape) == b).all())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_latent_diffusion_generator_is_trained_on_the_autoencoder_of_its_own_subset(tmp_path):
+    import yaml
+
+    from lightning_medaug.bank import SyntheticBank
+    from lightning_medaug.bank.edits import load_training_set
+
+    small = {"data.init_args.image_size": 32, "data.init_args.batch_size": 4}
+    tiny = {"model.init_args.channels": [8, 8], "model.init_args.norm_num_groups": 8}
+    study = BeyondClassicStudy(
+        "segment_isbi.yaml", out=str(tmp_path), metric="test/dice", fractions=[0.25], seeds=[1], epochs=1,
+        classic_candidates=["classic"], selection={"metric": "val/dice"}, overrides=small,
+        stages={"autoencoder": {"recipe": "autoencoder_isbi_256.yaml", "epochs": 1, "overrides": {
+            **small, **tiny, "model.init_args.image_size": 32, "model.init_args.patch_size": 16}}},
+        generator={"recipe": "ldm_isbi_256.yaml", "epochs": 1, "sample_kwargs": {"num_inference_steps": 2},
+                   "inputs_from": {"model.init_args.autoencoder_path": "autoencoder"},
+                   "overrides": {**small, **tiny, "trainer.callbacks.1.init_args.every_n_epochs": 10}},
+        arms={"classic_best": {"augmentation": "classic-best"},
+              "pairs": {**EDIT_ARM, "bank": {"kind": "edits", "target_labels": "same", "strengths": [1.0],
+                                             "edits_per_image": 1}}})
+    [folder] = study.prepare()
+    runs = {name: study.base.generator_folder(name, 0.25, 1) / "run" for name in ("autoencoder", "ldm")}
+    recipes = {name: yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8")) for name, run in runs.items()}
+    assert recipes["ldm"]["model"]["init_args"]["autoencoder_path"] == str(runs["autoencoder"] / "generator")
+    subsets = [{k: r["data"]["init_args"][k] for k in ("subset", "subset_seed")} for r in recipes.values()]
+    assert subsets[0] == subsets[1] == {"subset": 0.25, "subset_seed": 1}
+    bank, (parents, _) = SyntheticBank(folder), load_training_set(runs["ldm"] / "recipe.yaml")
+    assert len(bank) == len(parents) == 5 and bank.has_masks  # one image drawn for each real mask
+    for i in range(len(bank)):
+        assert torch_equal(bank[i]["mask"], parents[int(bank.column("parent_index")[i])]["mask"].float())
+        assert bank[i]["image"].shape == (1, 32, 32)
+
+
+@pytest.mark.parametrize("generators,match", [
+    ({"ldm": {"recipe": "ldm_isbi_256.yaml", "inputs_from": {"model.init_args.autoencoder_path": "ae"}}},
+     "inputs_from.model.init_args.autoencoder_path must name another entry"),
+    ({"ldm": {"recipe": "ldm_isbi_256.yaml", "inputs_from": ["ae"]}}, "inputs_from must map recipe keys"),
+    ({"a": {"recipe": "ldm_isbi_256.yaml", "inputs_from": {"model.init_args.autoencoder_path": "b"}},
+      "b": {"recipe": "autoencoder_isbi_256.yaml", "inputs_from": {"model.init_args.x": "a"}}},
+     "generators need each other in a cycle: a -> b -> a"),
+])
+def test_bad_inputs_from_entries_are_refused(generators, match):
+    from lightning_medaug.study.generators import parse_generators
+
+    with pytest.raises(ValueError, match=match):
+        parse_generators(generators, classic_augmentation=False)
+
+
+def test_a_stage_needs_a_recipe():
+    with pytest.raises(ValueError, match="stage 'autoencoder' needs a 'recipe'"):
+        BeyondClassicStudy("segment_isbi.yaml", metric="test/dice", classic_candidates=["classic"],
+                           stages={"autoencoder": {"epochs": 1}}, generator={"recipe": "ldm_isbi_256.yaml"})
