@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "PairedImageMetrics": "lightning_medaug.metrics",
     "DomainFeatureExtractor": "lightning_medaug.metrics",
     "train_feature_extractor": "lightning_medaug.metrics",
+    "train_segmentation_extractor": "lightning_medaug.metrics",
     "load_feature_extractor": "lightning_medaug.metrics",
     "fidelity_with_floor": "lightning_medaug.metrics",
     "memorization_report": "lightning_medaug.metrics",
@@ -106,6 +107,7 @@ __all__ = [
     "save_image_grid",
     "score_bank",
     "train_feature_extractor",
+    "train_segmentation_extractor",
     "unpack_batch",
     "write_bank",
     "write_model_card",
@@ -152,6 +154,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real definitions
         load_feature_extractor,
         memorization_report,
         train_feature_extractor,
+        train_segmentation_extractor,
     )
     from lightning_medaug.mixing import MixSampler, SyntheticMixDataModule
     from lightning_medaug.model_card import write_model_card

@@ -3,7 +3,8 @@
 Fidelity metrics (Frechet distance, KID, precision/recall/density/coverage) are torchmetrics
 ``Metric``s on features of any ``nn.Module``; the default extractor is a classifier this library
 trains on the real training split (:func:`train_feature_extractor`, registered as ``"domain"``
-in :data:`lightning_medaug.registry.FEATURE_EXTRACTORS`).
+in :data:`lightning_medaug.registry.FEATURE_EXTRACTORS`); for data with masks and no labels, the
+encoder of a segmenter trained on it (:func:`train_segmentation_extractor`, ``"segmentation"``).
 """
 
 from lightning_medaug.metrics.features import (
@@ -36,6 +37,7 @@ from lightning_medaug.metrics.paired import (
     ms_ssim_min_size,
     paired_image_metrics,
 )
+from lightning_medaug.metrics.segmentation_features import SegmentationFeatureExtractor, train_segmentation_extractor
 
 __all__ = [
     "DomainFeatureExtractor",
@@ -43,6 +45,7 @@ __all__ = [
     "KernelDistance",
     "PairedImageMetrics",
     "PrecisionRecall",
+    "SegmentationFeatureExtractor",
     "collect_images",
     "dataset_fingerprint",
     "extract_features",
@@ -60,4 +63,5 @@ __all__ = [
     "save_closest_pairs",
     "save_feature_extractor",
     "train_feature_extractor",
+    "train_segmentation_extractor",
 ]

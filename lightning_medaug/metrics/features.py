@@ -174,6 +174,10 @@ def load_feature_extractor(folder: str | Path, map_location: str | torch.device 
                                     "train_feature_extractor()")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
+        if config.get("feature_extractor") == "segmentation":  # a segmenter's encoder, not a classifier
+            from lightning_medaug.metrics.segmentation_features import load_segmentation_extractor
+
+            return load_segmentation_extractor(folder, config, map_location)
         task = ClassificationTask(**config["task_init_args"])
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{config_file} is not a feature-extractor config ({err})") from err
@@ -199,7 +203,8 @@ def _required(datamodule: L.LightningDataModule, name: str) -> int:
     value = getattr(datamodule, name, None)
     if not isinstance(value, int):
         raise ValueError(f"{type(datamodule).__name__} has no integer attribute {name!r}; the feature extractor is "
-                         f"a classifier of the training labels, so the data module must say its {name}")
+                         f"a classifier of the training labels, so the data module must say its {name} (data with "
+                         "masks and no labels: use the 'segmentation' extractor)")
     return value
 
 
