@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -250,6 +250,22 @@ def train_feature_extractor(datamodule: L.LightningDataModule, cache_dir: str | 
 
     L.seed_everything(seed, workers=True, verbose=False)
     task = ClassificationTask(**task_args)
+
+    def write(staging: Path, global_step: int, val_metrics: dict[str, float]) -> None:
+        save_feature_extractor(task, staging, data_hash=data_hash, training=settings, global_step=global_step,
+                               val_metrics=val_metrics)
+
+    fit_and_cache(task, datamodule, folder, write, epochs, max_steps, trainer_kwargs)
+    extractor = DomainFeatureExtractor.from_task(task.cpu())
+    extractor.config, extractor.path = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")), folder
+    return extractor
+
+
+def fit_and_cache(task: L.LightningModule, datamodule: L.LightningDataModule, folder: Path,
+                  write: Callable[[Path, int, dict[str, float]], Any], epochs: int, max_steps: int,
+                  trainer_kwargs: Mapping[str, Any] | None = None) -> None:
+    """Train ``task`` on ``datamodule``'s training split, validate it once, and let ``write(staging, global_step,
+    val_metrics)`` fill a staging folder that then replaces ``folder``: a reader never sees half a cache entry."""
     options: dict[str, Any] = {"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
                                "enable_progress_bar": False, "enable_model_summary": False,
                                "max_epochs": epochs if max_steps < 1 else -1, "max_steps": max_steps,
@@ -267,17 +283,12 @@ def train_feature_extractor(datamodule: L.LightningDataModule, cache_dir: str | 
         if val_loader is not None:
             val_metrics = {k: float(v) for k, v in trainer.validate(task, val_loader, verbose=False)[0].items()}
     if trainer.is_global_zero:
-        # Written beside the final folder, then renamed: a reader never sees half a cache entry.
         staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-        save_feature_extractor(task, staging, data_hash=data_hash, training=settings,
-                               global_step=trainer.global_step, val_metrics=val_metrics)
+        write(staging, trainer.global_step, val_metrics)
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
     trainer.strategy.barrier()  # other ranks read the folder rank 0 just wrote
-    extractor = DomainFeatureExtractor.from_task(task.cpu())
-    extractor.config, extractor.path = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")), folder
-    return extractor
 
 
 # -- images in, features out ----------------------------------------------------------------

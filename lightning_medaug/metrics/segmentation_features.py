@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_medaug.data.batch import unpack_batch
-from lightning_medaug.metrics.features import _required, _train_dataset, _update_digest
+from lightning_medaug.metrics.features import _required, _train_dataset, _update_digest, fit_and_cache
 from lightning_medaug.registry import register_feature_extractor
 from lightning_medaug.weights_folder import CONFIG_NAME, WEIGHTS_NAME, write_weights_folder
 
@@ -126,7 +124,9 @@ def load_segmentation_extractor(folder: str | Path, config: dict[str, Any],
 @register_feature_extractor(KIND)
 def train_segmentation_extractor(datamodule: L.LightningDataModule, cache_dir: str | Path,
                                  backbone: str = "resnet18", epochs: int = 5, max_steps: int = -1, seed: int = 0,
-                                 lr: float = 1e-3, retrain: bool = False, **_: Any) -> SegmentationFeatureExtractor:
+                                 lr: float = 1e-3, retrain: bool = False,
+                                 trainer_kwargs: Mapping[str, Any] | None = None,
+                                 **_: Any) -> SegmentationFeatureExtractor:
     """Train (or load from cache) a U-Net on ``datamodule``'s image and mask pairs; return its encoder features.
 
     ``backbone`` is the smp encoder in 2D (a MONAI UNet in 3D); ``epochs``, ``max_steps``, ``seed``, ``lr``
@@ -151,31 +151,15 @@ def train_segmentation_extractor(datamodule: L.LightningDataModule, cache_dir: s
         return extractor
     L.seed_everything(seed, workers=True, verbose=False)
     task = SegmentationTask(**task_args)
-    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        max_epochs=epochs if max_steps < 1 else -1, max_steps=max_steps)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
-        trainer.fit(task, train_dataloaders=datamodule.train_dataloader())
-    val_metrics: dict[str, float] = {}
-    try:
-        val_loader = datamodule.val_dataloader()
-    except (ValueError, NotImplementedError, KeyError):
-        val_loader = None
-    if val_loader is not None:
-        val_metrics = {k: float(v) for k, v in trainer.validate(task, val_loader, verbose=False)[0].items()}
     from lightning_medaug import __version__
 
-    config = {"feature_extractor": KIND, "task_init_args": dict(task_args), "library_version": __version__,
-              "data_hash": data_hash, "training": settings, "global_step": trainer.global_step,
-              "val_metrics": val_metrics}
-    if trainer.is_global_zero:  # staged, then renamed: a reader never sees half a cache entry
-        staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    def write(staging: Path, global_step: int, val_metrics: dict[str, float]) -> None:
+        config = {"feature_extractor": KIND, "task_init_args": dict(task_args), "library_version": __version__,
+                  "data_hash": data_hash, "training": settings, "global_step": global_step,
+                  "val_metrics": val_metrics}
         write_weights_folder(staging, config, task.net.state_dict(), metadata={"feature_extractor": KIND})
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    trainer.strategy.barrier()
+
+    fit_and_cache(task, datamodule, folder, write, epochs, max_steps, trainer_kwargs)
     extractor = SegmentationFeatureExtractor(task.net.cpu(), task.spatial_dims, task.in_channels)
-    extractor.config, extractor.path = config, folder
+    extractor.config, extractor.path = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")), folder
     return extractor
