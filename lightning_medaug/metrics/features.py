@@ -281,7 +281,8 @@ def fit_and_cache(task: L.LightningModule, datamodule: L.LightningDataModule, fo
         except (ValueError, NotImplementedError, KeyError, MisconfigurationException):  # no validation split
             val_loader = None
         if val_loader is not None:
-            val_metrics = {k: float(v) for k, v in trainer.validate(task, val_loader, verbose=False)[0].items()}
+            scores = trainer.validate(task, val_loader, verbose=False)  # [] for an empty validation split
+            val_metrics = {k: float(v) for k, v in (scores[0] if scores else {}).items()}
     if trainer.is_global_zero:
         staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
         write(staging, trainer.global_step, val_metrics)

@@ -237,3 +237,14 @@ def test_federated_evidence_scores_central_federated_dp_and_site_generators(run_
                                                        rel=0.01)
     assert verdict["best_site_fd"] == min(rows[f"site{i}_iid_2sites"]["fd"] for i in (0, 1))
     assert (tmp_path / "fed" / "central" / "samples.png").is_file()
+
+
+def test_scale_fidelity_scores_ldm_pairs_against_the_held_out_floor(run_script, tmp_path):
+    record = run_script("scale_fidelity.py", "--tiny", "--threads", "1", "--extractor-epochs", "1", "--per-mask", "2",
+                        "--out", str(tmp_path / "fidelity"))
+    assert record["benchmark"] == "scale_fidelity" and record["image_size"] == 32
+    assert (record["num_train"], record["num_held_out"], record["num_synthetic"]) == (20, 10, 40)
+    assert record["fd_ratio"] == pytest.approx(record["fd"] / record["floor"]["fd"])
+    assert record["meets_target"] is (record["fd_ratio"] <= 2.0) and "val/dice" in record["extractor_val"]
+    assert (tmp_path / "fidelity" / "samples.png").is_file()
+    assert (tmp_path / "fidelity" / "evaluate" / "report.md").is_file()
