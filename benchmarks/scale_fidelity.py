@@ -18,7 +18,6 @@ Prints one JSON line. ``--data-root`` (or ``$MEDAUG_DATA``) names a folder holdi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
