@@ -91,14 +91,7 @@ def parse_generators(generators: dict[str, dict[str, Any]] | None,
                 raise ValueError(f"generator {name!r}: weights_from must name another entry that trains its own "
                                  f"generator, got {source!r}")
         teacher = spec.get("teacher_from")
-        if teacher is not None:
-            base = (generators or {}).get(teacher)
-            if source is not None or teacher == name or not isinstance(base, dict) or "recipe" not in base:
-                raise ValueError(f"generator {name!r}: teacher_from must name another entry that trains its own "
-                                 f"generator (with a 'recipe'), and the entry must train too, got {teacher!r}")
         inputs = _inputs(name, spec, generators or {})
-        if teacher is not None:
-            inputs[_TEACHER_KEY] = teacher
         own_fractions = spec.get("fractions")
         if own_fractions is not None:
             own_fractions = [float(f) for f in own_fractions]
@@ -127,22 +120,23 @@ def parse_generators(generators: dict[str, dict[str, Any]] | None,
 
 
 def _inputs(name: str, spec: dict[str, Any], generators: dict[str, Any]) -> dict[str, str]:
-    """``inputs_from`` checked: dotted recipe keys, each naming another entry that trains its own recipe."""
-    inputs = spec.get("inputs_from") or {}
-    if not isinstance(inputs, dict):
+    """``inputs_from`` (with ``teacher_from`` folded in) checked: dotted recipe keys, each naming another entry
+    that trains its own recipe, given to an entry that trains too."""
+    raw = spec.get("inputs_from") or {}
+    if not isinstance(raw, dict):
         raise ValueError(f"generator {name!r}: inputs_from must map recipe keys to entries, e.g. "
-                         f"{{model.init_args.autoencoder_path: autoencoder}}, got {inputs!r}")
-    if inputs and spec.get("weights_from") is not None:
-        raise ValueError(f"generator {name!r} reuses the weights of {spec['weights_from']!r}: inputs_from belongs "
-                         "to that entry's training")
-    for key, entry in inputs.items():
-        base = generators.get(entry)
-        if entry == name or not isinstance(base, dict) or "recipe" not in base:
-            raise ValueError(f"generator {name!r}: inputs_from.{key} must name another entry that trains its own "
-                             f"generator (with a 'recipe'), got {entry!r}")
-        if key == _TEACHER_KEY and spec.get("teacher_from") is not None:
+                         f"{{model.init_args.autoencoder_path: autoencoder}}, got {raw!r}")
+    named = {str(key): (entry, f"inputs_from.{key}") for key, entry in raw.items()}
+    if spec.get("teacher_from") is not None:
+        if _TEACHER_KEY in named:
             raise ValueError(f"generator {name!r}: give the teacher once, as teacher_from or in inputs_from")
-    return {str(k): str(v) for k, v in inputs.items()}
+        named[_TEACHER_KEY] = (spec["teacher_from"], "teacher_from")
+    for entry, what in named.values():
+        base = generators.get(entry)
+        if spec.get("weights_from") is not None or entry == name or not isinstance(base, dict) or "recipe" not in base:
+            raise ValueError(f"generator {name!r}: {what} must name another entry that trains its own generator "
+                             f"(with a 'recipe'), and the entry must train too, got {entry!r}")
+    return {key: str(entry) for key, (entry, _) in named.items()}
 
 
 def _check_acyclic(specs: dict[str, GeneratorSpec]) -> None:
