@@ -77,6 +77,18 @@ def train(config: dict[str, Any], folder: Path) -> Path:
     return exported
 
 
+def follows_mask(net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> float:
+    """Dice (torchmetrics, per image, averaged) of a binary segmenter's masks of ``images`` against ``masks``."""
+    from torchmetrics.segmentation import DiceScore
+
+    dice = DiceScore(num_classes=1, include_background=True, average="macro", input_format="one-hot")
+    with torch.no_grad():
+        for start in range(0, len(images), 8):
+            logits = net(images[start:start + 8].float())
+            dice.update((logits > 0).long(), (masks[start:start + 8].reshape(logits.shape) > 0.5).long())
+    return float(dice.compute())
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     if args.threads:
@@ -124,6 +136,16 @@ def main(argv: list[str] | None = None) -> None:
     extractor = train_segmentation_extractor(judged, out / "extractors", epochs=args.extractor_epochs, seed=args.seed)
     result = evaluate_bank(out / "bank", train_set, held_out, out / "evaluate", extractor, seed=args.seed,
                            floor_split="images 20-29", overwrite=True)
+    # Does an image follow the mask it was drawn for? The extractor's own U-Net, trained on the real pairs,
+    # segments it, scored against that mask; the held-out real images against theirs are the reference.
+    held_masks = torch.stack([held_out[i]["mask"] for i in range(len(held_out))])
+    drawn = bank.read(range(len(bank)))
+    mask_dice = {"synthetic": follows_mask(extractor.net, drawn["image"], drawn["mask"]),
+                 # chance level: the same images against another training image's mask
+                 "synthetic_other_mask": follows_mask(extractor.net, drawn["image"],
+                                                      drawn["mask"].roll(args.per_mask, dims=0)),
+                 "held_out_real": follows_mask(extractor.net, torch.stack([held_out[i]["image"]
+                                                                          for i in range(len(held_out))]), held_masks)}
     synthetic, floor = result["fidelity"]["synthetic"], result["fidelity"]["floor"]
     memo = result["memorization"]
     ratio = synthetic["fd"] / floor["fd"] if floor["fd"] > 0 else None
@@ -133,8 +155,8 @@ def main(argv: list[str] | None = None) -> None:
           "fd_ratio": ratio, "target_fd_ratio": TARGET_FD_RATIO,
           "meets_target": None if ratio is None else ratio <= TARGET_FD_RATIO,
           "copy_rate": {s: (memo.get(s) or {}).get("copy_rate") for s in ("pixel", "feature")},
-          "extractor_val": extractor.config.get("val_metrics"), "train_seconds": round(train_seconds, 1),
-          "sample_s_per_image": sample_seconds, **versions()},
+          "mask_dice": mask_dice, "extractor_val": extractor.config.get("val_metrics"),
+          "train_seconds": round(train_seconds, 1), "sample_s_per_image": sample_seconds, **versions()},
          str(out / "result.jsonl"))
 
 

@@ -248,3 +248,5 @@ def test_scale_fidelity_scores_ldm_pairs_against_the_held_out_floor(run_script, 
     assert record["meets_target"] is (record["fd_ratio"] <= 2.0) and "val/dice" in record["extractor_val"]
     assert (tmp_path / "fidelity" / "samples.png").is_file()
     assert (tmp_path / "fidelity" / "evaluate" / "report.md").is_file()
+    assert set(record["mask_dice"]) == {"synthetic", "synthetic_other_mask", "held_out_real"}
+    assert all(0 <= v <= 1 for v in record["mask_dice"].values())
