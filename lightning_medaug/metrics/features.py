@@ -119,24 +119,28 @@ def _strip_head(classifier: nn.Module) -> tuple[nn.Module, int]:
 
 
 # -- fingerprint, save, load --------------------------------------------------------------------
-def dataset_fingerprint(dataset: Dataset) -> str:
-    """SHA-256 over a data set's images and labels, in index order.
+def dataset_fingerprint(dataset: Dataset, with_masks: bool = False) -> str:
+    """SHA-256 over a data set's images and labels (``with_masks``: images and masks), in index order.
 
     Data sets that keep their arrays as ``images`` / ``labels`` tensors (phantoms, MedMNIST) are
     hashed from those arrays without reading samples; others are read sample by sample, which is
     only stable if they apply no random transforms.
     """
+    if with_masks and len(dataset) and unpack_batch(dataset[0]).mask is None:  # type: ignore[arg-type]
+        raise ValueError("training sample 0 has no mask: the segmentation extractor learns from image and mask "
+                         "pairs; use --extractor domain for class labels")
     digest = hashlib.sha256()
-    arrays = [getattr(dataset, name, None) for name in ("images", "labels")]
+    arrays = [getattr(dataset, name, None) for name in ("images", "masks" if with_masks else "labels")]
     if all(isinstance(a, Tensor) for a in arrays):
         for array in arrays:
             _update_digest(digest, array)
         return digest.hexdigest()
     for index in range(len(dataset)):  # type: ignore[arg-type]
-        image, label, _ = unpack_batch(dataset[index])
+        image, label, mask = unpack_batch(dataset[index])
         _update_digest(digest, image)
-        if label is not None:
-            _update_digest(digest, label)
+        second = mask if with_masks else label
+        if second is not None:
+            _update_digest(digest, torch.as_tensor(second))
     return digest.hexdigest()
 
 

@@ -21,8 +21,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from lightning_medaug.data.batch import unpack_batch
-from lightning_medaug.metrics.features import _required, _train_dataset, _update_digest, fit_and_cache
+from lightning_medaug.metrics.features import _required, _train_dataset, dataset_fingerprint, fit_and_cache
 from lightning_medaug.registry import register_feature_extractor
 from lightning_medaug.weights_folder import CONFIG_NAME, WEIGHTS_NAME, write_weights_folder
 
@@ -94,19 +93,6 @@ class SegmentationFeatureExtractor(nn.Module):
         return self._pooled(images)
 
 
-def _fingerprint(dataset: Any) -> str:
-    """SHA-256 over the training images and masks in index order (a stable split: no random transforms)."""
-    digest = hashlib.sha256()
-    for index in range(len(dataset)):
-        image, _, mask = unpack_batch(dataset[index])
-        if mask is None:
-            raise ValueError(f"training sample {index} has no mask: the segmentation extractor learns from image "
-                             "and mask pairs; use --extractor domain for class labels")
-        _update_digest(digest, torch.as_tensor(image))
-        _update_digest(digest, torch.as_tensor(mask))
-    return digest.hexdigest()
-
-
 def load_segmentation_extractor(folder: str | Path, config: dict[str, Any],
                                 map_location: str | torch.device = "cpu") -> SegmentationFeatureExtractor:
     """Rebuild an extractor from ``folder`` (its ``config.json`` already read as ``config``)."""
@@ -137,7 +123,7 @@ def train_segmentation_extractor(datamodule: L.LightningDataModule, cache_dir: s
 
     if epochs < 1 and max_steps < 1:
         raise ValueError(f"give epochs >= 1 or max_steps >= 1 (got epochs={epochs}, max_steps={max_steps})")
-    data_hash = _fingerprint(_train_dataset(datamodule))
+    data_hash = dataset_fingerprint(_train_dataset(datamodule), with_masks=True)
     classes = getattr(datamodule, "num_classes", None) or 2
     task_args = {"encoder": backbone, "spatial_dims": _required(datamodule, "spatial_dims"),
                  "in_channels": _required(datamodule, "in_channels"), "num_classes": 1 if classes <= 2 else classes,
