@@ -13,6 +13,7 @@ run the same apps on Flower's deployment engine (``docs/federated.md``). ``--sec
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def federate(settings: FederationSettings, out: str | Path, engine: str = "inpro
                          "inprocess") from None
     from flwr.simulation import run_simulation
 
+    # Ray starts its workers at nice 15, below the driver; here the workers are the sites, the whole
+    # training, and on a busy machine they starved for minutes (a user's own setting wins)
+    os.environ.setdefault("RAY_worker_niceness", "0")
     run_simulation(server_app=server_app(settings, out), client_app=client_app(), num_supernodes=settings.num_sites,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     # Flower logs a failing ServerApp instead of raising: the exported record is what proves the run finished
