@@ -243,9 +243,8 @@ def train_feature_extractor(datamodule: L.LightningDataModule, cache_dir: str | 
                  "multilabel": bool(getattr(datamodule, "multi_label", False)),
                  "small_input_stem": small_input_stem, "lr": lr}
     settings = {**task_args, "epochs": epochs, "max_steps": max_steps, "seed": seed}
-    settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    folder = Path(cache_dir) / data_hash[:16] / f"{backbone.replace('/', '_')}-{settings_hash[:8]}"
-    if not retrain and (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
+    folder = cache_entry(cache_dir, data_hash, backbone.replace("/", "_"), settings)
+    if not retrain and is_cached(folder):
         extractor = load_feature_extractor(folder)
         extractor.from_cache = True
         return extractor
@@ -263,6 +262,17 @@ def train_feature_extractor(datamodule: L.LightningDataModule, cache_dir: str | 
     extractor = DomainFeatureExtractor.from_task(task.cpu())
     extractor.config, extractor.path = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")), folder
     return extractor
+
+
+def cache_entry(cache_dir: str | Path, data_hash: str, name: str, settings: Mapping[str, Any]) -> Path:
+    """``cache_dir/<data-hash[:16]>/<name>-<settings-hash[:8]>``: one trained extractor per data and settings."""
+    settings_hash = hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode()).hexdigest()
+    return Path(cache_dir) / data_hash[:16] / f"{name}-{settings_hash[:8]}"
+
+
+def is_cached(folder: Path) -> bool:
+    """Whether ``folder`` holds a complete cache entry (entries are renamed into place whole)."""
+    return (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()
 
 
 def fit_and_cache(task: L.LightningModule, datamodule: L.LightningDataModule, folder: Path,

@@ -11,7 +11,6 @@ SHA-256 of the training images *and masks* and of the settings.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +20,14 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from lightning_medaug.metrics.features import _required, _train_dataset, dataset_fingerprint, fit_and_cache
+from lightning_medaug.metrics.features import (
+    _required,
+    _train_dataset,
+    cache_entry,
+    dataset_fingerprint,
+    fit_and_cache,
+    is_cached,
+)
 from lightning_medaug.registry import register_feature_extractor
 from lightning_medaug.weights_folder import CONFIG_NAME, WEIGHTS_NAME, write_weights_folder
 
@@ -129,9 +135,8 @@ def train_segmentation_extractor(datamodule: L.LightningDataModule, cache_dir: s
                  "in_channels": _required(datamodule, "in_channels"), "num_classes": 1 if classes <= 2 else classes,
                  "lr": lr}
     settings = {**task_args, "epochs": epochs, "max_steps": max_steps, "seed": seed}
-    settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    folder = Path(cache_dir) / data_hash[:16] / f"{KIND}-{backbone.replace('/', '_')}-{settings_hash[:8]}"
-    if not retrain and (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
+    folder = cache_entry(cache_dir, data_hash, f"{KIND}-{backbone.replace('/', '_')}", settings)
+    if not retrain and is_cached(folder):
         extractor = load_segmentation_extractor(folder, json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")))
         extractor.from_cache = True
         return extractor
