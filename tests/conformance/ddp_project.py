@@ -15,6 +15,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_medaug.cli import close_process_group
 from lightning_medaug.data import make_phantoms
 from lightning_medaug.mixing import SyntheticMixDataModule
 
@@ -48,6 +49,9 @@ def main(out: str, source: str, path: str) -> None:
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=data)
     Path(out, f"rank{trainer.global_rank}.json").write_text(json.dumps(model.hashes))
+    # as `medaug` does at exit: a rank leaving with the group alive now and then aborts in gloo's teardown
+    # ("terminate called without an active exception") after a finished fit
+    close_process_group()
 
 
 if __name__ == "__main__":
